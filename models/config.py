@@ -1,0 +1,154 @@
+"""Frozen configuration dataclasses, saved inside every checkpoint as JSON.
+
+A checkpoint's ``config.json`` rebuilds its model with no other input, so every field that
+changes a tensor's shape or the maths lives here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+ScheduleName = Literal["linear", "cosine"]
+VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Convolutional VAE with a discretized-logistic-mixture decoder (Salimans et al. 2017)."""
+
+    image_channels: int = 1
+    image_size: int = 28
+    latent_dim: int = 32
+    # Channels per resolution level; each level after the first halves the resolution.
+    channels: tuple[int, ...] = (32, 64)
+    num_res_blocks: int = 1
+    # Components of the per-pixel discretized logistic mixture in p(x|z).
+    num_mixtures: int = 1
+
+    def __post_init__(self) -> None:
+        _require(self.image_channels >= 1, "image_channels must be >= 1")
+        _require(self.latent_dim >= 1, "latent_dim must be >= 1")
+        _require(len(self.channels) >= 1, "channels must name at least one level")
+        _require(self.num_mixtures >= 1, "num_mixtures must be >= 1")
+        _require(
+            self.image_size % 2 ** (len(self.channels) - 1) == 0,
+            f"image_size {self.image_size} must be divisible by 2**(levels-1)",
+        )
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Epsilon-prediction UNet (Ho et al. 2020, Appendix B, scaled down)."""
+
+    image_channels: int = 1
+    image_size: int = 28
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 2)
+    num_res_blocks: int = 2
+    # Feature-map sizes (in pixels) at which self-attention blocks are inserted.
+    attention_resolutions: tuple[int, ...] = (7,)
+    num_heads: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.base_channels >= 1, "base_channels must be >= 1")
+        _require(len(self.channel_mults) >= 1, "channel_mults must name at least one level")
+        _require(
+            self.image_size % 2 ** (len(self.channel_mults) - 1) == 0,
+            f"image_size {self.image_size} must be divisible by 2**(levels-1)",
+        )
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Gaussian diffusion process (Ho et al. 2020; Nichol & Dhariwal 2021)."""
+
+    num_timesteps: int = 1000
+    schedule: ScheduleName = "linear"
+    # fixed_small: sigma_t^2 = beta-tilde_t; fixed_large: beta_t; learned_range: the
+    # log-space interpolation between them predicted by the network (Nichol & Dhariwal Eq. 15).
+    variance: VarianceType = "fixed_small"
+    # lambda of L_hybrid = L_simple + lambda * L_vlb (Nichol & Dhariwal Eq. 16).
+    vlb_weight: float = 0.001
+
+    def __post_init__(self) -> None:
+        _require(self.num_timesteps >= 2, "num_timesteps must be >= 2")
+        _require(self.schedule in ("linear", "cosine"), f"unknown schedule {self.schedule!r}")
+        _require(
+            self.variance in ("fixed_small", "fixed_large", "learned_range"),
+            f"unknown variance type {self.variance!r}",
+        )
+
+    @property
+    def learns_variance(self) -> bool:
+        return self.variance == "learned_range"
+
+
+@dataclass(frozen=True)
+class DDPMConfig:
+    unet: UNetConfig = dataclasses.field(default_factory=UNetConfig)
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+
+
+class ConfigError(ValueError):
+    """A configuration dictionary does not describe a valid config dataclass."""
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain JSON-ready dict of a (possibly nested) config dataclass."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(cls: type[ConfigT], data: dict[str, Any]) -> ConfigT:
+    """Rebuild ``cls`` from :func:`config_to_dict` output; unknown or ill-typed keys raise.
+
+    JSON has no tuples, so list values become tuples where the field says so.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}")
+    kwargs = {name: _coerce(cls.__name__, name, hints[name], value) for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as error:
+        raise ConfigError(f"{cls.__name__}: {error}") from error
+
+
+def _coerce(owner: str, name: str, hint: Any, value: Any) -> Any:
+    if dataclasses.is_dataclass(hint):
+        return config_from_dict(hint, value)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{owner}.{name}: expected a list, got {value!r}")
+        return tuple(value)
+    if origin is Literal:
+        if value not in typing.get_args(hint):
+            raise ConfigError(f"{owner}.{name}: {value!r} is not one of {typing.get_args(hint)}")
+        return value
+    if hint in (int, float, bool, str) and not _matches_scalar_type(value, hint):
+        raise ConfigError(f"{owner}.{name}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _matches_scalar_type(value: Any, hint: type) -> bool:
+    if isinstance(value, bool):  # bool is an int subclass; only a bool field accepts it
+        return hint is bool
+    if hint is float:
+        return isinstance(value, int | float)
+    return isinstance(value, hint)

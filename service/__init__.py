@@ -1,0 +1,1 @@
+"""The BentoML layer: thin HTTP endpoints over :mod:`models`."""
