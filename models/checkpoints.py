@@ -1,0 +1,168 @@
+"""Checkpoints on disk: a directory with three files, none of which holds pickled code.
+
+config.json       {"format_version", "kind": "vae" | "ddpm", "config": {...}}: rebuilds the model
+model.safetensors the weights (safetensors: tensors only)
+model_card.json   measured numbers (written by the evaluation CLI; optional until then)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import safetensors.torch
+import torch
+from safetensors import SafetensorError
+from torch import nn
+
+from models.config import ConfigError, DDPMConfig, VAEConfig, config_from_dict, config_to_dict
+from models.ddpm import DDPM
+from models.vae import VAE
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CARD_FILE = "model_card.json"
+FORMAT_VERSION = 1
+
+ModelKind = Literal["vae", "ddpm"]
+_CONFIG_CLASSES: dict[str, type] = {"vae": VAEConfig, "ddpm": DDPMConfig}
+_MODEL_CLASSES: dict[str, type[nn.Module]] = {"vae": VAE, "ddpm": DDPM}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is incomplete or inconsistent; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    kind: ModelKind
+    model: VAE | DDPM
+    directory: Path
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def model_kind(model: nn.Module) -> ModelKind:
+    for kind, cls in _MODEL_CLASSES.items():
+        if isinstance(model, cls):
+            return kind  # type: ignore[return-value]
+    raise TypeError(f"not a checkpointable model: {type(model).__name__}")
+
+
+def save_checkpoint(
+    directory: str | os.PathLike[str],
+    model: VAE | DDPM,
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Write config and weights (and the card, when given) into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    header = {
+        "format_version": FORMAT_VERSION,
+        "kind": model_kind(model),
+        "config": config_to_dict(model.config),
+    }
+    _write_json(directory / CONFIG_FILE, header)
+    state = {
+        name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()
+    }
+    safetensors.torch.save_file(state, str(directory / WEIGHTS_FILE))
+    if card is not None:
+        write_model_card(directory, card)
+    return directory
+
+
+def write_model_card(directory: str | os.PathLike[str], card: dict[str, Any]) -> None:
+    _write_json(Path(directory) / CARD_FILE, card)
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    # Write-then-rename so an interrupted save never leaves a half-written file behind.
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+def load_checkpoint(
+    directory: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> Checkpoint:
+    """Rebuild the model from ``config.json``, load its weights strictly, move it to ``device``
+    in eval mode. Raises CheckpointError naming the file and what is wrong with it."""
+    directory = Path(directory)
+    kind, config = read_config(directory)
+    model = _MODEL_CLASSES[kind](config)
+    state = _read_weights(directory / WEIGHTS_FILE)
+    _check_state_matches(directory / WEIGHTS_FILE, model.state_dict(), state)
+    model.load_state_dict(state, strict=True)
+    return Checkpoint(kind, model.to(device).eval(), directory, read_model_card(directory))
+
+
+def read_config(directory: Path) -> tuple[ModelKind, Any]:
+    path = directory / CONFIG_FILE
+    header = _read_json(path)
+    kind = header.get("kind")
+    if kind not in _CONFIG_CLASSES:
+        raise CheckpointError(
+            f"{path}: 'kind' must be one of {sorted(_CONFIG_CLASSES)}, got {kind!r}"
+        )
+    version = header.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
+    try:
+        config = config_from_dict(_CONFIG_CLASSES[kind], header.get("config"))
+    except ConfigError as error:
+        raise CheckpointError(f"{path}: invalid config: {error}") from error
+    return kind, config
+
+
+def read_model_card(directory: Path) -> dict[str, Any]:
+    """The model card, or an empty dict when none has been written yet."""
+    path = directory / CARD_FILE
+    return _read_json(path) if path.exists() else {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error})") from error
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return payload
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing")
+    try:
+        return safetensors.torch.load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
+
+
+def _check_state_matches(
+    path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
+) -> None:
+    """Name the missing, unexpected and wrongly shaped tensors, if any."""
+    problems = []
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [
+        f"{name} {tuple(found[name].shape)} (config expects {tuple(expected[name].shape)})"
+        for name in sorted(set(expected) & set(found))
+        if found[name].shape != expected[name].shape
+    ]
+    for label, names in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", mismatched),
+    ):
+        if names:
+            shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            problems.append(f"{label}: {shown}")
+    if problems:
+        raise CheckpointError(f"{path}: weights do not match {CONFIG_FILE}: " + "; ".join(problems))

@@ -1,0 +1,175 @@
+"""Sampling loops: ancestral DDPM (Ho et al. 2020, Algorithm 2), DDIM (Song et al. 2020,
+Eq. 12) with any number of steps and any eta, and deterministic DDIM inversion x_0 -> x_T.
+
+``model`` is any callable (x_t (B, C, H, W), t (B,)) -> network output, e.g. a :class:`DDPM`.
+Images are (B, C, H, W) in [-1, 1]; ``on_step(done, total)`` reports progress.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from models.diffusion import GaussianDiffusion
+from models.noise import Generators, randn_rows
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ProgressCallback = Callable[[int, int], None]
+
+
+def _timesteps_like(x: torch.Tensor, t: int) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+
+
+@torch.no_grad()
+def ddpm_ancestral_sample(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    shape: Sequence[int],
+    generator: Generators,
+    clip_denoised: bool = True,
+    on_step: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t) for all T steps (Algorithm 2)."""
+    device = diffusion.betas.device
+    x = randn_rows(shape, generator, device)
+    total = diffusion.num_timesteps
+    for done, t in enumerate(reversed(range(total)), start=1):
+        timesteps = _timesteps_like(x, t)
+        step = diffusion.p_mean_variance(model(x, timesteps), x, timesteps, clip_denoised)
+        x = step.mean
+        if t > 0:  # no noise on the final step: the output is the decoder's mean
+            x = x + torch.exp(0.5 * step.log_variance) * randn_rows(shape, generator, device)
+        if on_step is not None:
+            on_step(done, total)
+    return x
+
+
+def ddim_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
+    """``steps`` increasing timestep indices from 0 to T-1, evenly spaced: (steps,).
+
+    The last one is always T-1, so even a one-step sampler starts from the true prior.
+    """
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be in 1..{num_timesteps}, got {steps}")
+    return torch.linspace(num_timesteps - 1, 0, steps).round().long().flip(0)
+
+
+def _alpha_bar(diffusion: GaussianDiffusion, t: int, like: torch.Tensor) -> torch.Tensor:
+    """abar_t as a scalar tensor, with abar_{-1} = 1 (the clean image)."""
+    value = diffusion.alphas_cumprod[t] if t >= 0 else torch.ones((), dtype=torch.float64)
+    return value.to(device=like.device, dtype=like.dtype)
+
+
+def ddim_step(
+    diffusion: GaussianDiffusion,
+    model_output: torch.Tensor,
+    x_t: torch.Tensor,
+    t: int,
+    t_prev: int,
+    eta: float,
+    noise: torch.Tensor | None,
+    clip_denoised: bool,
+) -> torch.Tensor:
+    """x_{t_prev} from x_t and the network output at t (DDIM Eq. 12); t_prev = -1 gives x_0."""
+    timesteps = _timesteps_like(x_t, t)
+    eps, _ = diffusion.split_model_output(model_output)
+    # 1. predicted x_0 ("predicted x_0", DDIM Eq. 12, first term)
+    pred_xstart = diffusion.predict_xstart_from_eps(x_t, timesteps, eps)
+    if clip_denoised:
+        pred_xstart = pred_xstart.clamp(-1.0, 1.0)
+        eps = diffusion.predict_eps_from_xstart(x_t, timesteps, pred_xstart)
+    abar_t, abar_prev = _alpha_bar(diffusion, t, x_t), _alpha_bar(diffusion, t_prev, x_t)
+    # 2. sigma_t(eta), DDIM Eq. 16: eta = 1 is DDPM's posterior variance, eta = 0 deterministic
+    sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
+    # 3. "direction pointing to x_t" plus the predicted x_0 (DDIM Eq. 12)
+    x_prev = abar_prev.sqrt() * pred_xstart + torch.sqrt(1 - abar_prev - sigma**2) * eps
+    if noise is not None:
+        x_prev = x_prev + sigma * noise
+    return x_prev
+
+
+@torch.no_grad()
+def ddim_loop(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    x_T: torch.Tensor,
+    steps: int,
+    eta: float = 0.0,
+    generator: Generators | None = None,
+    clip_denoised: bool = True,
+    on_step: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Run DDIM from a given x_T (B, C, H, W) down to x_0 over ``steps`` timesteps."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta > 0 and generator is None:
+        raise ValueError("eta > 0 draws noise: pass a generator")
+    times = ddim_timesteps(diffusion.num_timesteps, steps).flip(0).tolist()  # T-1 ... 0
+    x = x_T
+    for i, t in enumerate(times):
+        t_prev = times[i + 1] if i + 1 < len(times) else -1
+        stochastic = eta > 0 and t_prev >= 0  # sigma is 0 on the step to x_0
+        noise = randn_rows(x.shape, generator, x.device) if stochastic else None
+        output = model(x, _timesteps_like(x, t))
+        x = ddim_step(diffusion, output, x, t, t_prev, eta, noise, clip_denoised)
+        if on_step is not None:
+            on_step(i + 1, len(times))
+    return x
+
+
+def ddim_sample(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    shape: Sequence[int],
+    steps: int,
+    generator: Generators,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    on_step: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Draw x_T ~ N(0, I) from ``generator`` and run :func:`ddim_loop`: (B, C, H, W)."""
+    x_T = randn_rows(shape, generator, diffusion.betas.device)
+    return ddim_loop(diffusion, model, x_T, steps, eta, generator, clip_denoised, on_step)
+
+
+def ddim_decode(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    x_T: torch.Tensor,
+    steps: int,
+    on_step: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Deterministic decoding of a latent x_T: the eta = 0 DDIM ODE, unclipped so that it
+    retraces :func:`ddim_invert` (DDIM Sec. 5.4)."""
+    return ddim_loop(diffusion, model, x_T, steps, eta=0.0, clip_denoised=False, on_step=on_step)
+
+
+@torch.no_grad()
+def ddim_invert(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    x_start: torch.Tensor,
+    steps: int,
+    on_step: ProgressCallback | None = None,
+) -> torch.Tensor:
+    """Encode x_0 (B, C, H, W) to the latent x_T by running the eta = 0 DDIM ODE forwards.
+
+    Each step is DDIM Eq. 12 with the roles of t and t_prev swapped, the noise estimated at
+    the current point (Song et al. 2020 Sec. 4.3 and 5.4); the error of this Euler step
+    shrinks as ``steps`` grows.
+    """
+    times = ddim_timesteps(diffusion.num_timesteps, steps).tolist()  # 0 ... T-1
+    x = x_start
+    current = -1  # x_0 itself: abar = 1
+    for i, t_next in enumerate(times):
+        eval_t = max(current, 0)
+        eps, _ = diffusion.split_model_output(model(x, _timesteps_like(x, eval_t)))
+        abar, abar_next = _alpha_bar(diffusion, current, x), _alpha_bar(diffusion, t_next, x)
+        pred_xstart = (x - torch.sqrt(1 - abar) * eps) / abar.sqrt()
+        x = abar_next.sqrt() * pred_xstart + torch.sqrt(1 - abar_next) * eps
+        current = t_next
+        if on_step is not None:
+            on_step(i + 1, len(times))
+    return x
