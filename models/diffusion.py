@@ -24,9 +24,13 @@ from models.likelihood import (
 
 
 def linear_beta_schedule(num_timesteps: int) -> torch.Tensor:
-    """Ho et al. 2020 Sec. 4: beta from 1e-4 to 0.02 over T=1000, rescaled for other T. (T,)"""
+    """Ho et al. 2020 Sec. 4: beta from 1e-4 to 0.02 over T=1000, rescaled for other T. (T,)
+
+    Clipped at 0.999 like the cosine schedule: for T <= 20 the rescaled end would reach 1.
+    """
     scale = 1000.0 / num_timesteps
-    return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
+    betas = torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
+    return betas.clamp(max=0.999)
 
 
 def cosine_beta_schedule(num_timesteps: int, s: float = 0.008) -> torch.Tensor:
