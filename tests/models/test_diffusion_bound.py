@@ -3,13 +3,13 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import PointMassDenoiser
+from oracles import PointMassDenoiser
 from scipy import stats
 
 from models.config import DDPMConfig, DiffusionConfig, UNetConfig
-from models.diffusion import GaussianDiffusion
 from models.data import pixels_to_signed_unit
 from models.ddpm import DDPM
+from models.diffusion import GaussianDiffusion
 from models.diffusion_bound import (
     stratum_edges,
     vlb_exact,
