@@ -30,8 +30,11 @@ class VAEConfig:
 
     def __post_init__(self) -> None:
         _require(self.image_channels >= 1, "image_channels must be >= 1")
+        _require(self.image_size >= 1, "image_size must be >= 1")
         _require(self.latent_dim >= 1, "latent_dim must be >= 1")
         _require(len(self.channels) >= 1, "channels must name at least one level")
+        _require(all(c >= 1 for c in self.channels), "channels must all be >= 1")
+        _require(self.num_res_blocks >= 0, "num_res_blocks must be >= 0")
         _require(self.num_mixtures >= 1, "num_mixtures must be >= 1")
         _require(
             self.image_size % 2 ** (len(self.channels) - 1) == 0,
@@ -54,8 +57,18 @@ class UNetConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
+        _require(self.image_channels >= 1, "image_channels must be >= 1")
+        _require(self.image_size >= 1, "image_size must be >= 1")
         _require(self.base_channels >= 1, "base_channels must be >= 1")
         _require(len(self.channel_mults) >= 1, "channel_mults must name at least one level")
+        _require(all(m >= 1 for m in self.channel_mults), "channel_mults must all be >= 1")
+        _require(self.num_res_blocks >= 1, "num_res_blocks must be >= 1")
+        _require(self.num_heads >= 1, "num_heads must be >= 1")
+        _require(
+            all(self.base_channels * m % self.num_heads == 0 for m in self.channel_mults),
+            f"num_heads {self.num_heads} must divide every level's channel count",
+        )
+        _require(0.0 <= self.dropout < 1.0, "dropout must be in [0, 1)")
         _require(
             self.image_size % 2 ** (len(self.channel_mults) - 1) == 0,
             f"image_size {self.image_size} must be divisible by 2**(levels-1)",
@@ -76,6 +89,7 @@ class DiffusionConfig:
 
     def __post_init__(self) -> None:
         _require(self.num_timesteps >= 2, "num_timesteps must be >= 2")
+        _require(self.vlb_weight >= 0.0, "vlb_weight must be >= 0")
         _require(self.schedule in ("linear", "cosine"), f"unknown schedule {self.schedule!r}")
         _require(
             self.variance in ("fixed_small", "fixed_large", "learned_range"),
@@ -134,8 +148,13 @@ def _coerce(owner: str, name: str, hint: Any, value: Any) -> Any:
         return config_from_dict(hint, value)
     origin = typing.get_origin(hint)
     if origin is tuple:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{owner}.{name}: expected a list, got {value!r}")
+        element_type = typing.get_args(hint)[0]  # fields are homogeneous: tuple[T, ...]
+        if not isinstance(value, list | tuple) or not all(
+            _matches_scalar_type(item, element_type) for item in value
+        ):
+            raise ConfigError(
+                f"{owner}.{name}: expected a list of {element_type.__name__}, got {value!r}"
+            )
         return tuple(value)
     if origin is Literal:
         if value not in typing.get_args(hint):

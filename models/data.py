@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from pathlib import Path
 from typing import Literal
 
@@ -116,7 +117,7 @@ def _read_bytes(path: Path) -> bytes:
     try:
         with gzip.open(path, "rb") as stream:
             return stream.read()
-    except (OSError, EOFError) as error:  # BadGzipFile is an OSError
+    except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
         raise DataFormatError(f"{path}: not a readable gzip file ({error})") from error
 
 

@@ -20,10 +20,6 @@ import torch.nn.functional as F
 from models.data import pixels_to_signed_unit, signed_unit_to_pixels
 from models.noise import Generators, rand_rows
 
-HALF_BIN = 1.0 / 255.0
-# Grid values below/above these are the first/last of the 256 values (x = -1 and x = +1).
-_FIRST_BIN_EDGE = -1.0 + HALF_BIN
-_LAST_BIN_EDGE = 1.0 - HALF_BIN
 # Floor on a bin's probability mass: keeps log() finite when a bin lies far in a tail.
 _MIN_MASS = 1e-30
 
@@ -87,16 +83,28 @@ def _log_discretized_mass(
     inv_scale: torch.Tensor,
     log_cdf: Callable[[torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
-    """log of the mass of x's bin for a symmetric location-scale law with log-CDF ``log_cdf``."""
-    lower = (x - mean - HALF_BIN) * inv_scale
-    upper = (x - mean + HALF_BIN) * inv_scale
-    log_mass_first_bin = log_cdf(upper)  # (-inf, upper]
-    log_mass_last_bin = log_cdf(-lower)  # [lower, +inf), by symmetry of the law
-    log_mass_interior = _log_interval_mass(lower, upper, log_cdf)
+    """log of the mass of x's bin for a symmetric location-scale law with log-CDF ``log_cdf``.
+
+    Bin edges come from the integer pixel value k, (k -/+ 0.5) / 127.5 - 1, so that the upper
+    edge of bin k and the lower edge of bin k + 1 are the same float and the 256 masses tile
+    the line exactly even in float32. Each branch of the final ``where`` sees benign inputs
+    where it is not selected, so no unused branch can put inf or NaN into the gradient.
+    """
+    k = torch.round((x + 1.0) * 127.5)
+    is_first, is_last = k <= 0, k >= 255
+    is_interior = ~(is_first | is_last)
+    lower = ((k - 0.5) / 127.5 - 1.0 - mean) * inv_scale
+    upper = ((k + 0.5) / 127.5 - 1.0 - mean) * inv_scale
+    zeros = torch.zeros_like(lower)
+    log_mass_first_bin = log_cdf(torch.where(is_first, upper, zeros))  # (-inf, upper]
+    log_mass_last_bin = log_cdf(torch.where(is_last, -lower, zeros))  # [lower, inf): symmetry
+    log_mass_interior = _log_interval_mass(
+        torch.where(is_interior, lower, zeros - 1.0),
+        torch.where(is_interior, upper, zeros + 1.0),
+        log_cdf,
+    )
     return torch.where(
-        x < _FIRST_BIN_EDGE,
-        log_mass_first_bin,
-        torch.where(x > _LAST_BIN_EDGE, log_mass_last_bin, log_mass_interior),
+        is_first, log_mass_first_bin, torch.where(is_last, log_mass_last_bin, log_mass_interior)
     )
 
 

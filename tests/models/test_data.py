@@ -1,0 +1,328 @@
+"""Pixel <-> [-1, 1] maps, IDX reading, Fashion-MNIST loading and PNG folders (models/data.py)."""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from models.data import (
+    FASHION_MNIST_ENV,
+    DataFormatError,
+    load_fashion_mnist,
+    load_png_folder,
+    pixels_to_signed_unit,
+    read_idx,
+    signed_unit_to_pixels,
+)
+
+REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def idx_bytes(array: np.ndarray, type_code: int = 0x08) -> bytes:
+    """An IDX file as the format defines it: 0, 0, type, ndim, big-endian u32 sizes, data."""
+    header = bytes([0, 0, type_code, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
+    return path
+
+
+def write_split(directory: Path, prefix: str, images: np.ndarray, labels: np.ndarray) -> None:
+    write_idx(directory / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx(directory / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+@pytest.fixture
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(7, 28, 28), dtype=np.uint8)
+
+
+@pytest.fixture
+def labels() -> np.ndarray:
+    return np.array([3, 0, 9, 1, 1, 5, 2], dtype=np.uint8)
+
+
+@pytest.fixture
+def fashion_dir(tmp_path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    write_split(tmp_path, "train", images, labels)
+    write_split(tmp_path, "t10k", images[:3], labels[:3])
+    return tmp_path
+
+
+# --- 8-bit <-> [-1, 1] --------------------------------------------------------------------
+
+
+def test_all_256_pixel_values_round_trip_exactly():
+    pixels = torch.arange(256, dtype=torch.uint8)
+    back = signed_unit_to_pixels(pixels_to_signed_unit(pixels))
+    assert back.dtype == torch.uint8
+    assert torch.equal(back, pixels)
+
+
+def test_pixel_map_is_k_over_127_5_minus_1():
+    x = pixels_to_signed_unit(torch.arange(256, dtype=torch.int64))
+    assert x.dtype == torch.float32
+    expected = np.arange(256) / 127.5 - 1.0
+    np.testing.assert_allclose(x.numpy(), expected, rtol=0, atol=1e-7)
+    assert x[0].item() == -1.0 and x[255].item() == 1.0
+
+
+def test_signed_unit_to_pixels_rounds_to_the_nearest_value():
+    step = 2.0 / 255.0
+    grid = -1.0 + step * torch.arange(256, dtype=torch.float64)
+    k = torch.arange(255)
+    just_above = (grid[:-1] + 0.4 * step).float()
+    just_below = (grid[1:] - 0.4 * step).float()
+    assert torch.equal(signed_unit_to_pixels(just_above), k.to(torch.uint8))
+    assert torch.equal(signed_unit_to_pixels(just_below), (k + 1).to(torch.uint8))
+
+
+def test_signed_unit_to_pixels_clips_outside_the_unit_interval():
+    x = torch.tensor([-100.0, -1.5, -1.0000001, 1.0000001, 2.0, 1e9, float("inf"), float("-inf")])
+    assert signed_unit_to_pixels(x).tolist() == [0, 0, 0, 255, 255, 255, 255, 0]
+
+
+# --- read_idx -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["data-idx3-ubyte", "data-idx3-ubyte.gz"])
+def test_read_idx_reads_plain_and_gzipped_files(tmp_path, images, name):
+    path = write_idx(tmp_path / name, images)
+    array = read_idx(path, expected_ndim=3)
+    assert array.dtype == np.uint8
+    assert array.shape == (7, 28, 28)
+    np.testing.assert_array_equal(array, images)
+
+
+def test_read_idx_reads_a_one_dimensional_label_file(tmp_path, labels):
+    array = read_idx(write_idx(tmp_path / "labels.gz", labels), expected_ndim=1)
+    np.testing.assert_array_equal(array, labels)
+
+
+def test_read_idx_result_is_writable_and_independent_of_the_file(tmp_path, labels):
+    array = read_idx(write_idx(tmp_path / "labels", labels))
+    array[0] = 200  # a read-only frombuffer view would raise here
+    assert array[0] == 200
+
+
+def test_missing_idx_file_error_names_the_path(tmp_path):
+    missing = tmp_path / "nowhere-idx3-ubyte.gz"
+    with pytest.raises(FileNotFoundError) as info:
+        read_idx(missing)
+    assert str(missing) in str(info.value)
+
+
+def _assert_format_error(path: Path, problem: str, expected_ndim: int | None = None) -> None:
+    with pytest.raises(DataFormatError) as info:
+        read_idx(path, expected_ndim=expected_ndim)
+    message = str(info.value)
+    assert path.name in message
+    assert problem in message
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_truncated_idx_file_is_a_format_error(tmp_path, images, suffix):
+    path = tmp_path / f"images{suffix}"
+    data = idx_bytes(images)[:-10]
+    path.write_bytes(gzip.compress(data) if suffix else data)
+    _assert_format_error(path, "truncated")
+
+
+def test_truncated_idx_header_is_a_format_error(tmp_path):
+    path = tmp_path / "header-only"
+    path.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">I", 10))  # 1 of 3 sizes
+    _assert_format_error(path, "truncated header")
+
+
+def test_too_short_idx_file_is_a_format_error(tmp_path):
+    path = tmp_path / "tiny"
+    path.write_bytes(b"\x00\x00")
+    _assert_format_error(path, "too short")
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_idx_file_with_trailing_bytes_is_a_format_error(tmp_path, labels, suffix):
+    path = tmp_path / f"labels{suffix}"
+    data = idx_bytes(labels) + b"\x00\x01"
+    path.write_bytes(gzip.compress(data) if suffix else data)
+    _assert_format_error(path, "trailing bytes")
+
+
+@pytest.mark.parametrize(
+    "magic", [bytes([0, 0, 0x0D, 1]), bytes([1, 0, 8, 1]), bytes([0x1F, 0x8B, 8, 1])]
+)
+def test_bad_idx_magic_is_a_format_error(tmp_path, magic):
+    path = tmp_path / "bad-magic"
+    path.write_bytes(magic + struct.pack(">I", 3) + b"\x01\x02\x03")
+    _assert_format_error(path, "bad IDX magic")
+
+
+def test_wrong_number_of_dimensions_is_a_format_error(tmp_path, labels):
+    path = write_idx(tmp_path / "labels.gz", labels)
+    _assert_format_error(path, "1 dimensions, expected 3", expected_ndim=3)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not gzip data at all", b"\x1f\x8b\x08\x00", "truncated-stream"],
+    ids=["not-gzip", "header-only", "truncated-stream"],
+)
+def test_corrupt_gzip_is_a_format_error(tmp_path, images, content):
+    path = tmp_path / "images.gz"
+    if content == "truncated-stream":
+        blob = gzip.compress(idx_bytes(images))
+        content = blob[: len(blob) // 2]
+    path.write_bytes(content)
+    _assert_format_error(path, "not a readable gzip file")
+
+
+def test_gzip_with_corrupt_deflate_stream_is_a_format_error(tmp_path, labels):
+    blob = bytearray(gzip.compress(idx_bytes(labels), mtime=0))
+    blob[10] = 0xFF  # first deflate block header: BTYPE = 11, which is reserved (invalid)
+    path = tmp_path / "labels.gz"
+    path.write_bytes(bytes(blob))
+    _assert_format_error(path, "not a readable gzip file")
+
+
+# --- load_fashion_mnist -------------------------------------------------------------------
+
+
+def test_load_fashion_mnist_from_root(fashion_dir, images, labels):
+    x, y = load_fashion_mnist("train", root=fashion_dir)
+    assert x.dtype == torch.uint8 and x.shape == (7, 1, 28, 28)
+    assert y.dtype == torch.int64 and y.shape == (7,)
+    np.testing.assert_array_equal(x[:, 0].numpy(), images)
+    np.testing.assert_array_equal(y.numpy(), labels)
+
+    x_test, y_test = load_fashion_mnist("test", root=str(fashion_dir))
+    np.testing.assert_array_equal(x_test[:, 0].numpy(), images[:3])
+    np.testing.assert_array_equal(y_test.numpy(), labels[:3])
+
+
+def test_load_fashion_mnist_uses_the_environment_variable(fashion_dir, labels, monkeypatch):
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(fashion_dir))
+    x, y = load_fashion_mnist("train")
+    assert x.shape == (7, 1, 28, 28)
+    np.testing.assert_array_equal(y.numpy(), labels)
+
+
+def test_root_argument_overrides_the_environment_variable(fashion_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path / "elsewhere"))
+    x, _ = load_fashion_mnist("test", root=fashion_dir)
+    assert x.shape == (3, 1, 28, 28)
+
+
+def test_environment_variable_pointing_nowhere_names_the_missing_file(tmp_path, monkeypatch):
+    monkeypatch.setenv(FASHION_MNIST_ENV, str(tmp_path / "elsewhere"))
+    with pytest.raises(FileNotFoundError, match="elsewhere.*train-images-idx3-ubyte.gz"):
+        load_fashion_mnist("train")
+
+
+def test_mismatched_image_and_label_counts_raise(tmp_path, images, labels):
+    write_split(tmp_path, "train", images, labels[:5])
+    with pytest.raises(DataFormatError, match="7 images but 5 labels"):
+        load_fashion_mnist("train", root=tmp_path)
+
+
+def test_unknown_split_raises(fashion_dir):
+    with pytest.raises(ValueError, match="split"):
+        load_fashion_mnist("validation", root=fashion_dir)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("split, count", [("train", 60_000), ("test", 10_000)])
+def test_real_fashion_mnist_has_the_published_shapes_and_balanced_classes(split, count):
+    images_file = REAL_FASHION_MNIST / "t10k-images-idx3-ubyte.gz"
+    assert images_file.is_file(), (
+        f"{images_file} is missing: install Debian's dataset-fashion-mnist package "
+        "(`make data`); these tests must not be skipped"
+    )
+    x, y = load_fashion_mnist(split, root=REAL_FASHION_MNIST)
+
+    assert x.shape == (count, 1, 28, 28) and x.dtype == torch.uint8
+    assert y.shape == (count,) and y.dtype == torch.int64
+    assert y.min() >= 0 and y.max() <= 9
+    np.testing.assert_array_equal(np.bincount(y.numpy(), minlength=10), [count // 10] * 10)
+    # Real photographs, not a constant or truncated array: both extremes occur.
+    assert x.min() == 0 and x.max() == 255
+
+
+# --- load_png_folder ----------------------------------------------------------------------
+
+
+def save_png(path: Path, array: np.ndarray) -> Path:
+    Image.fromarray(array).save(path, format="PNG")
+    return path
+
+
+def test_png_folder_loads_grayscale_and_rgb_sorted_by_name(tmp_path):
+    rng = np.random.default_rng(1)
+    gray_b = rng.integers(0, 256, size=(6, 5), dtype=np.uint8)
+    gray_a = rng.integers(0, 256, size=(6, 5), dtype=np.uint8)
+    shades = rng.integers(0, 256, size=(6, 5), dtype=np.uint8)
+    rgb_gray = np.stack([shades] * 3, axis=-1)  # R = G = B: luminance is the shade itself
+    rgb_colour = np.zeros((6, 5, 3), dtype=np.uint8)
+    rgb_colour[..., 0] = 200  # pure red
+    save_png(tmp_path / "b.png", gray_b)
+    save_png(tmp_path / "a.png", gray_a)
+    save_png(tmp_path / "c.png", rgb_gray)
+    save_png(tmp_path / "d.png", rgb_colour)
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    x, paths = load_png_folder(tmp_path)
+
+    assert [p.name for p in paths] == ["a.png", "b.png", "c.png", "d.png"]
+    assert x.dtype == torch.uint8 and x.shape == (4, 1, 6, 5)
+    np.testing.assert_array_equal(x[0, 0].numpy(), gray_a)
+    np.testing.assert_array_equal(x[1, 0].numpy(), gray_b)
+    np.testing.assert_array_equal(x[2, 0].numpy(), shades)
+    # ITU-R 601-2 luma: L = 0.299 R + 0.587 G + 0.114 B = 59.8 for R = 200.
+    assert np.abs(x[3, 0].numpy().astype(int) - 60).max() <= 1
+
+
+def test_png_folder_accepts_images_of_the_requested_size(tmp_path):
+    save_png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint8))
+    x, _ = load_png_folder(tmp_path, image_size=8)
+    assert x.shape == (1, 1, 8, 8)
+
+
+def test_png_of_a_different_size_is_named_in_the_error(tmp_path):
+    save_png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint8))
+    save_png(tmp_path / "b.png", np.zeros((8, 9), dtype=np.uint8))
+    with pytest.raises(DataFormatError, match=r"b\.png: image is 9x8, expected 8x8"):
+        load_png_folder(tmp_path)
+
+
+def test_png_not_of_the_requested_size_is_named_in_the_error(tmp_path):
+    save_png(tmp_path / "only.png", np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(DataFormatError, match=r"only\.png: image is 8x8, expected 28x28"):
+        load_png_folder(tmp_path, image_size=28)
+
+
+def test_non_png_file_named_png_is_named_in_the_error(tmp_path):
+    save_png(tmp_path / "a.png", np.zeros((4, 4), dtype=np.uint8))
+    (tmp_path / "x.png").write_bytes(b"GIF89a definitely not a png")
+    with pytest.raises(DataFormatError, match=r"x\.png: not a readable PNG image"):
+        load_png_folder(tmp_path)
+
+
+def test_empty_png_folder_is_named_in_the_error(tmp_path):
+    (tmp_path / "readme.txt").write_text("no images here")
+    with pytest.raises(DataFormatError) as info:
+        load_png_folder(tmp_path)
+    assert str(tmp_path) in str(info.value) and "no .png files" in str(info.value)
+
+
+def test_missing_png_folder_is_named_in_the_error(tmp_path):
+    missing = tmp_path / "no-such-folder"
+    with pytest.raises(FileNotFoundError) as info:
+        load_png_folder(missing)
+    assert str(missing) in str(info.value)
