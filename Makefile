@@ -25,3 +25,7 @@ test: install data
 
 lint: install
 	$(VENV)/bin/ruff check models service tests load_tests
+
+.PHONY: baselines
+baselines: install data
+	$(VENV)/bin/python -m models.baselines
