@@ -4,7 +4,7 @@ VENV := .venv
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test sample lint data install
+.PHONY: test lint data install
 
 install: $(VENV)/.installed
 
