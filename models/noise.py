@@ -59,6 +59,8 @@ def _draw(
         return noise.to(device) if device is not None else noise
     if len(generator) != shape[0]:
         raise ValueError(f"got {len(generator)} generators for a batch of {shape[0]} rows")
+    if shape[0] == 0:
+        return torch.empty(shape, device=device, dtype=dtype)
     blocks = []
     for group_generator, rows in _row_groups(generator):
         block_shape = (rows, *shape[1:])

@@ -148,7 +148,12 @@ class VAE(nn.Module):
     def negative_elbo(
         self, x: torch.Tensor, generator: Generators, num_samples: int = 1
     ) -> NegativeELBO:
-        """-ELBO of x (B, C, H, W) on the 8-bit grid in [-1, 1], term by term, in nats."""
+        """-ELBO of x (B, C, H, W) on the 8-bit grid in [-1, 1], term by term, in nats.
+
+        The reconstruction term averages ``num_samples`` draws z ~ q(z|x).
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         posterior = self.encode(x)
         z = posterior.rsample(generator, num_samples)  # (S, B, Z)
         log_px_z = self._log_likelihood_nats(x, z)  # (S, B)
@@ -161,8 +166,9 @@ class VAE(nn.Module):
     ) -> IWAEBound:
         """-log (1/k sum_i p(x, z_i) / q(z_i|x)), z_i ~ q(z|x) (Burda et al. 2015, Eq. 8).
 
-        The k samples are decoded in chunks of at most ``max_batch`` images per call, so memory
-        stays bounded for any k (k = 5000 included).
+        The k samples are decoded in chunks of about ``max_batch`` images per call (at least one
+        sample of every image in the batch), so memory stays bounded for any k, k = 5000
+        included; split very large batches before calling.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
