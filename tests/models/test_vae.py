@@ -29,17 +29,6 @@ LATENT_DIM = 4
 NUM_MIXTURES = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_intra_op_thread():
-    """These networks are tiny: with two OpenMP threads on a busy 2-CPU machine each of the
-    thousands of small convolutions waits on a thread barrier (the file took 100 s instead of
-    5 s). One thread keeps the runtime independent of the machine's load; restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 # --------------------------------------------------------------------------------------------
 # Helpers
 
