@@ -56,7 +56,10 @@ def save_checkpoint(
     model: VAE | DDPM,
     card: dict[str, Any] | None = None,
 ) -> Path:
-    """Write config and weights (and the card, when given) into ``directory``."""
+    """Write config and weights (and the card, when given) into ``directory``.
+
+    Without a card, any card already there is removed: it measured other weights.
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     header = {
@@ -71,6 +74,8 @@ def save_checkpoint(
     safetensors.torch.save_file(state, str(directory / WEIGHTS_FILE))
     if card is not None:
         write_model_card(directory, card)
+    else:
+        (directory / CARD_FILE).unlink(missing_ok=True)
     return directory
 
 

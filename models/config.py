@@ -107,6 +107,31 @@ class DDPMConfig:
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings shared by the VAE and DDPM training loops."""
+
+    steps: int = 10_000
+    batch_size: int = 64
+    learning_rate: float = 2e-4
+    warmup_steps: int = 500
+    grad_clip_norm: float = 1.0
+    # Exponential moving average of the weights; the exported DDPM uses the EMA copy.
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int = 50
+
+    def __post_init__(self) -> None:
+        _require(self.steps >= 1, "steps must be >= 1")
+        _require(self.batch_size >= 1, "batch_size must be >= 1")
+        _require(self.learning_rate > 0, "learning_rate must be > 0")
+        _require(self.warmup_steps >= 0, "warmup_steps must be >= 0")
+        _require(0.0 <= self.ema_decay < 1.0, "ema_decay must be in [0, 1)")
+        _require(self.checkpoint_every >= 1, "checkpoint_every must be >= 1")
+        _require(self.log_every >= 1, "log_every must be >= 1")
+
+
 class ConfigError(ValueError):
     """A configuration dictionary does not describe a valid config dataclass."""
 

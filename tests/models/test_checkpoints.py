@@ -317,3 +317,15 @@ def test_invalid_config_value_is_named_in_error(vae_dir):
     header["config"]["num_mixtures"] = 0
     write_header(vae_dir, header)
     assert "num_mixtures" in load_error(vae_dir)
+
+
+def test_saving_new_weights_without_a_card_removes_the_stale_card(tmp_path):
+    from models.checkpoints import CARD_FILE, save_checkpoint
+    from models.config import VAEConfig
+    from models.vae import VAE
+
+    model = VAE(VAEConfig(latent_dim=4, channels=(8, 16)))
+    save_checkpoint(tmp_path, model, card={"bits_per_dim": 3.9})
+    assert (tmp_path / CARD_FILE).exists()
+    save_checkpoint(tmp_path, model)
+    assert not (tmp_path / CARD_FILE).exists()

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from models.checkpoints import load_checkpoint
+from models.config import DDPMConfig, DiffusionConfig, TrainConfig, UNetConfig, VAEConfig
+from models.train import LOG_FILE, Experiment, Trainer
+
+
+def _images(n: int = 32) -> torch.Tensor:
+    return torch.randint(
+        0, 256, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+    )
+
+
+def _train_config(steps: int = 6) -> TrainConfig:
+    return TrainConfig(
+        steps=steps,
+        batch_size=4,
+        learning_rate=1e-3,
+        warmup_steps=2,
+        checkpoint_every=3,
+        log_every=1,
+        ema_decay=0.9,
+    )
+
+
+def _experiments() -> dict[str, Experiment]:
+    ddpm = DDPMConfig(
+        UNetConfig(
+            base_channels=8,
+            channel_mults=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(),
+            num_heads=1,
+        ),
+        DiffusionConfig(num_timesteps=50, variance="learned_range"),
+    )
+    vae = VAEConfig(latent_dim=4, channels=(8, 16), num_mixtures=2)
+    return {
+        "ddpm": Experiment("ddpm", ddpm, _train_config()),
+        "vae": Experiment("vae", vae, _train_config()),
+    }
+
+
+@pytest.mark.parametrize("kind", ["vae", "ddpm"])
+def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path, kind):
+    experiment = _experiments()[kind]
+    straight = Trainer(experiment, tmp_path / "straight", torch.device("cpu"))
+    (tmp_path / "straight").mkdir()
+    straight.run(_images())
+
+    (tmp_path / "split").mkdir()
+    first = Trainer(experiment, tmp_path / "split", torch.device("cpu"))
+    first.run(_images(), stop_after=3)
+    resumed = Trainer(experiment, tmp_path / "split", torch.device("cpu"))
+    assert resumed.try_resume() and resumed.step == 3
+    resumed.run(_images())
+
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    for name, tensor in straight.ema.state_dict().items():
+        assert torch.equal(tensor, resumed.ema.state_dict()[name]), name
+    log = [json.loads(line) for line in (tmp_path / "split" / LOG_FILE).read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5, 6]
+
+
+def test_ddpm_export_holds_the_ema_weights_and_loads_with_the_checkpoint_loader(tmp_path):
+    experiment = _experiments()["ddpm"]
+    trainer = Trainer(experiment, tmp_path, torch.device("cpu"))
+    trainer.run(_images())
+    loaded = load_checkpoint(tmp_path / "checkpoint")
+    assert loaded.kind == "ddpm"
+    for name, tensor in trainer.ema.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    differs = any(
+        not torch.equal(trainer.model.state_dict()[n], t)
+        for n, t in trainer.ema.state_dict().items()
+    )
+    assert differs  # the EMA really is a different set of weights
+    training = json.loads((tmp_path / "checkpoint" / "training.json").read_text())
+    assert training["steps_done"] == 6
+
+
+def test_resume_refuses_a_run_directory_of_another_experiment(tmp_path):
+    experiments = _experiments()
+    Trainer(experiments["vae"], tmp_path, torch.device("cpu")).run(_images(), stop_after=3)
+    other = Experiment("vae", experiments["vae"].model_config, _train_config(steps=9))
+    with pytest.raises(SystemExit, match="different experiment"):
+        Trainer(other, tmp_path, torch.device("cpu")).try_resume()
+
+
+def test_shipped_training_configs_parse():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    for kind in ("vae", "ddpm"):
+        experiment = Experiment.from_file(kind, root / f"{kind}_fmnist.json")
+        assert experiment.build_model() is not None
