@@ -81,10 +81,3 @@ def _row_groups(generators: Sequence[torch.Generator]) -> list[tuple[torch.Gener
         else:
             groups.append((generator, 1))
     return groups
-
-
-def split_generator(generator: Generators, rows: slice) -> Generators:
-    """The generator(s) for a contiguous slice of the batch's rows."""
-    if isinstance(generator, torch.Generator):
-        return generator
-    return list(generator)[rows]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.noise import rand_rows, randn_rows, seeded_generator, split_generator
+from models.noise import rand_rows, randn_rows, seeded_generator
 
 
 def _reference_randn(seed: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -147,12 +147,3 @@ def test_rand_rows_with_per_row_generators_stays_in_the_unit_interval():
     assert noise.min() >= 0.0
     assert noise.max() < 1.0
     assert torch.equal(noise[3:], _reference_rand(2, (2, 1000)))
-
-
-def test_split_generator_slices_per_row_generators_and_passes_one_generator_through():
-    shared = seeded_generator(0)
-    assert split_generator(shared, slice(2, 5)) is shared
-    generators = [seeded_generator(i) for i in range(6)]
-    part = split_generator(generators, slice(2, 5))
-    assert len(part) == 3
-    assert all(a is b for a, b in zip(part, generators[2:5], strict=True))
