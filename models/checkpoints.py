@@ -1,6 +1,7 @@
 """Checkpoints on disk: a directory with three files, none of which holds pickled code.
 
-config.json       {"format_version", "kind": "vae" | "ddpm", "config": {...}}: rebuilds the model
+config.json       {"format_version", "kind": "vae" | "ddpm" | "classifier", "config": {...}}:
+                  rebuilds the model
 model.safetensors the weights (safetensors: tensors only)
 model_card.json   measured numbers (written by the evaluation CLI; optional until then)
 """
@@ -18,7 +19,15 @@ import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from models.config import ConfigError, DDPMConfig, VAEConfig, config_from_dict, config_to_dict
+from models.classifier import FashionClassifier
+from models.config import (
+    ClassifierConfig,
+    ConfigError,
+    DDPMConfig,
+    VAEConfig,
+    config_from_dict,
+    config_to_dict,
+)
 from models.ddpm import DDPM
 from models.vae import VAE
 
@@ -27,9 +36,18 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
 
-ModelKind = Literal["vae", "ddpm"]
-_CONFIG_CLASSES: dict[str, type] = {"vae": VAEConfig, "ddpm": DDPMConfig}
-_MODEL_CLASSES: dict[str, type[nn.Module]] = {"vae": VAE, "ddpm": DDPM}
+ModelKind = Literal["vae", "ddpm", "classifier"]
+CheckpointModel = VAE | DDPM | FashionClassifier
+_CONFIG_CLASSES: dict[str, type] = {
+    "vae": VAEConfig,
+    "ddpm": DDPMConfig,
+    "classifier": ClassifierConfig,
+}
+_MODEL_CLASSES: dict[str, type[nn.Module]] = {
+    "vae": VAE,
+    "ddpm": DDPM,
+    "classifier": FashionClassifier,
+}
 
 
 class CheckpointError(ValueError):
@@ -39,7 +57,7 @@ class CheckpointError(ValueError):
 @dataclass(frozen=True)
 class Checkpoint:
     kind: ModelKind
-    model: VAE | DDPM
+    model: CheckpointModel
     directory: Path
     card: dict[str, Any] = field(default_factory=dict)
 
@@ -53,7 +71,7 @@ def model_kind(model: nn.Module) -> ModelKind:
 
 def save_checkpoint(
     directory: str | os.PathLike[str],
-    model: VAE | DDPM,
+    model: CheckpointModel,
     card: dict[str, Any] | None = None,
 ) -> Path:
     """Write config and weights (and the card, when given) into ``directory``.

@@ -132,6 +132,56 @@ class TrainConfig:
         _require(self.log_every >= 1, "log_every must be >= 1")
 
 
+@dataclass(frozen=True)
+class ClassifierConfig:
+    """Small CNN classifier whose penultimate activations serve a Fréchet distance.
+
+    Each entry of ``channels`` is one conv3x3 -> GroupNorm -> ReLU -> maxpool2 level; the
+    flattened maps go through a linear layer to ``feature_dim`` (ReLU), then to the logits.
+    """
+
+    image_channels: int = 1
+    image_size: int = 28
+    channels: tuple[int, ...] = (32, 64)
+    norm_groups: int = 8
+    feature_dim: int = 128
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        _require(self.image_channels >= 1, "image_channels must be >= 1")
+        _require(self.image_size >= 1, "image_size must be >= 1")
+        _require(len(self.channels) >= 1, "channels must name at least one level")
+        _require(all(c >= 1 for c in self.channels), "channels must all be >= 1")
+        _require(self.norm_groups >= 1, "norm_groups must be >= 1")
+        _require(
+            all(c % self.norm_groups == 0 for c in self.channels),
+            f"norm_groups {self.norm_groups} must divide every level's channel count",
+        )
+        _require(self.feature_dim >= 1, "feature_dim must be >= 1")
+        _require(self.num_classes >= 2, "num_classes must be >= 2")
+        _require(
+            self.image_size % 2 ** len(self.channels) == 0,
+            f"image_size {self.image_size} must be divisible by 2**levels",
+        )
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    """Epoch-based optimisation of the classifier: AdamW with a cosine decay to zero."""
+
+    epochs: int = 3
+    batch_size: int = 128
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "epochs must be >= 1")
+        _require(self.batch_size >= 1, "batch_size must be >= 1")
+        _require(self.learning_rate > 0, "learning_rate must be > 0")
+        _require(self.weight_decay >= 0, "weight_decay must be >= 0")
+
+
 class ConfigError(ValueError):
     """A configuration dictionary does not describe a valid config dataclass."""
 
