@@ -7,7 +7,9 @@ the model finds unlikely costs more bits). Scores are 1-D tensors or arrays of f
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,3 +101,48 @@ def complexity_corrected_score(
     how much better the model explains x than a model of images in general would.
     """
     return bits_per_dim.double() - compressor_bits_per_dim.double()
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Scores of held-out normal inputs for one anomaly score, as kept in a model card.
+
+    Thresholds for any false-positive rate and percentiles of new scores both come from these
+    scores, so the service and the evaluation agree by construction.
+    """
+
+    normal_scores: np.ndarray  # (N,) sorted ascending
+    source: str
+
+    @classmethod
+    def of(cls, normal_scores, source: str) -> Calibration:
+        return cls(np.sort(_as_numpy(normal_scores)), source)
+
+    @property
+    def min_fpr(self) -> float:
+        """Below 1/N the (1 - fpr) quantile is just the largest held-out score."""
+        return 1.0 / len(self.normal_scores)
+
+    def threshold(self, fpr: float) -> float:
+        if not self.min_fpr <= fpr < 1.0:
+            raise ValueError(
+                f"fpr must be in [{self.min_fpr:g}, 1) for a calibration set of "
+                f"{len(self.normal_scores)} normal inputs, got {fpr}"
+            )
+        return calibrated_threshold(self.normal_scores, fpr)
+
+    def percentile(self, scores) -> np.ndarray:
+        return percentile_among(scores, self.normal_scores)
+
+    def to_dict(self, reported_fprs: Sequence[float] = (0.01, 0.05)) -> dict[str, Any]:
+        thresholds = {str(fpr): self.threshold(fpr) for fpr in reported_fprs}
+        return {
+            "source": self.source,
+            "num_images": len(self.normal_scores),
+            "thresholds": thresholds,
+            "normal_scores": [round(float(s), 6) for s in self.normal_scores],
+        }
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> Calibration:
+        return cls.of(payload["normal_scores"], payload["source"])

@@ -109,6 +109,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _same_trajectory(saved: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a saved run may continue under the current experiment.
+
+    The learning rate is constant after warm-up, so the total step count does not shape the
+    trajectory: a run may be extended (or cut short) by editing `train.steps` alone.
+    """
+
+    def without_total(experiment: dict[str, Any]) -> dict[str, Any]:
+        train = {k: v for k, v in experiment["train"].items() if k != "steps"}
+        return {**experiment, "train": train}
+
+    return without_total(saved) == without_total(current)
+
+
 class Trainer:
     """Owns the model, its EMA copy, the optimizer and the generators of one run."""
 
@@ -148,7 +162,7 @@ class Trainer:
         if not path.exists():
             return False
         state = torch.load(path, map_location=self.device, weights_only=True)
-        if state["experiment"] != self.experiment.to_dict():
+        if not _same_trajectory(state["experiment"], self.experiment.to_dict()):
             raise SystemExit(
                 f"{path} was written by a different experiment; use another --out or the "
                 "same --config"
@@ -159,7 +173,20 @@ class Trainer:
         self.data_generator.set_state(state["data_generator"])
         self.noise_generator.set_state(state["noise_generator"])
         self.step = state["step"]
+        self._truncate_log_after(self.step)
         return True
+
+    def _truncate_log_after(self, step: int) -> None:
+        """A killed run may have logged steps it never saved; they are about to be redone."""
+        path = self.out / LOG_FILE
+        if not path.exists():
+            return
+        kept = [
+            line
+            for line in path.read_text().splitlines()
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        path.write_text("".join(line + "\n" for line in kept))
 
     def export(self) -> Path:
         """The shippable checkpoint: EMA weights for the DDPM, raw weights for the VAE."""

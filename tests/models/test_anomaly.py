@@ -4,6 +4,7 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from models.anomaly import (
+    Calibration,
     auroc,
     calibrated_threshold,
     complexity_corrected_score,
@@ -75,3 +76,22 @@ def test_png_codelength_orders_images_by_complexity():
     assert bits[0] < 1.0 < 8.0 < bits[1]
     corrected = complexity_corrected_score(torch.tensor([3.0, 8.5]), bits)
     assert torch.allclose(corrected, torch.tensor([3.0, 8.5], dtype=torch.float64) - bits)
+
+
+def test_calibration_thresholds_and_percentiles_survive_the_model_card_round_trip(scores):
+    normal, _ = scores
+    calibration = Calibration.of(normal, "test scores")
+    restored = Calibration.from_dict(calibration.to_dict())
+    for fpr in (0.01, 0.05):
+        expected = np.quantile(normal, 1 - fpr, method="higher")
+        assert restored.threshold(fpr) == pytest.approx(expected, abs=1e-6)
+        assert restored.to_dict()["thresholds"][str(fpr)] == pytest.approx(expected, abs=1e-6)
+    assert restored.percentile([normal.min() - 1, normal.max() + 1]).tolist() == [0.0, 100.0]
+
+
+def test_calibration_refuses_a_false_positive_rate_it_cannot_resolve():
+    calibration = Calibration.of(np.arange(100.0), "hundred scores")
+    assert calibration.min_fpr == 0.01
+    calibration.threshold(0.01)
+    with pytest.raises(ValueError, match="100 normal inputs"):
+        calibration.threshold(0.001)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -86,9 +87,40 @@ def test_ddpm_export_holds_the_ema_weights_and_loads_with_the_checkpoint_loader(
 def test_resume_refuses_a_run_directory_of_another_experiment(tmp_path):
     experiments = _experiments()
     Trainer(experiments["vae"], tmp_path, torch.device("cpu")).run(_images(), stop_after=3)
-    other = Experiment("vae", experiments["vae"].model_config, _train_config(steps=9))
+    other_train = dataclasses.replace(_train_config(), learning_rate=2e-3)
+    other = Experiment("vae", experiments["vae"].model_config, other_train)
     with pytest.raises(SystemExit, match="different experiment"):
         Trainer(other, tmp_path, torch.device("cpu")).try_resume()
+
+
+def test_a_run_extended_by_editing_its_step_count_follows_the_same_trajectory(tmp_path):
+    experiment = _experiments()["vae"]
+    straight = Trainer(experiment, tmp_path / "straight", torch.device("cpu"))
+    (tmp_path / "straight").mkdir()
+    straight.run(_images())  # 6 steps
+
+    (tmp_path / "short").mkdir()
+    short = Experiment("vae", experiment.model_config, _train_config(steps=3))
+    Trainer(short, tmp_path / "short", torch.device("cpu")).run(_images())
+    longer = Experiment("vae", experiment.model_config, _train_config(steps=9))
+    resumed = Trainer(longer, tmp_path / "short", torch.device("cpu"))
+    assert resumed.try_resume()
+    resumed.run(_images(), stop_after=3)
+
+    for name, tensor in straight.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_resume_drops_log_lines_written_after_the_last_saved_state(tmp_path):
+    experiment = _experiments()["vae"]
+    Trainer(experiment, tmp_path, torch.device("cpu")).run(_images(), stop_after=3)
+    with (tmp_path / LOG_FILE).open("a") as log:  # a run killed at step 4, after logging it
+        log.write(json.dumps({"step": 4, "loss": 1.0}) + "\n")
+    resumed = Trainer(experiment, tmp_path, torch.device("cpu"))
+    assert resumed.try_resume()
+    resumed.run(_images())
+    log = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4, 5, 6]
 
 
 def test_shipped_training_configs_parse():
