@@ -153,3 +153,24 @@ def load_png_folder(
             )
         arrays.append(array)
     return torch.from_numpy(np.stack(arrays)).unsqueeze(1), paths
+
+
+def image_grid(images: torch.Tensor, columns: int = 8, padding: int = 2) -> torch.Tensor:
+    """Tile uint8 images (N, C, H, W) into one uint8 (C, rows*(H+p)+p, columns*(W+p)+p) image
+    on a black background, row by row."""
+    if images.ndim != 4 or images.shape[0] == 0 or images.dtype != torch.uint8:
+        raise ValueError(f"need uint8 images (N >= 1, C, H, W), got {tuple(images.shape)}")
+    n, channels, height, width = images.shape
+    columns = min(columns, n)
+    rows = -(-n // columns)
+    grid = torch.zeros(
+        channels,
+        rows * (height + padding) + padding,
+        columns * (width + padding) + padding,
+        dtype=torch.uint8,
+    )
+    for index, image in enumerate(images):
+        top = padding + (index // columns) * (height + padding)
+        left = padding + (index % columns) * (width + padding)
+        grid[:, top : top + height, left : left + width] = image
+    return grid
