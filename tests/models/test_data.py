@@ -326,3 +326,13 @@ def test_missing_png_folder_is_named_in_the_error(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         load_png_folder(missing)
     assert str(missing) in str(info.value)
+
+
+def test_image_grid_places_images_row_by_row_with_padding():
+    from models.data import image_grid
+
+    images = torch.stack([torch.full((1, 2, 3), v, dtype=torch.uint8) for v in (10, 20, 30)])
+    grid = image_grid(images, columns=2, padding=1)
+    assert grid.shape == (1, 2 * 3 + 1, 2 * 4 + 1)
+    assert grid[0, 1, 1] == 10 and grid[0, 1, 5] == 20 and grid[0, 4, 1] == 30
+    assert grid[0, 4, 5] == 0 and grid[0, 0].sum() == 0  # empty slot and padding are black
