@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -40,7 +41,7 @@ from models.anomaly import (
     fpr_at_tpr,
     png_bits_per_dim,
 )
-from models.checkpoints import load_checkpoint, read_model_card, write_model_card
+from models.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_card, write_model_card
 from models.classifier import FashionClassifier
 from models.data import image_grid, load_fashion_mnist, pixels_to_signed_unit, signed_unit_to_pixels
 from models.ddpm import DDPM
@@ -370,9 +371,12 @@ def ddpm_methods(ddpm: DDPM, ctx: Context) -> list[ScoreMethod]:
 
 
 def checkpoint_facts(directory: Path, model: torch.nn.Module) -> dict[str, Any]:
+    weights = (directory / WEIGHTS_FILE).read_bytes()
     facts: dict[str, Any] = {
         "parameters": sum(p.numel() for p in model.parameters()),
-        "weights_bytes": (directory / "model.safetensors").stat().st_size,
+        "weights_bytes": len(weights),
+        # Ties every figure to these exact weights: a retrained export invalidates the card.
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
     training = directory / "training.json"
     if training.exists():

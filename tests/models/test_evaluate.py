@@ -9,6 +9,7 @@ from models.classifier import FashionClassifier
 from models.config import ClassifierConfig, DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
 from models.ddpm import DDPM
 from models.evaluate import EvaluationSizes, main
+from models.report import markdown
 from models.vae import VAE
 
 OUTLIER_SETS = {"digits", "gaussian_noise", "inverted", "blurred", "uniform_noise"}
@@ -75,6 +76,9 @@ def test_vae_card_holds_every_figure(tmp_path, classifier_dir, capsys):
     assert card["calibration"]["iwae"]["k"] == 2 and card["calibration"]["elbo"]["k"] is None
     _check_common_sections(card, tmp_path, ["elbo", "iwae"], ["decoder_mean", "pixel_sample"])
     assert "-ELBO, 6 test images" in printed
+    table = markdown({"tiny-vae": card})
+    assert "| tiny-vae | -ELBO | 6 |" in table and "| tiny-vae | IWAE, k = 4 | 2 |" in table
+    assert table.count("| tiny-vae | elbo") == 4  # two detection rows, two calibration rows
 
 
 def test_ddpm_card_splits_the_exact_bound_into_its_terms(tmp_path, classifier_dir, capsys):
