@@ -27,12 +27,12 @@ BatchObserver = Callable[[Hashable, int, float], None]
 class _Pending(Generic[T]):
     item: T
     size: int
+    run: BatchFunction
     future: asyncio.Future[Any]
 
 
 @dataclass
 class _Queue:
-    run: BatchFunction
     items: list[_Pending[Any]] = field(default_factory=list)
     flush_scheduled: bool = False
 
@@ -41,9 +41,9 @@ class KeyedBatcher:
     """``await submit(key, run, item, size)`` -> ``run([... item ...])[its index]``.
 
     ``run`` takes a list of items and returns one result per item, in order; it runs in a
-    worker thread. ``size`` is the item's number of images, counted against
-    ``max_batch_items`` (an item larger than that runs alone). ``on_batch(key, items, seconds)``
-    is told about every executed call.
+    worker thread. Submitters of one key must pass equivalent ``run`` functions. ``size`` is
+    the item's number of images, counted against ``max_batch_items`` (an item larger than
+    that runs alone). ``on_batch(key, items, seconds)`` is told about every executed call.
     """
 
     def __init__(
@@ -62,9 +62,9 @@ class KeyedBatcher:
         loop = asyncio.get_running_loop()
         if self._device_lock is None:
             self._device_lock = asyncio.Lock()
-        queue = self._queues.setdefault(key, _Queue(run))
+        queue = self._queues.setdefault(key, _Queue())
         future: asyncio.Future[Any] = loop.create_future()
-        queue.items.append(_Pending(item, size, future))
+        queue.items.append(_Pending(item, size, run, future))
         if not queue.flush_scheduled:
             queue.flush_scheduled = True
             loop.create_task(self._flush(key))
@@ -80,7 +80,10 @@ class KeyedBatcher:
             queue.flush_scheduled = bool(queue.items)
             if queue.items:
                 asyncio.get_running_loop().create_task(self._flush(key))
-            await self._execute(key, queue.run, batch)
+            else:
+                # Keys carry request options (a temperature...): do not keep empty queues.
+                del self._queues[key]
+            await self._execute(key, batch)
 
     def _take(self, queue: _Queue) -> list[_Pending[Any]]:
         batch, total = [], 0
@@ -92,9 +95,11 @@ class KeyedBatcher:
             total += pending.size
         return batch
 
-    async def _execute(self, key: Hashable, run: BatchFunction, batch: list[_Pending[Any]]) -> None:
+    async def _execute(self, key: Hashable, batch: list[_Pending[Any]]) -> None:
         if not batch:
             return
+        # Equal keys promise equivalent functions: any item's will do.
+        run = batch[0].run
         start = time.perf_counter()
         try:
             results = await asyncio.to_thread(run, [pending.item for pending in batch])

@@ -111,10 +111,13 @@ def wait_ready(get, timeout_s: float = 60.0) -> None:
 @pytest.fixture(scope="session")
 def client(served_checkpoints):
     """In-process HTTP client on the service's ASGI app, ready (checkpoints loaded, warm)."""
+    from _bentoml_impl.server.serving import server_on_deployment
     from starlette.testclient import TestClient
 
     from service.service import ElboServe
 
+    # What `bentoml serve` does before it starts workers (creates the task result store).
+    server_on_deployment(ElboServe)
     with TestClient(ElboServe.to_asgi()) as test_client:
         wait_ready(lambda path: test_client.get(path).status_code)
         yield test_client

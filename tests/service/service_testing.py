@@ -21,3 +21,24 @@ def png_b64(image: torch.Tensor | np.ndarray) -> str:
 def png_pixels(text: str) -> np.ndarray:
     """base64 PNG -> uint8 (H, W)."""
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(text))))
+
+
+def metric_value(client, name: str, **labels: str) -> float:
+    """Sum of the /metrics samples called ``name`` whose labels include ``labels``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = client.get("/metrics").text
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def concurrently(calls):
+    """Run the zero-argument ``calls`` in threads at once; their results, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda call: call(), calls))
