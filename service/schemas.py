@@ -105,12 +105,16 @@ class SampleRequest(_Request):
 
 
 class ImagesPayload(BaseModel):
-    """Images in the format the request asked for; the other fields are null."""
+    """Images in the format the request asked for; the other fields are empty.
 
-    images: list[str] | None = Field(None, description="Base64-encoded PNGs ('png').")
+    (Empty lists rather than nulls: BentoML's Python client cannot decode a null array.)
+    """
+
+    images: list[str] = Field(default_factory=list, description="Base64-encoded PNGs ('png').")
     grid: str | None = Field(None, description="One base64-encoded PNG tiling all images ('grid').")
-    arrays: list[list[list[list[int]]]] | None = Field(
-        None, description="Images as (C, H, W) nested lists of integers 0..255 ('array')."
+    arrays: list[list[list[list[int]]]] = Field(
+        default_factory=list,
+        description="Images as (C, H, W) nested lists of integers 0..255 ('array').",
     )
 
 
@@ -243,20 +247,24 @@ class EncodeRequest(_Request):
 
 class EncodeResponse(BaseModel):
     model: ModelName
-    means: list[list[float]] | None = Field(None, description="VAE: posterior means (B, Z).")
-    logvars: list[list[float]] | None = Field(
-        None, description="VAE: posterior log-variances (B, Z)."
+    means: list[list[float]] = Field(
+        default_factory=list, description="VAE: posterior means (B, Z)."
     )
-    samples: list[list[float]] | None = Field(None, description="VAE: z ~ q(z|x) (B, Z).")
-    latents: list[list[list[list[float]]]] | None = Field(
-        None, description="DDPM: DDIM-inverted x_T, (B, C, H, W)."
+    logvars: list[list[float]] = Field(
+        default_factory=list, description="VAE: posterior log-variances (B, Z)."
+    )
+    samples: list[list[float]] = Field(default_factory=list, description="VAE: z ~ q(z|x) (B, Z).")
+    latents: list[list[list[list[float]]]] = Field(
+        default_factory=list, description="DDPM: DDIM-inverted x_T, (B, C, H, W)."
     )
     steps: int | None = Field(None, description="DDPM: inversion steps.")
-    reconstruction_rmse: list[float] | None = Field(
-        None, description="DDPM: RMS error, on the [-1, 1] scale, of decoding x_T back."
+    reconstruction_rmse: list[float] = Field(
+        default_factory=list,
+        description="DDPM: RMS error, on the [-1, 1] scale, of decoding x_T back.",
     )
-    reconstruction_max_pixel_error: list[int] | None = Field(
-        None, description="DDPM: largest error of that reconstruction in 8-bit levels."
+    reconstruction_max_pixel_error: list[int] = Field(
+        default_factory=list,
+        description="DDPM: largest error of that reconstruction in 8-bit levels.",
     )
 
 

@@ -157,7 +157,7 @@ class ElboServe:
                 model="vae",
                 means=out["mean"].tolist(),
                 logvars=out["logvar"].tolist(),
-                samples=out["sample"].tolist() if request.sample else None,
+                samples=out["sample"].tolist() if request.sample else [],
             )
         key = BatchKey("ddpm", "encode", (request.steps,), 2 * request.steps)
         run = functools.partial(self.runners.ddpm_encode, self.ddpm, steps=request.steps)

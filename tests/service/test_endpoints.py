@@ -52,7 +52,7 @@ def test_sample_output_formats_hold_the_same_pixels(client):
     pngs = client.post("/sample", json={**body, "output": "png"}).json()
     arrays = client.post("/sample", json={**body, "output": "array"}).json()
     tiled = client.post("/sample", json={**body, "output": "grid"}).json()
-    assert pngs["arrays"] is None and arrays["images"] is None
+    assert pngs["arrays"] == [] and arrays["images"] == []
     for text, array in zip(pngs["images"], arrays["arrays"], strict=True):
         assert np.array_equal(png_pixels(text), np.array(array[0]))
     grid = png_pixels(tiled["grid"])
