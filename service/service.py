@@ -59,6 +59,7 @@ class BatchKey(NamedTuple):
 @bentoml.service(
     name="elbo_serve",
     traffic={"timeout": SETTINGS.request_timeout_s, "max_concurrency": SETTINGS.max_concurrency},
+    workers=SETTINGS.workers,
 )
 class ElboServe:
     def __init__(self) -> None:

@@ -34,6 +34,8 @@ class Settings:
     # `max_concurrency` in-flight requests 429 (the batch queue itself is unbounded).
     request_timeout_s: int = 900
     max_concurrency: int = 128
+    # Worker processes, each with its own copy of the models (metrics are summed over them).
+    workers: int = 1
     # Threads torch uses inside one operation; 0 keeps torch's default.
     torch_threads: int = 0
     # Where long-running tasks record their progress (shared by all workers).
@@ -55,6 +57,7 @@ class Settings:
             batch_wait_ms=float(_env("BATCH_WAIT_MS", str(defaults.batch_wait_ms))),
             request_timeout_s=int(_env("REQUEST_TIMEOUT_S", str(defaults.request_timeout_s))),
             max_concurrency=int(_env("MAX_CONCURRENCY", str(defaults.max_concurrency))),
+            workers=int(_env("WORKERS", str(defaults.workers))),
             torch_threads=int(_env("TORCH_THREADS", str(defaults.torch_threads))),
             progress_dir=Path(_env("PROGRESS_DIR", str(defaults.progress_dir))),
         )
