@@ -4,7 +4,9 @@ FROM python:3.11-slim
 
 ENV BENTOML_DO_NOT_TRACK=true \
     PIP_NO_CACHE_DIR=1 \
-    PYTHONUNBUFFERED=1
+    PYTHONUNBUFFERED=1 \
+    ELBO_SERVE_VAE_CHECKPOINT=/app/checkpoints/vae \
+    ELBO_SERVE_DDPM_CHECKPOINT=/app/checkpoints/ddpm
 WORKDIR /app
 
 # torch first, from the CPU wheel index (the default index pulls CUDA packages).
