@@ -4,7 +4,7 @@ VENV := .venv
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint data install
+.PHONY: test lint data install serve
 
 install: $(VENV)/.installed
 
@@ -29,3 +29,7 @@ lint: install
 .PHONY: baselines
 baselines: install data
 	$(VENV)/bin/python -m models.baselines
+
+# The service on the bundled checkpoints at http://localhost:3000 (Swagger UI at /).
+serve: install
+	BENTOML_DO_NOT_TRACK=true $(VENV)/bin/bentoml serve --port 3000

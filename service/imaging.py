@@ -1,0 +1,144 @@
+"""Images and latents between their wire formats and tensors.
+
+Wire formats: base64-encoded PNGs, nested integer arrays, uploaded PNG files. Tensors are
+uint8 (B, C, H, W) for images and float32 for latents. Every problem raises RequestError
+naming the item (``images[3]``) and what was expected.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from service.errors import RequestError
+
+_PNG_MODES = {1: "L", 3: "RGB"}
+_DATA_URL_PREFIX = "data:image/png;base64,"
+
+
+def decode_images(
+    items: Sequence[str | list[Any]], shape: tuple[int, int, int], field: str = "images"
+) -> torch.Tensor:
+    """Base64 PNG strings or nested arrays -> uint8 (B, C, H, W) of the model's ``shape``."""
+    decoded = []
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if isinstance(item, str):
+            decoded.append(png_to_array(_b64decode(item, where), shape, where))
+        else:
+            decoded.append(_array_to_pixels(item, shape, where))
+    return torch.from_numpy(np.stack(decoded))
+
+
+def png_to_array(data: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
+    """PNG bytes -> uint8 (C, H, W); 8-bit grayscale for C = 1 (RGB for C = 3)."""
+    c, h, w = shape
+    try:
+        image = Image.open(io.BytesIO(data))
+        image_format = image.format
+        image.load()
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise RequestError(where, f"not a readable PNG image ({error})") from error
+    if image_format != "PNG":
+        raise RequestError(where, f"expected a PNG image, got {image_format}")
+    if image.mode != _PNG_MODES.get(c):
+        raise RequestError(
+            where, f"expected an 8-bit {_PNG_MODES.get(c, '?')} PNG, got mode {image.mode!r}"
+        )
+    if image.size != (w, h):
+        raise RequestError(where, f"expected a {w}x{h} image, got {image.size[0]}x{image.size[1]}")
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if c == 1 else array.transpose(2, 0, 1)
+
+
+def _b64decode(text: str, where: str) -> bytes:
+    if text.startswith(_DATA_URL_PREFIX):
+        text = text[len(_DATA_URL_PREFIX) :]
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as error:
+        raise RequestError(where, f"not valid base64 ({error})") from error
+
+
+def _array_to_pixels(item: Any, shape: tuple[int, int, int], where: str) -> np.ndarray:
+    c, h, w = shape
+    expected = f"({h}, {w})" if c == 1 else f"({c}, {h}, {w})"
+    array = _numeric_array(item, where, f"a nested array of integers 0..255 of shape {expected}")
+    if c == 1 and array.shape == (h, w):
+        array = array[None]
+    if array.shape != (c, h, w):
+        raise RequestError(where, f"expected shape {expected}, got {array.shape}")
+    if not np.all(array == np.round(array)) or array.min() < 0 or array.max() > 255:
+        raise RequestError(where, "expected integers 0..255")
+    return array.astype(np.uint8)
+
+
+def _numeric_array(item: Any, where: str, expected: str) -> np.ndarray:
+    try:
+        array = np.asarray(item, dtype=np.float64)
+    except (ValueError, TypeError) as error:
+        # Ragged or non-numeric nesting.
+        raise RequestError(where, f"expected {expected}") from error
+    if not np.all(np.isfinite(array)):
+        raise RequestError(where, f"expected {expected}; found a non-finite value")
+    return array
+
+
+def decode_latents(
+    items: Sequence[list[Any]], shape: tuple[int, ...], field: str = "latents"
+) -> torch.Tensor:
+    """Nested float lists -> float32 (B, *shape)."""
+    rows = []
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        array = _numeric_array(item, where, f"an array of floats of shape {shape}")
+        if array.shape != tuple(shape):
+            raise RequestError(where, f"expected shape {tuple(shape)}, got {array.shape}")
+        rows.append(array)
+    return torch.from_numpy(np.stack(rows)).float()
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """uint8 (C, H, W) -> PNG bytes."""
+    array = image.cpu().numpy()
+    c = array.shape[0]
+    pixels = array[0] if c == 1 else array.transpose(1, 2, 0)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode=_PNG_MODES[c]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def to_base64_png(image: torch.Tensor) -> str:
+    return base64.b64encode(encode_png(image)).decode("ascii")
+
+
+def grid(images: torch.Tensor, padding: int = 2) -> torch.Tensor:
+    """uint8 (B, C, H, W) -> one uint8 (C, H', W') tile of ceil(sqrt(B)) columns, black gaps."""
+    b, c, h, w = images.shape
+    columns = math.ceil(math.sqrt(b))
+    rows = math.ceil(b / columns)
+    canvas = torch.zeros(
+        c, rows * (h + padding) + padding, columns * (w + padding) + padding, dtype=torch.uint8
+    )
+    for i, image in enumerate(images):
+        top = padding + (i // columns) * (h + padding)
+        left = padding + (i % columns) * (w + padding)
+        canvas[:, top : top + h, left : left + w] = image
+    return canvas
+
+
+def images_payload(images: torch.Tensor, output: str) -> dict[str, Any]:
+    """uint8 (B, C, H, W) -> the response fields for ``output`` ('png', 'grid' or 'array')."""
+    if output == "png":
+        return {"images": [to_base64_png(image) for image in images]}
+    if output == "grid":
+        return {"grid": to_base64_png(grid(images))}
+    return {"arrays": images.tolist()}

@@ -1,0 +1,195 @@
+"""Batched calls into :mod:`models`: concatenate the jobs' rows, give every row its job's
+generator, make one ``models`` call, split the result back per job.
+
+These functions hold no maths; they are what the batcher runs in its worker thread. Each job's
+rows share one generator seeded by that job alone, so a job's output does not depend on the
+other jobs in its batch (see :mod:`models.noise`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from models.data import pixels_to_signed_unit, signed_unit_to_pixels
+from models.ddpm import DDPM
+from models.diffusion_bound import vlb_exact, vlb_monte_carlo
+from models.noise import seeded_generator
+from models.samplers import ddim_decode, ddim_invert, ddim_sample, ddpm_ancestral_sample
+from models.vae import VAE
+
+Progress = Callable[[int, int], None]
+Tensors = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    n: int
+    seed: int
+    progress: Progress | None = None
+
+
+@dataclass(frozen=True)
+class ImagesJob:
+    """Inputs (B, ...) for one request: uint8 images, or float latents for decoding."""
+
+    inputs: torch.Tensor
+    seed: int = 0
+    progress: Progress | None = None
+
+    @property
+    def rows(self) -> int:
+        return self.inputs.shape[0]
+
+
+def _row_generators(counts: Sequence[tuple[int, int]]) -> list[torch.Generator]:
+    """One generator per (seed, rows) job, repeated over its rows."""
+    rows: list[torch.Generator] = []
+    for seed, count in counts:
+        generator = seeded_generator(seed)
+        rows += [generator] * count
+    return rows
+
+
+def _report(jobs: Sequence[SampleJob | ImagesJob]) -> Progress:
+    def on_step(done: int, total: int) -> None:
+        for job in jobs:
+            if job.progress is not None:
+                job.progress(done, total)
+
+    return on_step
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _split(batch: torch.Tensor, sizes: Sequence[int]) -> list[torch.Tensor]:
+    return list(torch.split(batch.cpu(), list(sizes)))
+
+
+def _split_terms(terms: Tensors, sizes: Sequence[int]) -> list[Tensors]:
+    per_name = {name: _split(values, sizes) for name, values in terms.items()}
+    return [{name: parts[i] for name, parts in per_name.items()} for i in range(len(sizes))]
+
+
+def _signed_unit(jobs: Sequence[ImagesJob], device: torch.device) -> torch.Tensor:
+    return pixels_to_signed_unit(torch.cat([job.inputs for job in jobs])).to(device)
+
+
+# Sampling ---------------------------------------------------------------------------------
+
+
+def vae_sample(
+    vae: VAE, jobs: Sequence[SampleJob], temperature: float, sample_pixels: bool
+) -> list[torch.Tensor]:
+    """Per job, uint8 (n, C, H, W)."""
+    generators = _row_generators([(job.seed, job.n) for job in jobs])
+    images = vae.sample(len(generators), generators, temperature, sample_pixels)
+    return _split(signed_unit_to_pixels(images), [job.n for job in jobs])
+
+
+def ddpm_sample(
+    ddpm: DDPM, jobs: Sequence[SampleJob], sampler: str, steps: int, eta: float
+) -> list[torch.Tensor]:
+    """Per job, uint8 (n, C, H, W), from DDIM (``steps``, ``eta``) or the ancestral sampler."""
+    generators = _row_generators([(job.seed, job.n) for job in jobs])
+    shape = (len(generators), *ddpm.image_shape)
+    if sampler == "ancestral":
+        x = ddpm_ancestral_sample(ddpm.diffusion, ddpm, shape, generators, on_step=_report(jobs))
+    else:
+        x = ddim_sample(ddpm.diffusion, ddpm, shape, steps, generators, eta, on_step=_report(jobs))
+    return _split(signed_unit_to_pixels(x), [job.n for job in jobs])
+
+
+# Likelihood bounds ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def vae_bound(vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None) -> list[Tensors]:
+    """Per job, {term name: (B,) float64}: nats terms and total_bits_per_dim."""
+    x = _signed_unit(jobs, _device(vae))
+    generators = _row_generators([(job.seed, job.rows) for job in jobs])
+    if method == "iwae":
+        assert k is not None
+        bound = vae.iwae_bound(x, k, generators)
+        terms = {"total_nats": bound.total_nats, "total_bits_per_dim": bound.total_bits_per_dim}
+    else:
+        elbo = vae.negative_elbo(x, generators)
+        terms = {
+            "total_nats": elbo.total_nats,
+            "total_bits_per_dim": elbo.total_bits_per_dim,
+            "reconstruction_nats": elbo.reconstruction_nats,
+            "kl_nats": elbo.kl_nats,
+        }
+    return _split_terms({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
+
+
+@torch.no_grad()
+def ddpm_bound(
+    ddpm: DDPM, jobs: Sequence[ImagesJob], method: str, k: int | None, max_batch: int
+) -> list[Tensors]:
+    """Per job, {term name: (B,) float64}: L_T, the denoising sum, L_0, total, stderr."""
+    x = _signed_unit(jobs, _device(ddpm))
+    generators = _row_generators([(job.seed, job.rows) for job in jobs])
+    if method == "vlb_exact":
+        bound = vlb_exact(ddpm.diffusion, ddpm, x, generators, max_batch, on_rows=_report(jobs))
+    else:
+        assert k is not None
+        bound = vlb_monte_carlo(ddpm.diffusion, ddpm, x, k, generators, max_batch)
+    terms = {
+        "total_nats": bound.total_nats,
+        "total_bits_per_dim": bound.total_bits_per_dim,
+        "prior_nats": bound.prior_nats,
+        "denoising_nats": bound.denoising_nats,
+        "reconstruction_nats": bound.reconstruction_nats,
+    }
+    if bound.denoising_stderr_nats is not None:
+        # L_T and L_0 are computed exactly, so the total's error is the denoising sum's.
+        terms["stderr_nats"] = bound.denoising_stderr_nats
+    return _split_terms({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
+
+
+# Encoding and decoding --------------------------------------------------------------------
+
+
+@torch.no_grad()
+def vae_encode(vae: VAE, jobs: Sequence[ImagesJob], draw_sample: bool) -> list[Tensors]:
+    """Per job, posterior ``mean`` and ``logvar`` (B, Z), and a ``sample`` z if asked."""
+    posterior = vae.encode(_signed_unit(jobs, _device(vae)))
+    out = {"mean": posterior.mean, "logvar": posterior.logvar}
+    if draw_sample:
+        generators = _row_generators([(job.seed, job.rows) for job in jobs])
+        out["sample"] = posterior.rsample(generators)[0]
+    return _split_terms(out, [job.rows for job in jobs])
+
+
+def ddpm_encode(ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int) -> list[Tensors]:
+    """Per job, the DDIM-inverted ``latent`` x_T (B, C, H, W) and its decoded
+    ``reconstruction`` as uint8 (B, C, H, W)."""
+    x = _signed_unit(jobs, _device(ddpm))
+    latent = ddim_invert(ddpm.diffusion, ddpm, x, steps)
+    decoded = ddim_decode(ddpm.diffusion, ddpm, latent, steps)
+    out = {
+        "latent": latent,
+        "reconstruction": signed_unit_to_pixels(decoded),
+        "rmse": (decoded - x).pow(2).flatten(1).mean(dim=1).sqrt(),
+    }
+    return _split_terms(out, [job.rows for job in jobs])
+
+
+@torch.no_grad()
+def vae_decode(vae: VAE, jobs: Sequence[ImagesJob]) -> list[torch.Tensor]:
+    """Latents z (B, Z) -> per job uint8 (B, C, H, W), the decoder's mean image."""
+    z = torch.cat([job.inputs for job in jobs]).to(_device(vae))
+    images = signed_unit_to_pixels(vae.decode(z).mean_image())
+    return _split(images, [job.rows for job in jobs])
+
+
+def ddpm_decode(ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int) -> list[torch.Tensor]:
+    """Latents x_T (B, C, H, W) -> per job uint8 (B, C, H, W) by deterministic DDIM."""
+    x_T = torch.cat([job.inputs for job in jobs]).to(_device(ddpm))
+    images = ddim_decode(ddpm.diffusion, ddpm, x_T, steps, on_step=_report(jobs))
+    return _split(signed_unit_to_pixels(images), [job.rows for job in jobs])

@@ -1,0 +1,69 @@
+"""Anomaly scores from likelihood bounds, judged against the model card's calibration.
+
+The thresholds and percentiles come from :class:`models.anomaly.Calibration`, built from the
+held-out normal scores the evaluation CLI stored in the card, so the service flags exactly
+what the evaluation measured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim
+from service.errors import MissingCalibrationError, RequestError
+
+# correction -> the score kind the card calibrates
+SCORE_KINDS = {"none": "bits_per_dim", "png": "bits_per_dim_minus_png"}
+
+
+@dataclass(frozen=True)
+class CalibratedScore:
+    calibration: Calibration
+    k: int | None
+
+
+def calibration_for(
+    card: dict[str, Any], model: str, method: str, correction: str
+) -> CalibratedScore:
+    """The card's calibration for ``method`` and ``correction``; 409 when it has none."""
+    entry = card.get("calibration", {}).get(method)
+    kind = SCORE_KINDS[correction]
+    if not entry or kind not in entry.get("scores", {}):
+        raise MissingCalibrationError(
+            "method",
+            f"the {model} model card has no calibration for method {method!r} with "
+            f"correction {correction!r}; calibrated: {_calibrated(card)}",
+        )
+    return CalibratedScore(Calibration.from_dict(entry["scores"][kind]), entry.get("k"))
+
+
+def _calibrated(card: dict[str, Any]) -> str:
+    pairs = [
+        f"{method}/{kind}"
+        for method, entry in card.get("calibration", {}).items()
+        for kind in entry.get("scores", {})
+    ]
+    return ", ".join(pairs) or "nothing"
+
+
+def threshold_for(calibration: Calibration, fpr: float) -> float:
+    if fpr < calibration.min_fpr:
+        raise RequestError(
+            "fpr",
+            f"{fpr:g} is below {calibration.min_fpr:g}, the smallest rate "
+            f"{len(calibration.normal_scores)} calibration images can resolve",
+        )
+    return calibration.threshold(fpr)
+
+
+def scores(
+    bits_per_dim: torch.Tensor, pixels: torch.Tensor, correction: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(score, png bits/dim) per image: the bound itself, or minus the PNG codelength."""
+    png = png_bits_per_dim(pixels)
+    score = complexity_corrected_score(bits_per_dim, png) if correction == "png" else bits_per_dim
+    return score.double().numpy(), png.numpy()

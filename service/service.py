@@ -1,0 +1,374 @@
+"""The elbo-serve BentoML service: thin endpoints over :mod:`models`.
+
+Each endpoint validates its body (schemas), converts images to tensors (imaging), hands one
+job to the batcher, which runs it together with concurrent jobs of the same kind in one
+``models`` call (runners), and converts the result back. Long work also has a task form
+(``/sample_task``, ``/likelihood_task``: submit, status, get) with progress at ``/task_progress``.
+
+Run from the repository root: ``bentoml serve`` (declared in pyproject.toml) or ``make serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+from typing import Any, NamedTuple
+
+import bentoml
+
+from service.errors import RequestError, answers_request_errors
+from service.schemas import (
+    DEFAULT_K,
+    K_RANGE,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeRequest,
+    EncodeResponse,
+    ImageBound,
+    ImageScore,
+    LikelihoodRequest,
+    LikelihoodResponse,
+    ModelInfo,
+    ModelsResponse,
+    ProgressRequest,
+    ProgressResponse,
+    SampleRequest,
+    SampleResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from service.settings import Settings
+
+logger = logging.getLogger("elbo_serve")
+# Server limits are fixed when the service class is declared; the rest is read per instance.
+SETTINGS = Settings.from_env()
+
+
+class BatchKey(NamedTuple):
+    """Everything a batched model call depends on besides its inputs."""
+
+    model: str
+    operation: str
+    options: tuple[Any, ...] = ()
+    denoising_steps: int = 0  # network steps of one loop, for the metric
+
+
+@bentoml.service(
+    name="elbo_serve",
+    traffic={"timeout": SETTINGS.request_timeout_s, "max_concurrency": SETTINGS.max_concurrency},
+    workers=SETTINGS.workers,
+)
+class ElboServe:
+    def __init__(self) -> None:
+        # Heavy imports here so that importing the module (bentoml build, the arbiter) stays
+        # cheap, and prometheus_client is first imported inside a worker, where BentoML has
+        # set PROMETHEUS_MULTIPROC_DIR.
+        import torch
+
+        from models.checkpoints import load_checkpoint
+        from service import metrics, runners
+        from service.batching import KeyedBatcher
+        from service.progress import ProgressStore
+
+        # Read again here (not only at import) so each new instance sees the environment.
+        settings = self.settings = Settings.from_env()
+        if settings.torch_threads > 0:
+            torch.set_num_threads(settings.torch_threads)
+        self.device = settings.resolve_device()
+        self.metrics, self.runners = metrics, runners
+        self.checkpoints = {}
+        for name, directory in (
+            ("vae", settings.vae_checkpoint),
+            ("ddpm", settings.ddpm_checkpoint),
+        ):
+            start = time.perf_counter()
+            self.checkpoints[name] = load_checkpoint(directory, self.device)
+            metrics.CHECKPOINT_LOAD_SECONDS.labels(name).set(time.perf_counter() - start)
+            logger.info("loaded %s from %s on %s", name, directory, self.device)
+        self.vae = self.checkpoints["vae"].model
+        self.ddpm = self.checkpoints["ddpm"].model
+        self.max_batch = settings.max_batch_images(self.device)
+        self.batcher = KeyedBatcher(self.max_batch, settings.batch_wait_ms / 1000, self._observe)
+        self.progress = ProgressStore(settings.progress_dir)
+        self._ready = False
+
+    # Health -------------------------------------------------------------------------------
+
+    @bentoml.on_startup
+    async def _start_warm_up(self) -> None:
+        # In the background, so /livez answers while /readyz waits for the first batch.
+        self._warm_up_task = asyncio.get_running_loop().create_task(self._warm_up())
+
+    async def _warm_up(self) -> None:
+        start = time.perf_counter()
+        try:
+            for model in ("vae", "ddpm"):
+                sampled = await self._sample(SampleRequest(model=model, n=1, steps=2, seed=0))
+                method = "elbo" if model == "vae" else "vlb_mc"
+                await self._likelihood(
+                    LikelihoodRequest(model=model, images=sampled.images, method=method)
+                )
+        except Exception:
+            logger.exception("warm-up failed; /readyz stays 503")
+            return
+        self.metrics.WARMUP_SECONDS.set(time.perf_counter() - start)
+        self._ready = True
+        logger.info("warm-up done in %.1f s", time.perf_counter() - start)
+
+    def __is_ready__(self) -> bool:
+        return self._ready
+
+    # Endpoints ----------------------------------------------------------------------------
+
+    @bentoml.api(input_spec=SampleRequest)
+    @answers_request_errors
+    async def sample(self, **fields: Any) -> SampleResponse:
+        """Draw `n` images; the same `seed` gives byte-identical images."""
+        return await self._sample(SampleRequest.model_construct(**fields))
+
+    @bentoml.api(input_spec=LikelihoodRequest)
+    @answers_request_errors
+    async def likelihood(self, **fields: Any) -> LikelihoodResponse:
+        """Per image, the bound on -log p(x) in nats and bits/dim, term by term."""
+        return await self._likelihood(LikelihoodRequest.model_construct(**fields))
+
+    @bentoml.api(input_spec=ScoreRequest)
+    @answers_request_errors
+    async def score(self, **fields: Any) -> ScoreResponse:
+        """Per image, the anomaly score, the calibrated threshold for `fpr`, the verdict and
+        the score's percentile among held-out normal images."""
+        return await self._score(ScoreRequest.model_construct(**fields))
+
+    @bentoml.api(input_spec=EncodeRequest)
+    @answers_request_errors
+    async def encode(self, **fields: Any) -> EncodeResponse:
+        """VAE: posterior mean and log-variance. DDPM: DDIM-inverted x_T and how well it
+        decodes back."""
+        request = EncodeRequest.model_construct(**fields)
+        x = self._images(request.images, request.model)
+        job = self.runners.ImagesJob(x, request.seed)
+        if request.model == "vae":
+            key = BatchKey("vae", "encode", (request.sample,))
+            run = functools.partial(self.runners.vae_encode, self.vae, draw_sample=request.sample)
+            out = await self.batcher.submit(key, run, job, job.rows)
+            return EncodeResponse(
+                model="vae",
+                means=out["mean"].tolist(),
+                logvars=out["logvar"].tolist(),
+                samples=out["sample"].tolist() if request.sample else [],
+            )
+        key = BatchKey("ddpm", "encode", (request.steps,), 2 * request.steps)
+        run = functools.partial(self.runners.ddpm_encode, self.ddpm, steps=request.steps)
+        out = await self.batcher.submit(key, run, job, job.rows)
+        errors = (out["reconstruction"].int() - x.int()).abs().flatten(1).amax(dim=1)
+        return EncodeResponse(
+            model="ddpm",
+            latents=out["latent"].tolist(),
+            steps=request.steps,
+            reconstruction_rmse=out["rmse"].tolist(),
+            reconstruction_max_pixel_error=errors.tolist(),
+        )
+
+    @bentoml.api(input_spec=DecodeRequest)
+    @answers_request_errors
+    async def decode(self, **fields: Any) -> DecodeResponse:
+        """Latents (VAE z, or DDPM x_T from /encode) -> images."""
+        from service.imaging import decode_latents, images_payload
+
+        request = DecodeRequest.model_construct(**fields)
+        if request.model == "vae":
+            z = decode_latents(request.latents, (self.vae.config.latent_dim,))
+            key, run = (
+                BatchKey("vae", "decode"),
+                functools.partial(self.runners.vae_decode, self.vae),
+            )
+        else:
+            z = decode_latents(request.latents, self.ddpm.image_shape)
+            key = BatchKey("ddpm", "decode", (request.steps,), request.steps)
+            run = functools.partial(self.runners.ddpm_decode, self.ddpm, steps=request.steps)
+        images = await self.batcher.submit(key, run, self.runners.ImagesJob(z), len(z))
+        self.metrics.IMAGES_GENERATED.labels(request.model, "decode").inc(len(images))
+        return DecodeResponse(model=request.model, **images_payload(images, request.output))
+
+    @bentoml.api
+    async def models(self) -> ModelsResponse:
+        """The loaded models: kind, checkpoint directory, device, config and model card."""
+        from models.config import config_to_dict
+
+        return ModelsResponse(
+            models={
+                name: ModelInfo(
+                    kind=checkpoint.kind,
+                    checkpoint=str(checkpoint.directory),
+                    device=self.device,
+                    config=config_to_dict(checkpoint.model.config),
+                    card=checkpoint.card,
+                )
+                for name, checkpoint in self.checkpoints.items()
+            }
+        )
+
+    # Long work as tasks: POST .../submit, GET .../status?task_id=, GET .../get?task_id= ----
+
+    @bentoml.task(input_spec=SampleRequest)
+    @answers_request_errors
+    async def sample_task(self, ctx: bentoml.Context, **fields: Any) -> SampleResponse:
+        """/sample as a background task (for ancestral sampling); progress at /task_progress."""
+        request = SampleRequest.model_construct(**fields)
+        return await self._sample(request, self._task_reporter(ctx))
+
+    @bentoml.task(input_spec=LikelihoodRequest)
+    @answers_request_errors
+    async def likelihood_task(self, ctx: bentoml.Context, **fields: Any) -> LikelihoodResponse:
+        """/likelihood as a background task (for vlb_exact); progress at /task_progress."""
+        request = LikelihoodRequest.model_construct(**fields)
+        return await self._likelihood(request, self._task_reporter(ctx))
+
+    @bentoml.api(input_spec=ProgressRequest)
+    @answers_request_errors
+    async def task_progress(self, **fields: Any) -> ProgressResponse:
+        """Denoising steps (or bound rows) done so far by a submitted task."""
+        task_id = fields["task_id"]
+        record = self.progress.read(task_id)
+        if record is None:
+            raise RequestError("task_id", f"no progress recorded for task {task_id!r} (yet)")
+        done, total = record
+        return ProgressResponse(task_id=task_id, done=done, total=total, fraction=done / total)
+
+    # The work behind the endpoints --------------------------------------------------------
+
+    def _task_reporter(self, ctx: bentoml.Context):
+        task_id = getattr(ctx.request.state, "task_id", None)
+        return self.progress.reporter(task_id) if task_id else None
+
+    def _images(self, items: list[Any], model: str):
+        from service.imaging import decode_images
+
+        shape = self.vae_image_shape if model == "vae" else self.ddpm.image_shape
+        return decode_images(items, shape)
+
+    @property
+    def vae_image_shape(self) -> tuple[int, int, int]:
+        config = self.vae.config
+        return (config.image_channels, config.image_size, config.image_size)
+
+    async def _sample(self, request: SampleRequest, progress=None) -> SampleResponse:
+        from service.imaging import images_payload
+
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        job = self.runners.SampleJob(request.n, seed, progress)
+        if request.model == "vae":
+            key = BatchKey("vae", "sample", (request.temperature, request.sample_pixels))
+            run = functools.partial(
+                self.runners.vae_sample,
+                self.vae,
+                temperature=request.temperature,
+                sample_pixels=request.sample_pixels,
+            )
+            sampler, steps = None, None
+        else:
+            sampler = request.sampler
+            steps = self.ddpm.diffusion.num_timesteps if sampler == "ancestral" else request.steps
+            key = BatchKey("ddpm", "sample", (sampler, steps, request.eta), steps)
+            run = functools.partial(
+                self.runners.ddpm_sample, self.ddpm, sampler=sampler, steps=steps, eta=request.eta
+            )
+        images = await self.batcher.submit(key, run, job, request.n)
+        self.metrics.IMAGES_GENERATED.labels(request.model, sampler or "prior").inc(request.n)
+        return SampleResponse(
+            model=request.model,
+            n=request.n,
+            seed=seed,
+            sampler=sampler,
+            steps=steps,
+            **images_payload(images, request.output),
+        )
+
+    async def _bound(self, model: str, method: str, k: int | None, job) -> dict[str, Any]:
+        key = BatchKey(model, f"likelihood_{method}", (k,))
+        if model == "vae":
+            run = functools.partial(self.runners.vae_bound, self.vae, method=method, k=k)
+        else:
+            run = functools.partial(
+                self.runners.ddpm_bound, self.ddpm, method=method, k=k, max_batch=self.max_batch
+            )
+        terms = await self.batcher.submit(key, run, job, job.rows)
+        for value in terms["total_bits_per_dim"].tolist():
+            self.metrics.LIKELIHOOD_BITS_PER_DIM.labels(model, method).observe(value)
+        return terms
+
+    async def _likelihood(self, request: LikelihoodRequest, progress=None) -> LikelihoodResponse:
+        x = self._images(request.images, request.model)
+        job = self.runners.ImagesJob(x, request.seed, progress)
+        terms = await self._bound(request.model, request.method, request.k, job)
+        names = [name for name in ImageBound.model_fields if name in terms]
+        columns = {name: terms[name].tolist() for name in names}
+        results = [
+            ImageBound(**{name: columns[name][i] for name in names}) for i in range(job.rows)
+        ]
+        return LikelihoodResponse(
+            model=request.model,
+            method=request.method,
+            k=request.k,
+            seed=request.seed,
+            results=results,
+        )
+
+    async def _score(self, request: ScoreRequest) -> ScoreResponse:
+        from service.scoring import calibration_for, scores, threshold_for
+
+        card = self.checkpoints[request.model].card
+        calibrated = calibration_for(card, request.model, request.method, request.correction)
+        k = self._score_k(request, calibrated.k)
+        threshold = threshold_for(calibrated.calibration, request.fpr)
+        x = self._images(request.images, request.model)
+        terms = await self._bound(
+            request.model, request.method, k, self.runners.ImagesJob(x, request.seed)
+        )
+        score, png = scores(terms["total_bits_per_dim"], x, request.correction)
+        flagged = score > threshold
+        percentiles = calibrated.calibration.percentile(score)
+        self.metrics.IMAGES_SCORED.labels(request.model, request.method).inc(len(score))
+        self.metrics.ANOMALIES_FLAGGED.labels(request.model, request.method).inc(int(flagged.sum()))
+        results = [
+            ImageScore(
+                score=score[i],
+                bits_per_dim=float(terms["total_bits_per_dim"][i]),
+                png_bits_per_dim=png[i],
+                is_anomaly=bool(flagged[i]),
+                percentile=percentiles[i],
+            )
+            for i in range(len(score))
+        ]
+        return ScoreResponse(
+            model=request.model,
+            method=request.method,
+            k=k,
+            correction=request.correction,
+            fpr=request.fpr,
+            threshold=threshold,
+            calibration_source=calibrated.calibration.source,
+            calibration_images=len(calibrated.calibration.normal_scores),
+            results=results,
+        )
+
+    @staticmethod
+    def _score_k(request: ScoreRequest, calibrated_k: int | None) -> int | None:
+        """The k the calibration used: scores with another k are not comparable."""
+        if request.method not in K_RANGE:
+            return None
+        k = calibrated_k if calibrated_k is not None else DEFAULT_K[request.method]
+        if request.k is not None and request.k != k:
+            raise RequestError(
+                "k", f"the {request.method} calibration used k={k}; leave k out or pass {k}"
+            )
+        return k
+
+    def _observe(self, key: BatchKey, items: int, seconds: float) -> None:
+        self.metrics.observe_batch(key.model, key.operation, items, seconds)
+        if key.denoising_steps:
+            self.metrics.DENOISING_STEPS.labels(key.operation).inc(key.denoising_steps)
+        self.metrics.observe_cuda_memory(self.device)

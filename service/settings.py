@@ -1,0 +1,79 @@
+"""One settings object for the service, read from ``ELBO_SERVE_*`` environment variables.
+
+Defaults serve the committed checkpoints from the repository root, on CUDA when there is one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENV_PREFIX = "ELBO_SERVE_"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(ENV_PREFIX + name, default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    vae_checkpoint: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints" / "vae")
+    ddpm_checkpoint: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints" / "ddpm")
+    # "auto" picks CUDA when available, else CPU.
+    device: str = "auto"
+    # Most images one batched model call carries, per device kind (CPU memory and latency
+    # stay modest; a GPU amortises much larger batches).
+    cpu_max_batch_images: int = 64
+    cuda_max_batch_images: int = 512
+    # How long the first request of a batch waits for companions. Requests that arrive while
+    # the model is busy join the next batch anyway, so this only matters at low load.
+    batch_wait_ms: float = 10.0
+    # Server-side limits: past `request_timeout_s` BentoML answers 504, past
+    # `max_concurrency` in-flight requests 429 (the batch queue itself is unbounded).
+    request_timeout_s: int = 900
+    max_concurrency: int = 128
+    # Worker processes, each with its own copy of the models (metrics are summed over them).
+    workers: int = 1
+    # Threads torch uses inside one operation; 0 keeps torch's default.
+    torch_threads: int = 0
+    # Where long-running tasks record their progress (shared by all workers).
+    progress_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-progress"))
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        defaults = cls()
+        return cls(
+            vae_checkpoint=Path(_env("VAE_CHECKPOINT", str(defaults.vae_checkpoint))),
+            ddpm_checkpoint=Path(_env("DDPM_CHECKPOINT", str(defaults.ddpm_checkpoint))),
+            device=_env("DEVICE", defaults.device),
+            cpu_max_batch_images=int(
+                _env("CPU_MAX_BATCH_IMAGES", str(defaults.cpu_max_batch_images))
+            ),
+            cuda_max_batch_images=int(
+                _env("CUDA_MAX_BATCH_IMAGES", str(defaults.cuda_max_batch_images))
+            ),
+            batch_wait_ms=float(_env("BATCH_WAIT_MS", str(defaults.batch_wait_ms))),
+            request_timeout_s=int(_env("REQUEST_TIMEOUT_S", str(defaults.request_timeout_s))),
+            max_concurrency=int(_env("MAX_CONCURRENCY", str(defaults.max_concurrency))),
+            workers=int(_env("WORKERS", str(defaults.workers))),
+            torch_threads=int(_env("TORCH_THREADS", str(defaults.torch_threads))),
+            progress_dir=Path(_env("PROGRESS_DIR", str(defaults.progress_dir))),
+        )
+
+    def resolve_device(self) -> str:
+        import torch
+
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device not in ("cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise ValueError(
+                f"{ENV_PREFIX}DEVICE must be auto, cpu or cuda[:N], got {self.device!r}"
+            )
+        return self.device
+
+    def max_batch_images(self, device: str) -> int:
+        return (
+            self.cuda_max_batch_images if device.startswith("cuda") else self.cpu_max_batch_images
+        )

@@ -1,0 +1,123 @@
+"""Service fixtures: the served checkpoints (with a model card that has calibrations), an
+in-process HTTP client, and image helpers.
+
+The service serves what ``Settings`` points at: the committed ``checkpoints/{vae,ddpm}`` by
+default, or ``ELBO_SERVE_VAE_CHECKPOINT`` / ``ELBO_SERVE_DDPM_CHECKPOINT``. A checkpoint whose
+card has no calibration yet is copied and given one measured here on a few test images, so
+/score can be exercised before the evaluation CLI has run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+# Before bentoml or prometheus_client are imported anywhere: keep BentoML off the network and
+# out of ~/bentoml, and give our metrics the multi-process mode `bentoml serve` uses.
+_SCRATCH = Path(tempfile.mkdtemp(prefix="elbo-serve-tests-"))
+os.environ["BENTOML_DO_NOT_TRACK"] = "true"
+os.environ.setdefault("BENTOML_HOME", str(_SCRATCH / "bentoml"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_SCRATCH / "prometheus")
+(_SCRATCH / "prometheus").mkdir()
+os.environ["ELBO_SERVE_PROGRESS_DIR"] = str(_SCRATCH / "progress")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from models.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim  # noqa: E402
+from models.checkpoints import load_checkpoint, read_model_card, write_model_card  # noqa: E402
+from models.data import load_fashion_mnist, pixels_to_signed_unit  # noqa: E402
+from models.diffusion_bound import vlb_monte_carlo  # noqa: E402
+from models.noise import seeded_generator  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+# k of the fixture calibrations: small, to keep the suite fast.
+FIXTURE_K = {"iwae": 8, "vlb_mc": 4}
+ENV_NAMES = {"vae": "ELBO_SERVE_VAE_CHECKPOINT", "ddpm": "ELBO_SERVE_DDPM_CHECKPOINT"}
+
+
+@pytest.fixture(scope="session")
+def test_images() -> torch.Tensor:
+    """Real Fashion-MNIST test images, uint8 (N, 1, 28, 28)."""
+    images, _ = load_fashion_mnist("test")
+    return images[:64]
+
+
+def _fixture_calibration(directory: Path, images: torch.Tensor) -> dict:
+    """Calibrations measured on a few images, in the model card's format."""
+    checkpoint = load_checkpoint(directory)
+    x = pixels_to_signed_unit(images)
+    png = png_bits_per_dim(images)
+    bounds = {}
+    with torch.no_grad():
+        if checkpoint.kind == "vae":
+            bounds["elbo"] = checkpoint.model.negative_elbo(x, seeded_generator(0))
+            bounds["iwae"] = checkpoint.model.iwae_bound(x, FIXTURE_K["iwae"], seeded_generator(0))
+        else:
+            ddpm = checkpoint.model
+            bounds["vlb_mc"] = vlb_monte_carlo(
+                ddpm.diffusion, ddpm, x[:8], FIXTURE_K["vlb_mc"], seeded_generator(0)
+            )
+    calibration = {}
+    for method, bound in bounds.items():
+        bpd = bound.total_bits_per_dim
+        kinds = {
+            "bits_per_dim": bpd,
+            "bits_per_dim_minus_png": complexity_corrected_score(bpd, png[: len(bpd)]),
+        }
+        source = f"test fixture: {len(bpd)} test images"
+        calibration[method] = {
+            "k": FIXTURE_K.get(method),
+            "scores": {
+                kind: Calibration.of(values, source).to_dict((0.25,))
+                for kind, values in kinds.items()
+            },
+        }
+    return calibration
+
+
+@pytest.fixture(scope="session")
+def served_checkpoints(test_images: torch.Tensor) -> dict[str, Path]:
+    """Point the service at checkpoints with calibrated model cards."""
+    settings = Settings.from_env()
+    served = {}
+    for name, directory in (("vae", settings.vae_checkpoint), ("ddpm", settings.ddpm_checkpoint)):
+        if not (directory / "config.json").is_file():
+            pytest.fail(f"no {name} checkpoint at {directory}: commit one or set {ENV_NAMES[name]}")
+        card = read_model_card(directory)
+        if "calibration" not in card:
+            copy = _SCRATCH / "checkpoints" / name
+            shutil.copytree(directory, copy)
+            card["calibration"] = _fixture_calibration(copy, test_images)
+            write_model_card(copy, card)
+            directory = copy
+        served[name] = directory
+        os.environ[ENV_NAMES[name]] = str(directory)
+    return served
+
+
+def wait_ready(get, timeout_s: float = 60.0) -> None:
+    """Poll /readyz until 200; ``get(path)`` returns a status code."""
+    deadline = time.monotonic() + timeout_s
+    while get("/readyz") != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError("service not ready")
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def client(served_checkpoints):
+    """In-process HTTP client on the service's ASGI app, ready (checkpoints loaded, warm)."""
+    from _bentoml_impl.server.serving import server_on_deployment
+    from starlette.testclient import TestClient
+
+    from service.service import ElboServe
+
+    # What `bentoml serve` does before it starts workers (creates the task result store).
+    server_on_deployment(ElboServe)
+    with TestClient(ElboServe.to_asgi()) as test_client:
+        wait_ready(lambda path: test_client.get(path).status_code)
+        yield test_client

@@ -1,0 +1,101 @@
+import asyncio
+
+import pytest
+
+from service.batching import KeyedBatcher
+
+
+def _recording_batcher(max_items: int = 8):
+    calls: list[tuple[str, list[int]]] = []
+    observed: list[tuple[str, int]] = []
+    batcher = KeyedBatcher(max_items, wait_s=0.01, on_batch=lambda k, n, s: observed.append((k, n)))
+
+    def run_for(key):
+        def run(items):
+            calls.append((key, list(items)))
+            return [item * 10 for item in items]
+
+        return run
+
+    return batcher, calls, observed, run_for
+
+
+def test_concurrent_items_with_one_key_share_one_call():
+    batcher, calls, observed, run_for = _recording_batcher()
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit("a", run_for("a"), i) for i in range(5)))
+
+    assert asyncio.run(main()) == [0, 10, 20, 30, 40]
+    assert calls == [("a", [0, 1, 2, 3, 4])]
+    assert observed == [("a", 5)]
+
+
+def test_different_keys_never_share_a_call():
+    batcher, calls, _, run_for = _recording_batcher()
+
+    async def main():
+        jobs = [batcher.submit(key, run_for(key), i) for i, key in enumerate("abab")]
+        return await asyncio.gather(*jobs)
+
+    assert asyncio.run(main()) == [0, 10, 20, 30]
+    assert sorted(calls) == [("a", [0, 2]), ("b", [1, 3])]
+
+
+def test_batches_respect_the_item_budget_and_keep_order():
+    batcher, calls, _, run_for = _recording_batcher(max_items=4)
+
+    async def main():
+        sizes = [3, 2, 2, 5]  # 3 | 2+2 | 5 (too big for any batch: runs alone)
+        jobs = [batcher.submit("a", run_for("a"), i, size) for i, size in enumerate(sizes)]
+        return await asyncio.gather(*jobs)
+
+    assert asyncio.run(main()) == [0, 10, 20, 30]
+    assert [items for _, items in calls] == [[0], [1, 2], [3]]
+
+
+def test_items_arriving_while_the_model_is_busy_form_the_next_batch():
+    batcher = KeyedBatcher(64, wait_s=0.0)
+    calls = []
+
+    def slow(items):
+        calls.append(list(items))
+        import time
+
+        time.sleep(0.2)
+        return items
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit("a", slow, 0))
+        await asyncio.sleep(0.05)  # the first call is running now
+        rest = [batcher.submit("a", slow, i) for i in range(1, 6)]
+        return await asyncio.gather(first, *rest)
+
+    assert asyncio.run(main()) == [0, 1, 2, 3, 4, 5]
+    assert calls == [[0], [1, 2, 3, 4, 5]]
+
+
+def test_a_failing_call_fails_every_item_in_it_and_the_batcher_goes_on():
+    batcher = KeyedBatcher(8, wait_s=0.01)
+
+    def broken(items):
+        raise RuntimeError("boom")
+
+    async def main():
+        results = await asyncio.gather(
+            *(batcher.submit("a", broken, i) for i in range(3)), return_exceptions=True
+        )
+        assert all(isinstance(r, RuntimeError) for r in results)
+        return await batcher.submit("a", lambda items: items, 7)
+
+    assert asyncio.run(main()) == 7
+
+
+@pytest.mark.parametrize("wait_s", [0.0, 0.01])
+def test_no_item_is_ever_dropped_under_load(wait_s):
+    batcher = KeyedBatcher(4, wait_s=wait_s)
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(i % 3, lambda xs: xs, i) for i in range(200)))
+
+    assert asyncio.run(main()) == list(range(200))

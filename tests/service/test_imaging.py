@@ -1,0 +1,77 @@
+import base64
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from service.errors import RequestError
+from service.imaging import decode_images, decode_latents, grid, images_payload, png_to_array
+
+SHAPE = (1, 28, 28)
+
+
+def _png(array: np.ndarray, mode: str = "L", fmt: str = "PNG") -> str:
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_png_and_array_inputs_decode_to_the_same_pixels():
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    decoded = decode_images(
+        [_png(pixels), pixels.tolist(), [pixels.tolist()], "data:image/png;base64," + _png(pixels)],
+        SHAPE,
+    )
+    assert decoded.dtype == torch.uint8 and decoded.shape == (4, 1, 28, 28)
+    for image in decoded:
+        assert np.array_equal(image[0].numpy(), pixels)
+
+
+def test_png_payload_round_trips_exactly():
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    payload = images_payload(images, "png")
+    assert torch.equal(decode_images(payload["images"], SHAPE), images)
+    assert images_payload(images, "array")["arrays"] == images.tolist()
+
+
+def test_grid_tiles_images_with_gaps():
+    images = torch.full((5, 1, 28, 28), 255, dtype=torch.uint8)
+    tiled = grid(images, padding=2)
+    assert tiled.shape == (1, 2 * 30 + 2, 3 * 30 + 2)  # 3 columns, 2 rows
+    assert tiled[0, 2:30, 2:30].eq(255).all() and tiled[0, 0].eq(0).all()
+    assert png_to_array(
+        base64.b64decode(images_payload(images, "grid")["grid"]), (1, 62, 92), "g"
+    ).shape == (1, 62, 92)
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ("not base64!", "not valid base64"),
+        (base64.b64encode(b"hello").decode(), "not a readable PNG"),
+        (_png(np.zeros((28, 28, 3), np.uint8), mode="RGB"), "mode 'RGB'"),
+        (_png(np.zeros((27, 28), np.uint8)), "expected a 28x28 image, got 28x27"),
+        (_png(np.zeros((28, 28), np.uint8), fmt="JPEG"), "expected a PNG image, got JPEG"),
+        (np.zeros((28, 27)).tolist(), "expected shape (28, 28)"),
+        ([[1, 2], [3]], "nested array of integers"),
+        (np.full((28, 28), 256).tolist(), "integers 0..255"),
+        (np.full((28, 28), 0.5).tolist(), "integers 0..255"),
+        ([["a"] * 28] * 28, "nested array of integers"),
+    ],
+)
+def test_bad_images_name_the_item_and_what_is_expected(item, expected):
+    good = np.zeros((28, 28), np.uint8).tolist()
+    with pytest.raises(RequestError) as error:
+        decode_images([good, item], SHAPE)
+    assert error.value.field == "images[1]"
+    assert expected in str(error.value)
+
+
+def test_latents_must_have_the_models_shape():
+    assert decode_latents([[0.0] * 4, [1.0] * 4], (4,)).shape == (2, 4)
+    with pytest.raises(RequestError, match=r"latents\[0\]: expected shape \(4,\), got \(3,\)"):
+        decode_latents([[0.0] * 3], (4,))
+    with pytest.raises(RequestError, match="non-finite"):
+        decode_latents([[float("nan")] * 4], (4,))
