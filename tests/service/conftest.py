@@ -121,3 +121,20 @@ def client(served_checkpoints):
     with TestClient(ElboServe.to_asgi()) as test_client:
         wait_ready(lambda path: test_client.get(path).status_code)
         yield test_client
+
+
+@pytest.fixture(scope="session")
+def server_url(served_checkpoints, tmp_path_factory):
+    """A real `bentoml serve` on a loopback port (one torch thread), shared by the
+    real-server tests and the Locust smoke test."""
+    from load_tests.serving import running_server, server_environment
+
+    env = server_environment(
+        {"ELBO_SERVE_TORCH_THREADS": "1"}, tmp_path_factory.mktemp("bentoml-home")
+    )
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    try:
+        with running_server(env, log) as (url, _process):
+            yield url
+    except RuntimeError as error:  # not ready: the message carries the server's log
+        pytest.fail(str(error))

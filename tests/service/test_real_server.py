@@ -1,58 +1,11 @@
 """The service as users run it: `bentoml serve` from the repository root on a loopback port,
 called with BentoML's own HTTP client."""
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import requests
 from service_testing import png_b64
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server_url(served_checkpoints, tmp_path_factory):
-    port = _free_port()
-    env = {
-        **os.environ,
-        "BENTOML_DO_NOT_TRACK": "true",
-        "BENTOML_HOME": str(tmp_path_factory.mktemp("bentoml-home")),
-        "ELBO_SERVE_TORCH_THREADS": "1",
-    }
-    env.pop("PROMETHEUS_MULTIPROC_DIR")  # bentoml serve sets its own
-    bentoml = Path(sys.executable).parent / "bentoml"
-    command = [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not become ready:\n{log.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,75 @@
+"""Start ``bentoml serve`` on a loopback port, as users run it, and wait until it is ready.
+
+Shared by the real-server tests, the Locust smoke test and the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_environment(overrides: Mapping[str, str], bentoml_home: Path) -> dict[str, str]:
+    """This process's environment plus ``overrides``, private to one server."""
+    env = {
+        **os.environ,
+        "BENTOML_DO_NOT_TRACK": "true",
+        "BENTOML_HOME": str(bentoml_home),
+        **overrides,
+    }
+    # `bentoml serve` sets its own multi-process metrics directory; an inherited one
+    # (the in-process tests set it) would be shared with this process.
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    return env
+
+
+@contextmanager
+def running_server(
+    env: Mapping[str, str], log_path: Path, ready_timeout_s: float = 180.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """``bentoml serve`` from the repository root on a free loopback port; yields its URL
+    and process once /readyz answers 200, and stops it afterwards."""
+    port = free_port()
+    bentoml = Path(sys.executable).parent / "bentoml"
+    command = [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with open(log_path, "w") as out:
+        process = subprocess.Popen(
+            command, cwd=REPO_ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, process, log_path, ready_timeout_s)
+        yield url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def _wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
+        except requests.ConnectionError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
