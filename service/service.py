@@ -91,7 +91,12 @@ class ElboServe:
         self.vae = self.checkpoints["vae"].model
         self.ddpm = self.checkpoints["ddpm"].model
         self.max_batch = settings.max_batch_images(self.device)
-        self.batcher = KeyedBatcher(self.max_batch, settings.batch_wait_ms / 1000, self._observe)
+        if settings.batching:
+            self.batcher = KeyedBatcher(
+                self.max_batch, settings.batch_wait_ms / 1000, self._observe
+            )
+        else:  # one request per model call, sent at once
+            self.batcher = KeyedBatcher(1, 0.0, self._observe)
         self.progress = ProgressStore(settings.progress_dir)
         self._ready = False
 
@@ -210,6 +215,14 @@ class ElboServe:
                 for name, checkpoint in self.checkpoints.items()
             }
         )
+
+    if SETTINGS.noop_endpoint:
+
+        @bentoml.api(input_spec=ScoreRequest)
+        async def noop(self, **fields: Any) -> dict[str, int]:
+            """Benchmark aid (ELBO_SERVE_NOOP_ENDPOINT=true): validates a /score body and
+            answers without work, so the HTTP benchmark can measure the framework's ceiling."""
+            return {"images": len(fields["images"])}
 
     # Long work as tasks: POST .../submit, GET .../status?task_id=, GET .../get?task_id= ----
 

@@ -17,6 +17,13 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(ENV_PREFIX + name, default)
 
 
+def _flag(name: str, default: bool) -> bool:
+    text = _env(name, "true" if default else "false").strip().lower()
+    if text not in ("true", "false", "1", "0"):
+        raise ValueError(f"{ENV_PREFIX}{name} must be true or false, got {text!r}")
+    return text in ("true", "1")
+
+
 @dataclass(frozen=True)
 class Settings:
     vae_checkpoint: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints" / "vae")
@@ -30,6 +37,12 @@ class Settings:
     # How long the first request of a batch waits for companions. Requests that arrive while
     # the model is busy join the next batch anyway, so this only matters at low load.
     batch_wait_ms: float = 10.0
+    # False: every request runs alone (no wait, one request per model call). For measuring
+    # the batching gain; serving unbatched only wastes throughput.
+    batching: bool = True
+    # Benchmark aid: a /noop endpoint that validates a /score payload and does nothing else,
+    # the framework's own ceiling. Off in production.
+    noop_endpoint: bool = False
     # Server-side limits: past `request_timeout_s` BentoML answers 504, past
     # `max_concurrency` in-flight requests 429 (the batch queue itself is unbounded).
     request_timeout_s: int = 900
@@ -55,6 +68,8 @@ class Settings:
                 _env("CUDA_MAX_BATCH_IMAGES", str(defaults.cuda_max_batch_images))
             ),
             batch_wait_ms=float(_env("BATCH_WAIT_MS", str(defaults.batch_wait_ms))),
+            batching=_flag("BATCHING", defaults.batching),
+            noop_endpoint=_flag("NOOP_ENDPOINT", defaults.noop_endpoint),
             request_timeout_s=int(_env("REQUEST_TIMEOUT_S", str(defaults.request_timeout_s))),
             max_concurrency=int(_env("MAX_CONCURRENCY", str(defaults.max_concurrency))),
             workers=int(_env("WORKERS", str(defaults.workers))),
