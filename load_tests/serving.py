@@ -49,6 +49,19 @@ def running_server(
     port = free_port()
     bentoml = Path(sys.executable).parent / "bentoml"
     command = [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)]
+    with running_process(command, port, env, log_path, ready_timeout_s) as served:
+        yield served
+
+
+@contextmanager
+def running_process(
+    command: list[str],
+    port: int,
+    env: Mapping[str, str],
+    log_path: Path,
+    ready_timeout_s: float = 180.0,
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """Any HTTP server ``command`` listening on loopback ``port`` with a /readyz route."""
     with open(log_path, "w") as out:
         process = subprocess.Popen(
             command, cwd=REPO_ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT

@@ -1,0 +1,61 @@
+"""DDIM steps against wall time per image and sample quality (Fréchet distance in the
+project classifier's features), through the evaluation CLI's own sample-quality section."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.checkpoints import Checkpoint, load_checkpoint
+from models.data import load_fashion_mnist, signed_unit_to_pixels
+from models.evaluate import Context, EvaluationSizes, Sampler, sample_quality
+from models.samplers import ddim_sample, ddpm_ancestral_sample
+
+
+def _samplers(ddpm: Checkpoint, steps: list[int], n: int, ancestral_n: int, generator):
+    model, shape = ddpm.model, ddpm.model.image_shape
+
+    def ddim(k: int) -> Sampler:
+        return lambda b: signed_unit_to_pixels(
+            ddim_sample(model.diffusion, model, (b, *shape), k, generator)
+        )
+
+    def ancestral(b: int) -> torch.Tensor:
+        return signed_unit_to_pixels(
+            ddpm_ancestral_sample(model.diffusion, model, (b, *shape), generator)
+        )
+
+    samplers: dict[str, tuple[int, Sampler]] = {f"ddim_{k}": (n, ddim(k)) for k in steps}
+    if ancestral_n >= 2:
+        samplers[f"ancestral_{model.diffusion.num_timesteps}"] = (ancestral_n, ancestral)
+    return samplers
+
+
+def ddim_steps_report(
+    ddpm: Checkpoint,
+    classifier_dir: Path,
+    steps: list[int],
+    samples: int,
+    ancestral_samples: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    """Per sampler: seconds per image, Fréchet distance and its real-data floor."""
+    test, _ = load_fashion_mnist("test")
+    train, _ = load_fashion_mnist("train")
+    generator = torch.Generator().manual_seed(0)
+    classifier = load_checkpoint(classifier_dir).model.eval()
+    with tempfile.TemporaryDirectory() as grids:  # the section also saves sample grids
+        ctx = Context(
+            test,
+            train,
+            torch.device("cpu"),
+            generator,
+            EvaluationSizes(batch_size=batch_size),
+            Path(grids),
+        )
+        with torch.no_grad():
+            samplers = _samplers(ddpm, steps, samples, ancestral_samples, generator)
+            return sample_quality(samplers, classifier, ctx)["samplers"]

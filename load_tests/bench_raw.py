@@ -1,0 +1,77 @@
+"""In-process parts of the benchmark: the model work behind the endpoints at the service's
+batch sizes (no HTTP), its GFLOP per item, and this machine's matmul peak."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from models.checkpoints import Checkpoint
+from service import runners
+
+Work = Callable[[torch.Tensor], Any]  # uint8 images (B, 1, 28, 28) -> anything
+
+
+def workloads(vae: Checkpoint, ddpm: Checkpoint, ddim_steps: int = 50) -> dict[str, Work]:
+    """The runner calls behind /score (VAE ELBO, DDPM vlb_mc at the calibrated k) and
+    /sample (DDIM), exactly as the batcher makes them."""
+    k = ddpm.card.get("calibration", {}).get("vlb_mc", {}).get("k") or 10
+
+    def vae_elbo(x: torch.Tensor) -> Any:
+        return runners.vae_bound(vae.model, [runners.ImagesJob(x)], "elbo", None)
+
+    def ddpm_vlb_mc(x: torch.Tensor) -> Any:
+        return runners.ddpm_bound(ddpm.model, [runners.ImagesJob(x)], "vlb_mc", k, len(x))
+
+    def ddim(x: torch.Tensor) -> Any:
+        return runners.ddpm_sample(
+            ddpm.model, [runners.SampleJob(len(x), 0)], "ddim", ddim_steps, 0.0
+        )
+
+    return {"vae_elbo": vae_elbo, "ddpm_vlb_mc": ddpm_vlb_mc, f"ddim_{ddim_steps}": ddim}
+
+
+def items_per_second(work: Work, x: torch.Tensor, min_seconds: float) -> float:
+    """Calls ``work(x)`` after one warm-up until ``min_seconds`` pass; items per second."""
+    work(x)
+    calls, start = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - start < min_seconds:
+        work(x)
+        calls += 1
+    return calls * len(x) / (time.perf_counter() - start)
+
+
+@torch.no_grad()
+def gflop_per_item(work: Work, x: torch.Tensor) -> float:
+    """Floating-point operations of one call, counted by torch (matmuls and convolutions)."""
+    counter = FlopCounterMode(display=False)
+    with counter:
+        work(x)
+    return counter.get_total_flops() / len(x) / 1e9
+
+
+def matmul_peak_gflops(size: int = 1024, min_seconds: float = 1.0) -> float:
+    """Achieved float32 GFLOP/s of a square matmul: the practical ceiling for the models."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    rows_per_second = items_per_second(lambda m: m @ b, a, min_seconds)
+    return 2 * size**3 * (rows_per_second / size) / 1e9
+
+
+def raw_throughput(
+    work: dict[str, Work], images: torch.Tensor, batch_sizes: list[int], min_seconds: float
+) -> dict[str, Any]:
+    """Per workload: items/s per batch size, GFLOP per item and the best achieved GFLOP/s."""
+    report: dict[str, Any] = {}
+    for name, run in work.items():
+        rates = {b: items_per_second(run, images[:b], min_seconds) for b in batch_sizes}
+        flops = gflop_per_item(run, images[: batch_sizes[-1]])
+        report[name] = {
+            "items_per_second": {str(b): rate for b, rate in rates.items()},
+            "gflop_per_item": flops,
+            "achieved_gflops": flops * max(rates.values()),
+        }
+    return report
