@@ -54,6 +54,7 @@ from models.scoring import (
     elbo_bits_per_dim,
     in_chunks,
     iwae_bits_per_dim,
+    vlb_exact_bits_per_dim,
     vlb_mc_bits_per_dim,
 )
 from models.train import resolve_device
@@ -346,8 +347,6 @@ def vae_methods(vae: VAE, ctx: Context) -> list[ScoreMethod]:
 
 
 def ddpm_methods(ddpm: DDPM, ctx: Context) -> list[ScoreMethod]:
-    from models.scoring import vlb_exact_bits_per_dim
-
     s = ctx.sizes
     return [
         ScoreMethod(

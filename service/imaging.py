@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from models.data import image_grid
 from service.errors import RequestError
 
 _PNG_MODES = {1: "L", 3: "RGB"}
@@ -120,19 +121,9 @@ def to_base64_png(image: torch.Tensor) -> str:
     return base64.b64encode(encode_png(image)).decode("ascii")
 
 
-def grid(images: torch.Tensor, padding: int = 2) -> torch.Tensor:
+def grid(images: torch.Tensor) -> torch.Tensor:
     """uint8 (B, C, H, W) -> one uint8 (C, H', W') tile of ceil(sqrt(B)) columns, black gaps."""
-    b, c, h, w = images.shape
-    columns = math.ceil(math.sqrt(b))
-    rows = math.ceil(b / columns)
-    canvas = torch.zeros(
-        c, rows * (h + padding) + padding, columns * (w + padding) + padding, dtype=torch.uint8
-    )
-    for i, image in enumerate(images):
-        top = padding + (i // columns) * (h + padding)
-        left = padding + (i % columns) * (w + padding)
-        canvas[:, top : top + h, left : left + w] = image
-    return canvas
+    return image_grid(images, columns=math.ceil(math.sqrt(images.shape[0])))
 
 
 def images_payload(images: torch.Tensor, output: str) -> dict[str, Any]:

@@ -38,7 +38,7 @@ def test_png_payload_round_trips_exactly():
 
 def test_grid_tiles_images_with_gaps():
     images = torch.full((5, 1, 28, 28), 255, dtype=torch.uint8)
-    tiled = grid(images, padding=2)
+    tiled = grid(images)
     assert tiled.shape == (1, 2 * 30 + 2, 3 * 30 + 2)  # 3 columns, 2 rows
     assert tiled[0, 2:30, 2:30].eq(255).all() and tiled[0, 0].eq(0).all()
     assert png_to_array(
