@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from models.config import UNetConfig
-from models.layers import Downsample, ResidualBlock, SelfAttention, Upsample, group_norm
+from models.layers import (
+    Downsample,
+    ResidualBlock,
+    RowwiseLinear,
+    SelfAttention,
+    Upsample,
+    group_norm,
+)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10_000.0) -> torch.Tensor:
@@ -46,7 +53,7 @@ class UNet(nn.Module):
         self.config = config
         base, emb_dim = config.base_channels, 4 * config.base_channels
         self.time_mlp = nn.Sequential(
-            nn.Linear(base, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim)
+            RowwiseLinear(base, emb_dim), nn.SiLU(), RowwiseLinear(emb_dim, emb_dim)
         )
         self.conv_in = nn.Conv2d(config.image_channels, base, 3, padding=1)
 

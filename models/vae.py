@@ -16,8 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.batch_invariance import in_fixed_chunks
 from models.config import VAEConfig
-from models.layers import Downsample, ResidualBlock, Upsample, group_norm
+from models.layers import Downsample, ResidualBlock, RowwiseLinear, Upsample, group_norm
 from models.likelihood import (
     DiscretizedLogisticMixture,
     gaussian_log_density_nats,
@@ -91,8 +92,8 @@ class VAE(nn.Module):
         self._bottom_shape = (c[-1], bottom, bottom)
         flat = c[-1] * bottom * bottom
         self.encoder = _ConvStack(config.image_channels, c, config.num_res_blocks, downsample=True)
-        self.to_posterior = nn.Linear(flat, 2 * config.latent_dim)
-        self.from_latent = nn.Linear(config.latent_dim, flat)
+        self.to_posterior = RowwiseLinear(flat, 2 * config.latent_dim)
+        self.from_latent = RowwiseLinear(config.latent_dim, flat)
         self.decoder = _ConvStack(
             c[-1], tuple(reversed(c)), config.num_res_blocks, downsample=False
         )
@@ -134,16 +135,20 @@ class VAE(nn.Module):
         generator: Generators,
         temperature: float = 1.0,
         sample_pixels: bool = False,
+        chunk_rows: int | None = None,
     ) -> torch.Tensor:
         """n images (n, C, H, W) in [-1, 1] from z ~ N(0, temperature^2 I).
 
         With ``sample_pixels`` the pixels are drawn from p(x|z); otherwise each image is the
-        decoder's mean, which is what people usually mean by a VAE sample.
+        decoder's mean, which is what people usually mean by a VAE sample. ``chunk_rows`` decodes
+        in fixed-size chunks so each image is bit-identical in any batch
+        (:func:`models.batch_invariance.in_fixed_chunks`).
         """
         device = next(self.parameters()).device
         z = temperature * randn_rows((n, self.config.latent_dim), generator, device)
-        decoded = self.decode(z)
-        return decoded.sample(generator) if sample_pixels else decoded.mean_image()
+        if sample_pixels:
+            return self.decode(z).sample(generator)
+        return in_fixed_chunks(lambda rows: self.decode(rows).mean_image(), chunk_rows, z)
 
     def negative_elbo(
         self, x: torch.Tensor, generator: Generators, num_samples: int = 1

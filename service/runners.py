@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import torch
 
+from models.batch_invariance import FixedChunkDenoiser, in_fixed_chunks
 from models.data import pixels_to_signed_unit, signed_unit_to_pixels
 from models.ddpm import DDPM
 from models.diffusion_bound import vlb_exact, vlb_monte_carlo
 from models.noise import seeded_generator
-from models.samplers import ddim_decode, ddim_invert, ddim_sample, ddpm_ancestral_sample
+from models.samplers import Denoiser, ddim_decode, ddim_invert, ddim_sample, ddpm_ancestral_sample
 from models.vae import VAE
 
 Progress = Callable[[int, int], None]
@@ -83,24 +84,40 @@ def _signed_unit(jobs: Sequence[ImagesJob], device: torch.device) -> torch.Tenso
 
 
 def vae_sample(
-    vae: VAE, jobs: Sequence[SampleJob], temperature: float, sample_pixels: bool
+    vae: VAE,
+    jobs: Sequence[SampleJob],
+    temperature: float,
+    sample_pixels: bool,
+    chunk_rows: int | None = None,
 ) -> list[torch.Tensor]:
     """Per job, uint8 (n, C, H, W)."""
     generators = _row_generators([(job.seed, job.n) for job in jobs])
-    images = vae.sample(len(generators), generators, temperature, sample_pixels)
+    images = vae.sample(len(generators), generators, temperature, sample_pixels, chunk_rows)
     return _split(signed_unit_to_pixels(images), [job.n for job in jobs])
 
 
+def _denoiser(ddpm: DDPM, chunk_rows: int | None) -> Denoiser:
+    """The network as the samplers call it; in fixed-size chunks when images must not depend
+    on the batch they were drawn in."""
+    return ddpm if chunk_rows is None else FixedChunkDenoiser(ddpm, chunk_rows)
+
+
 def ddpm_sample(
-    ddpm: DDPM, jobs: Sequence[SampleJob], sampler: str, steps: int, eta: float
+    ddpm: DDPM,
+    jobs: Sequence[SampleJob],
+    sampler: str,
+    steps: int,
+    eta: float,
+    chunk_rows: int | None = None,
 ) -> list[torch.Tensor]:
     """Per job, uint8 (n, C, H, W), from DDIM (``steps``, ``eta``) or the ancestral sampler."""
     generators = _row_generators([(job.seed, job.n) for job in jobs])
     shape = (len(generators), *ddpm.image_shape)
+    net, diffusion, report = _denoiser(ddpm, chunk_rows), ddpm.diffusion, _report(jobs)
     if sampler == "ancestral":
-        x = ddpm_ancestral_sample(ddpm.diffusion, ddpm, shape, generators, on_step=_report(jobs))
+        x = ddpm_ancestral_sample(diffusion, net, shape, generators, on_step=report)
     else:
-        x = ddim_sample(ddpm.diffusion, ddpm, shape, steps, generators, eta, on_step=_report(jobs))
+        x = ddim_sample(diffusion, net, shape, steps, generators, eta, on_step=report)
     return _split(signed_unit_to_pixels(x), [job.n for job in jobs])
 
 
@@ -166,12 +183,15 @@ def vae_encode(vae: VAE, jobs: Sequence[ImagesJob], draw_sample: bool) -> list[T
     return _split_terms(out, [job.rows for job in jobs])
 
 
-def ddpm_encode(ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int) -> list[Tensors]:
+def ddpm_encode(
+    ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
+) -> list[Tensors]:
     """Per job, the DDIM-inverted ``latent`` x_T (B, C, H, W) and its decoded
     ``reconstruction`` as uint8 (B, C, H, W)."""
     x = _signed_unit(jobs, _device(ddpm))
-    latent = ddim_invert(ddpm.diffusion, ddpm, x, steps)
-    decoded = ddim_decode(ddpm.diffusion, ddpm, latent, steps)
+    net = _denoiser(ddpm, chunk_rows)
+    latent = ddim_invert(ddpm.diffusion, net, x, steps)
+    decoded = ddim_decode(ddpm.diffusion, net, latent, steps)
     out = {
         "latent": latent,
         "reconstruction": signed_unit_to_pixels(decoded),
@@ -181,15 +201,21 @@ def ddpm_encode(ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int) -> list[Tenso
 
 
 @torch.no_grad()
-def vae_decode(vae: VAE, jobs: Sequence[ImagesJob]) -> list[torch.Tensor]:
+def vae_decode(
+    vae: VAE, jobs: Sequence[ImagesJob], chunk_rows: int | None = None
+) -> list[torch.Tensor]:
     """Latents z (B, Z) -> per job uint8 (B, C, H, W), the decoder's mean image."""
     z = torch.cat([job.inputs for job in jobs]).to(_device(vae))
-    images = signed_unit_to_pixels(vae.decode(z).mean_image())
+    mean = in_fixed_chunks(lambda rows: vae.decode(rows).mean_image(), chunk_rows, z)
+    images = signed_unit_to_pixels(mean)
     return _split(images, [job.rows for job in jobs])
 
 
-def ddpm_decode(ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int) -> list[torch.Tensor]:
+def ddpm_decode(
+    ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
+) -> list[torch.Tensor]:
     """Latents x_T (B, C, H, W) -> per job uint8 (B, C, H, W) by deterministic DDIM."""
     x_T = torch.cat([job.inputs for job in jobs]).to(_device(ddpm))
-    images = ddim_decode(ddpm.diffusion, ddpm, x_T, steps, on_step=_report(jobs))
+    net = _denoiser(ddpm, chunk_rows)
+    images = ddim_decode(ddpm.diffusion, net, x_T, steps, on_step=_report(jobs))
     return _split(signed_unit_to_pixels(images), [job.rows for job in jobs])

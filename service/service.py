@@ -91,6 +91,7 @@ class ElboServe:
         self.vae = self.checkpoints["vae"].model
         self.ddpm = self.checkpoints["ddpm"].model
         self.max_batch = settings.max_batch_images(self.device)
+        self.chunk_rows = settings.image_chunk_rows or None
         if settings.batching:
             self.batcher = KeyedBatcher(
                 self.max_batch, settings.batch_wait_ms / 1000, self._observe
@@ -166,7 +167,9 @@ class ElboServe:
                 samples=out["sample"].tolist() if request.sample else [],
             )
         key = BatchKey("ddpm", "encode", (request.steps,), 2 * request.steps)
-        run = functools.partial(self.runners.ddpm_encode, self.ddpm, steps=request.steps)
+        run = functools.partial(
+            self.runners.ddpm_encode, self.ddpm, steps=request.steps, chunk_rows=self.chunk_rows
+        )
         out = await self.batcher.submit(key, run, job, job.rows)
         errors = (out["reconstruction"].int() - x.int()).abs().flatten(1).amax(dim=1)
         return EncodeResponse(
@@ -188,12 +191,14 @@ class ElboServe:
             z = decode_latents(request.latents, (self.vae.config.latent_dim,))
             key, run = (
                 BatchKey("vae", "decode"),
-                functools.partial(self.runners.vae_decode, self.vae),
+                functools.partial(self.runners.vae_decode, self.vae, chunk_rows=self.chunk_rows),
             )
         else:
             z = decode_latents(request.latents, self.ddpm.image_shape)
             key = BatchKey("ddpm", "decode", (request.steps,), request.steps)
-            run = functools.partial(self.runners.ddpm_decode, self.ddpm, steps=request.steps)
+            run = functools.partial(
+                self.runners.ddpm_decode, self.ddpm, steps=request.steps, chunk_rows=self.chunk_rows
+            )
         images = await self.batcher.submit(key, run, self.runners.ImagesJob(z), len(z))
         self.metrics.IMAGES_GENERATED.labels(request.model, "decode").inc(len(images))
         return DecodeResponse(model=request.model, **images_payload(images, request.output))
@@ -280,6 +285,7 @@ class ElboServe:
                 self.vae,
                 temperature=request.temperature,
                 sample_pixels=request.sample_pixels,
+                chunk_rows=self.chunk_rows,
             )
             sampler, steps = None, None
         else:
@@ -287,7 +293,12 @@ class ElboServe:
             steps = self.ddpm.diffusion.num_timesteps if sampler == "ancestral" else request.steps
             key = BatchKey("ddpm", "sample", (sampler, steps, request.eta), steps)
             run = functools.partial(
-                self.runners.ddpm_sample, self.ddpm, sampler=sampler, steps=steps, eta=request.eta
+                self.runners.ddpm_sample,
+                self.ddpm,
+                sampler=sampler,
+                steps=steps,
+                eta=request.eta,
+                chunk_rows=self.chunk_rows,
             )
         images = await self.batcher.submit(key, run, job, request.n)
         self.metrics.IMAGES_GENERATED.labels(request.model, sampler or "prior").inc(request.n)

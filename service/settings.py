@@ -34,6 +34,11 @@ class Settings:
     # stay modest; a GPU amortises much larger batches).
     cpu_max_batch_images: int = 64
     cuda_max_batch_images: int = 512
+    # Images are drawn and decoded in network calls of exactly this many rows, so a seed gives
+    # byte-identical images alone or batched (CPU kernels pick algorithms by batch size; see
+    # models/batch_invariance.py). 0 turns it off: faster for lone requests, not reproducible.
+    # Verified on CPU only.
+    image_chunk_rows: int = 4
     # How long the first request of a batch waits for companions. Requests that arrive while
     # the model is busy join the next batch anyway, so this only matters at low load.
     batch_wait_ms: float = 10.0
@@ -67,6 +72,7 @@ class Settings:
             cuda_max_batch_images=int(
                 _env("CUDA_MAX_BATCH_IMAGES", str(defaults.cuda_max_batch_images))
             ),
+            image_chunk_rows=int(_env("IMAGE_CHUNK_ROWS", str(defaults.image_chunk_rows))),
             batch_wait_ms=float(_env("BATCH_WAIT_MS", str(defaults.batch_wait_ms))),
             batching=_flag("BATCHING", defaults.batching),
             noop_endpoint=_flag("NOOP_ENDPOINT", defaults.noop_endpoint),

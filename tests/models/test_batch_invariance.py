@@ -1,0 +1,74 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.batch_invariance import FixedChunkDenoiser, in_fixed_chunks
+from models.checkpoints import load_checkpoint
+from models.config import VAEConfig
+from models.ddpm import DDPM
+from models.layers import RowwiseLinear
+from models.noise import seeded_generator
+from models.vae import VAE
+
+
+def _rows(n: int, *shape: int) -> torch.Tensor:
+    return torch.randn(n, *shape, generator=torch.Generator().manual_seed(0))
+
+
+def test_rowwise_linear_matches_nn_linear_and_ignores_the_batch_around_a_row():
+    torch.manual_seed(0)
+    rowwise = RowwiseLinear(300, 40)
+    plain = torch.nn.Linear(300, 40)
+    plain.load_state_dict(rowwise.state_dict())
+    x = _rows(33, 300)
+    alone = rowwise(x[:1])
+    assert torch.allclose(rowwise(x), plain(x), atol=1e-5)
+    for batch in (x[:2], x[:7], x, torch.cat([x[5:9], x[:1]])):
+        row = 0 if torch.equal(batch[0], x[0]) else -1
+        assert torch.equal(rowwise(batch)[row], alone[0])
+
+
+def test_fixed_chunks_pad_the_last_chunk_and_keep_row_order():
+    calls = []
+
+    def network(a, b):
+        calls.append(a.shape[0])
+        return a * 10 + b
+
+    a, b = torch.arange(10.0), torch.ones(10)
+    out = in_fixed_chunks(network, 4, a, b)
+    assert torch.equal(out, a * 10 + 1) and calls == [4, 4, 4]
+    assert torch.equal(in_fixed_chunks(network, None, a, b), out) and calls[-1] == 10
+    with pytest.raises(ValueError, match="rows"):
+        in_fixed_chunks(network, 0, a, b)
+
+
+@pytest.fixture(scope="module")
+def ddpm() -> DDPM:
+    # The shipped network: its 32-channel 14x14 convolutions are where oneDNN was seen to
+    # change algorithm between a batch of one and of two.
+    return load_checkpoint(
+        Path(__file__).resolve().parents[2] / "checkpoints" / "ddpm"
+    ).model.eval()
+
+
+@torch.no_grad()
+def test_a_row_of_the_unet_is_bit_identical_in_any_batch_in_fixed_chunks(ddpm):
+    net = FixedChunkDenoiser(ddpm, 4)
+    x, t = _rows(20, 1, 28, 28), torch.arange(20) * 50
+    alone = net(x[:1], t[:1])
+    for order in (torch.arange(20), torch.arange(20).roll(7), torch.arange(20).flip(0)):
+        out = net(x[order], t[order])
+        assert torch.equal(out[(order == 0).nonzero().item()], alone[0])
+
+
+@torch.no_grad()
+def test_vae_samples_in_fixed_chunks_do_not_depend_on_their_batch():
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(latent_dim=8, channels=(16, 32))).eval()
+    mine = seeded_generator(5)
+    alone = vae.sample(1, [mine], chunk_rows=4)
+    crowd = [seeded_generator(s) for s in range(9)]
+    crowd[6] = seeded_generator(5)
+    assert torch.equal(vae.sample(9, crowd, chunk_rows=4)[6], alone[0])
