@@ -115,10 +115,13 @@ class VAE(nn.Module):
         mean, logvar = self.to_posterior(h).chunk(2, dim=1)
         return GaussianPosterior(mean, logvar.clamp(-30.0, 20.0))
 
-    def decode(self, z: torch.Tensor) -> DiscretizedLogisticMixture:
-        """p(x|z): z (B, Z) -> per-pixel discretized logistic mixture over (B, C, H, W)."""
-        h = self.from_latent(z).reshape(z.shape[0], *self._bottom_shape)
-        params = self.to_pixel_params(self.decoder(h))  # (B, 3*K*C, H, W)
+    def decode(self, z: torch.Tensor, chunk_rows: int | None = None) -> DiscretizedLogisticMixture:
+        """p(x|z): z (B, Z) -> per-pixel discretized logistic mixture over (B, C, H, W).
+
+        ``chunk_rows`` runs the network in fixed-size chunks so that each row's distribution
+        is bit-identical in any batch (:func:`models.batch_invariance.in_fixed_chunks`).
+        """
+        params = in_fixed_chunks(self._pixel_params, chunk_rows, z)  # (B, 3*K*C, H, W)
         b, _, height, width = params.shape
         params = params.reshape(
             b, 3, self.config.num_mixtures, self.config.image_channels, height, width
@@ -127,6 +130,10 @@ class VAE(nn.Module):
         return DiscretizedLogisticMixture(
             logit_weights, means, log_scales.clamp(min=_MIN_LOG_SCALE)
         )
+
+    def _pixel_params(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.from_latent(z).reshape(z.shape[0], *self._bottom_shape)
+        return self.to_pixel_params(self.decoder(h))
 
     @torch.no_grad()
     def sample(
@@ -140,15 +147,13 @@ class VAE(nn.Module):
         """n images (n, C, H, W) in [-1, 1] from z ~ N(0, temperature^2 I).
 
         With ``sample_pixels`` the pixels are drawn from p(x|z); otherwise each image is the
-        decoder's mean, which is what people usually mean by a VAE sample. ``chunk_rows`` decodes
-        in fixed-size chunks so each image is bit-identical in any batch
-        (:func:`models.batch_invariance.in_fixed_chunks`).
+        decoder's mean, which is what people usually mean by a VAE sample. ``chunk_rows``: see
+        :meth:`decode`.
         """
         device = next(self.parameters()).device
         z = temperature * randn_rows((n, self.config.latent_dim), generator, device)
-        if sample_pixels:
-            return self.decode(z).sample(generator)
-        return in_fixed_chunks(lambda rows: self.decode(rows).mean_image(), chunk_rows, z)
+        decoded = self.decode(z, chunk_rows)
+        return decoded.sample(generator) if sample_pixels else decoded.mean_image()
 
     def negative_elbo(
         self, x: torch.Tensor, generator: Generators, num_samples: int = 1

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from models.batch_invariance import FixedChunkDenoiser, in_fixed_chunks
+from models.batch_invariance import FixedChunkDenoiser
 from models.data import pixels_to_signed_unit, signed_unit_to_pixels
 from models.ddpm import DDPM
 from models.diffusion_bound import vlb_exact, vlb_monte_carlo
@@ -206,8 +206,7 @@ def vae_decode(
 ) -> list[torch.Tensor]:
     """Latents z (B, Z) -> per job uint8 (B, C, H, W), the decoder's mean image."""
     z = torch.cat([job.inputs for job in jobs]).to(_device(vae))
-    mean = in_fixed_chunks(lambda rows: vae.decode(rows).mean_image(), chunk_rows, z)
-    images = signed_unit_to_pixels(mean)
+    images = signed_unit_to_pixels(vae.decode(z, chunk_rows).mean_image())
     return _split(images, [job.rows for job in jobs])
 
 

@@ -67,8 +67,11 @@ def test_a_row_of_the_unet_is_bit_identical_in_any_batch_in_fixed_chunks(ddpm):
 def test_vae_samples_in_fixed_chunks_do_not_depend_on_their_batch():
     torch.manual_seed(0)
     vae = VAE(VAEConfig(latent_dim=8, channels=(16, 32))).eval()
-    mine = seeded_generator(5)
-    alone = vae.sample(1, [mine], chunk_rows=4)
-    crowd = [seeded_generator(s) for s in range(9)]
-    crowd[6] = seeded_generator(5)
-    assert torch.equal(vae.sample(9, crowd, chunk_rows=4)[6], alone[0])
+
+    def crowd():  # nine requests' generators; row 6 carries seed 5, as the lone request does
+        return [seeded_generator(5 if row == 6 else row) for row in range(9)]
+
+    for pixels in (False, True):
+        alone = vae.sample(1, [seeded_generator(5)], sample_pixels=pixels, chunk_rows=4)
+        batched = vae.sample(9, crowd(), sample_pixels=pixels, chunk_rows=4)
+        assert torch.equal(batched[6], alone[0]), pixels
