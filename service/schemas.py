@@ -28,7 +28,8 @@ MAX_IMAGES = 256
 _IMAGES_DESCRIPTION = (
     "Images, each a base64-encoded PNG (8-bit grayscale, 28x28 for the bundled checkpoints; "
     "a 'data:image/png;base64,' prefix is allowed) or a nested array of integers 0..255 of "
-    "shape (H, W) or (C, H, W)."
+    "shape (H, W) or (C, H, W). A multipart/form-data request may instead upload PNG files, "
+    "one 'images' part per image, with the other fields as form fields."
 )
 
 

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import bentoml
 
 from service.errors import RequestError, answers_request_errors
+from service.http_adapters import GetModels, MultipartImages
 from service.schemas import (
     DEFAULT_K,
     K_RANGE,
@@ -396,3 +397,8 @@ class ElboServe:
         if key.denoising_steps:
             self.metrics.DENOISING_STEPS.labels(key.operation).inc(key.denoising_steps)
         self.metrics.observe_cuda_memory(self.device)
+
+
+# Uploaded PNG files and GET /models, translated before BentoML parses the request.
+ElboServe.add_asgi_middleware(MultipartImages)
+ElboServe.add_asgi_middleware(GetModels)

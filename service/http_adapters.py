@@ -1,0 +1,138 @@
+"""ASGI middlewares that let plain HTTP clients reach the JSON endpoints.
+
+- :class:`MultipartImages`: a ``multipart/form-data`` POST (``curl -F images=@shirt.png
+  -F model=vae``) becomes the equivalent JSON body, each uploaded ``images`` part one base64 PNG,
+  so uploads meet exactly the validation and 400s of JSON requests. We convert here instead of
+  declaring a file-typed field because BentoML fills file fields from URLs (it fetches them)
+  and from server-side paths given in JSON; an image service must do neither.
+- :class:`GetModels`: ``GET /models`` answers like ``POST /models`` (BentoML routes every API
+  as POST; a read-only listing is a GET to most clients).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.schemas import MAX_IMAGES
+
+IMAGES_FIELD = "images"
+# Fashion-MNIST PNGs are under 1 kB; 1 MiB per part leaves room for any 8-bit 28x28 PNG.
+MAX_PART_BYTES = 1 << 20
+MAX_FIELDS = 64
+
+
+class _FormError(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+def _is_multipart_post(scope: Scope) -> bool:
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return False
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return value.split(b";")[0].strip().lower() == b"multipart/form-data"
+    return False
+
+
+def _form_value(text: str) -> Any:
+    """Form fields are text: numbers, booleans and arrays arrive as JSON, the rest as strings
+    (the convention of BentoML's own multipart parser)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+async def _image_part(value: str | UploadFile) -> Any:
+    if isinstance(value, UploadFile):
+        return base64.b64encode(await value.read()).decode("ascii")
+    return _form_value(value)  # a base64 PNG or a JSON nested array, as in JSON bodies
+
+
+async def form_to_json(form: Any) -> dict[str, Any]:
+    """The JSON body a multipart form stands for: repeated ``images`` parts make the list."""
+    body: dict[str, Any] = {}
+    images: list[Any] = []
+    for key, value in form.multi_items():
+        if key == IMAGES_FIELD:
+            images.append(await _image_part(value))
+        elif isinstance(value, UploadFile):
+            raise _FormError(key, f"only '{IMAGES_FIELD}' parts may be files")
+        elif key in body:
+            raise _FormError(key, "given more than once")
+        else:
+            body[key] = _form_value(value)
+    if images:
+        body[IMAGES_FIELD] = images
+    return body
+
+
+class MultipartImages:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not _is_multipart_post(scope):
+            await self.app(scope, receive, send)
+            return
+        try:
+            async with Request(scope, receive).form(
+                max_files=MAX_IMAGES, max_fields=MAX_FIELDS, max_part_size=MAX_PART_BYTES
+            ) as form:
+                body = json.dumps(await form_to_json(form)).encode()
+        except _FormError as error:
+            await _bad_request(str(error), error.field, scope, receive, send)
+            return
+        except Exception as error:  # starlette's parser: malformed body, too many parts
+            message = f"body: not a readable multipart/form-data body ({error})"
+            await _bad_request(message, "body", scope, receive, send)
+            return
+        await self.app(_as_json_scope(scope, len(body)), _receive_once(body), send)
+
+
+def _as_json_scope(scope: Scope, length: int) -> Scope:
+    headers = [
+        (name, value)
+        for name, value in scope["headers"]
+        if name not in (b"content-type", b"content-length")
+    ]
+    headers += [(b"content-type", b"application/json"), (b"content-length", b"%d" % length)]
+    return {**scope, "headers": headers}
+
+
+def _receive_once(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _bad_request(message: str, field: str, scope: Scope, receive: Receive, send: Send):
+    response = JSONResponse({"error": message, "field": field}, status_code=400)
+    await response(scope, receive, send)
+
+
+class GetModels:
+    def __init__(self, app: ASGIApp, path: str = "/models") -> None:
+        self.app = app
+        self.path = path
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == self.path:
+            scope = {**scope, "method": "POST"}
+        await self.app(scope, receive, send)
