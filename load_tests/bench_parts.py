@@ -68,6 +68,7 @@ SERVERS = {
 @contextmanager
 def _server(kind: str, args: Any, scratch: Path):
     overrides = {"ELBO_SERVE_TORCH_THREADS": str(args.torch_threads)}
+    overrides["ELBO_SERVE_MODEL_LANES"] = str(args.model_lanes)
     overrides["ELBO_SERVE_BATCHING"] = "false" if kind == "bentoml_unbatched" else "true"
     overrides["ELBO_SERVE_NOOP_ENDPOINT"] = "true"
     env = server_environment(overrides, scratch / f"bentoml-home-{kind}")

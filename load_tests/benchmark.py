@@ -67,6 +67,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="Torch threads here and in the servers; 0: torch's default (one per core, "
         "which on a busy 2-core machine made the VAE 100x slower).",
     )
+    add(
+        "--model-lanes",
+        type=int,
+        default=0,
+        help="Model calls a server may run at once (ELBO_SERVE_MODEL_LANES); 0: the "
+        "service's default, one per core on CPU.",
+    )
     add("--classifier", type=Path, default=REPO_ROOT / "checkpoints" / "classifier")
     args = parser.parse_args(argv)
     if args.quick:  # only the options left at their defaults

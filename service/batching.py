@@ -4,8 +4,10 @@ share one model call.
 A key names everything the call depends on besides its inputs (operation, model, sampler,
 steps, method, k ...). The first item for a key waits ``wait_s`` for companions; items that
 arrive while the model is busy queue up and leave together when it frees, so batches grow
-with load. One model call runs at a time (a single device lock), which is what a CPU or one
-GPU can do anyway. Nothing is ever dropped: there is no latency budget to predict against,
+with load. At most ``lanes`` model calls run at once: one for a GPU, which runs one batch at
+a time anyway; one per core on a CPU, each call on one torch thread, because a small network
+cannot keep several threads busy inside one call (measured in load_tests/benchmark.py).
+Nothing is ever dropped: there is no latency budget to predict against,
 so load is bounded by the server's max_concurrency instead (BentoML answers 429 past it).
 """
 
@@ -51,17 +53,21 @@ class KeyedBatcher:
         max_batch_items: int,
         wait_s: float = 0.01,
         on_batch: BatchObserver | None = None,
+        lanes: int = 1,
     ) -> None:
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.max_batch_items = max_batch_items
         self.wait_s = wait_s
         self.on_batch = on_batch
+        self.lanes = lanes
         self._queues: dict[Hashable, _Queue] = {}
-        self._device_lock: asyncio.Lock | None = None
+        self._free_lanes: asyncio.Semaphore | None = None
 
     async def submit(self, key: Hashable, run: BatchFunction, item: Any, size: int = 1) -> Any:
         loop = asyncio.get_running_loop()
-        if self._device_lock is None:
-            self._device_lock = asyncio.Lock()
+        if self._free_lanes is None:  # created in the loop that serves
+            self._free_lanes = asyncio.Semaphore(self.lanes)
         queue = self._queues.setdefault(key, _Queue())
         future: asyncio.Future[Any] = loop.create_future()
         queue.items.append(_Pending(item, size, run, future))
@@ -72,8 +78,8 @@ class KeyedBatcher:
 
     async def _flush(self, key: Hashable) -> None:
         await asyncio.sleep(self.wait_s)
-        assert self._device_lock is not None
-        async with self._device_lock:
+        assert self._free_lanes is not None
+        async with self._free_lanes:
             queue = self._queues[key]
             batch = self._take(queue)
             # Whatever is left (or arrives from now on) goes in a later call.

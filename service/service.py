@@ -76,9 +76,9 @@ class ElboServe:
 
         # Read again here (not only at import) so each new instance sees the environment.
         settings = self.settings = Settings.from_env()
-        if settings.torch_threads > 0:
-            torch.set_num_threads(settings.torch_threads)
         self.device = settings.resolve_device()
+        if (threads := settings.threads_per_call(self.device)) is not None:
+            torch.set_num_threads(threads)
         self.metrics, self.runners = metrics, runners
         self.checkpoints = {}
         for name, directory in (
@@ -93,13 +93,15 @@ class ElboServe:
         self.ddpm = self.checkpoints["ddpm"].model
         self.max_batch = settings.max_batch_images(self.device)
         self.chunk_rows = settings.image_chunk_rows or None
+        lanes = settings.lanes(self.device)
         if settings.batching:
-            self.batcher = KeyedBatcher(
-                self.max_batch, settings.batch_wait_ms / 1000, self._observe
-            )
+            wait_s = settings.batch_wait_ms / 1000
+            self.batcher = KeyedBatcher(self.max_batch, wait_s, self._observe, lanes)
         else:  # one request per model call, sent at once
-            self.batcher = KeyedBatcher(1, 0.0, self._observe)
+            self.batcher = KeyedBatcher(1, 0.0, self._observe, lanes)
+        logger.info("%d model lanes, %d torch threads each", lanes, torch.get_num_threads())
         self.progress = ProgressStore(settings.progress_dir)
+        self._calibrations: dict[tuple[str, str, str], tuple[dict, Any]] = {}
         self._ready = False
 
     # Health -------------------------------------------------------------------------------
@@ -343,10 +345,9 @@ class ElboServe:
         )
 
     async def _score(self, request: ScoreRequest) -> ScoreResponse:
-        from service.scoring import calibration_for, scores, threshold_for
+        from service.scoring import scores, threshold_for
 
-        card = self.checkpoints[request.model].card
-        calibrated = calibration_for(card, request.model, request.method, request.correction)
+        calibrated = self._calibration(request.model, request.method, request.correction)
         k = self._score_k(request, calibrated.k)
         threshold = threshold_for(calibrated.calibration, request.fpr)
         x = self._images(request.images, request.model)
@@ -379,6 +380,18 @@ class ElboServe:
             calibration_images=len(calibrated.calibration.normal_scores),
             results=results,
         )
+
+    def _calibration(self, model: str, method: str, correction: str):
+        """The card's calibration, built once per card rather than per request."""
+        from service.scoring import calibration_for
+
+        card = self.checkpoints[model].card
+        key = (model, method, correction)
+        cached_card, calibrated = self._calibrations.get(key, (None, None))
+        if cached_card is not card:
+            calibrated = calibration_for(card, model, method, correction)
+            self._calibrations[key] = (card, calibrated)
+        return calibrated
 
     @staticmethod
     def _score_k(request: ScoreRequest, calibrated_k: int | None) -> int | None:

@@ -24,6 +24,11 @@ def _flag(name: str, default: bool) -> bool:
     return text in ("true", "1")
 
 
+def available_cores() -> int:
+    """Cores this process may run on (a container's CPU set, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclass(frozen=True)
 class Settings:
     vae_checkpoint: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints" / "vae")
@@ -54,7 +59,10 @@ class Settings:
     max_concurrency: int = 128
     # Worker processes, each with its own copy of the models (metrics are summed over them).
     workers: int = 1
-    # Threads torch uses inside one operation; 0 keeps torch's default.
+    # Model calls that may run at once in a worker; 0: one per CPU core on CPU, one on a GPU.
+    model_lanes: int = 0
+    # Threads torch uses inside one operation; 0: on CPU the cores shared out over the lanes
+    # (one each by default), on a GPU torch's default.
     torch_threads: int = 0
     # Where long-running tasks record their progress (shared by all workers).
     progress_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-progress"))
@@ -79,6 +87,7 @@ class Settings:
             request_timeout_s=int(_env("REQUEST_TIMEOUT_S", str(defaults.request_timeout_s))),
             max_concurrency=int(_env("MAX_CONCURRENCY", str(defaults.max_concurrency))),
             workers=int(_env("WORKERS", str(defaults.workers))),
+            model_lanes=int(_env("MODEL_LANES", str(defaults.model_lanes))),
             torch_threads=int(_env("TORCH_THREADS", str(defaults.torch_threads))),
             progress_dir=Path(_env("PROGRESS_DIR", str(defaults.progress_dir))),
         )
@@ -93,6 +102,19 @@ class Settings:
                 f"{ENV_PREFIX}DEVICE must be auto, cpu or cuda[:N], got {self.device!r}"
             )
         return self.device
+
+    def lanes(self, device: str) -> int:
+        if self.model_lanes > 0:
+            return self.model_lanes
+        return 1 if device.startswith("cuda") else available_cores()
+
+    def threads_per_call(self, device: str) -> int | None:
+        """Torch intra-op threads; None: leave torch's default."""
+        if self.torch_threads > 0:
+            return self.torch_threads
+        if device.startswith("cuda"):
+            return None
+        return max(1, available_cores() // self.lanes(device))
 
     def max_batch_images(self, device: str) -> int:
         return (

@@ -99,3 +99,37 @@ def test_no_item_is_ever_dropped_under_load(wait_s):
         return await asyncio.gather(*(batcher.submit(i % 3, lambda xs: xs, i) for i in range(200)))
 
     assert asyncio.run(main()) == list(range(200))
+
+
+def _peak_concurrent_calls(lanes: int, keys: str) -> int:
+    """Most model calls seen running at once when items of ``keys`` arrive together."""
+    import threading
+    import time
+
+    batcher = KeyedBatcher(64, wait_s=0.0, lanes=lanes)
+    lock, running, peak = threading.Lock(), [0], [0]
+
+    def slow(items):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.1)
+        with lock:
+            running[0] -= 1
+        return items
+
+    async def main():
+        return await asyncio.gather(*(batcher.submit(key, slow, i) for i, key in enumerate(keys)))
+
+    assert asyncio.run(main()) == list(range(len(keys)))
+    return peak[0]
+
+
+@pytest.mark.parametrize("lanes", [1, 2, 3])
+def test_at_most_lanes_model_calls_run_at_once(lanes):
+    assert _peak_concurrent_calls(lanes, "abcdef") == lanes
+
+
+def test_lanes_must_be_positive():
+    with pytest.raises(ValueError, match="lanes"):
+        KeyedBatcher(4, lanes=0)
