@@ -37,8 +37,9 @@ def raw(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
     vae, ddpm = _checkpoints()
     sizes = ints(args.batch_sizes)
     images = load_fashion_mnist("test")[0][: max(sizes)]
+    lanes = Settings(model_lanes=args.model_lanes).lanes("cpu")
     report = bench_raw.raw_throughput(
-        bench_raw.workloads(vae, ddpm), images, sizes, args.raw_seconds
+        bench_raw.workloads(vae, ddpm), images, sizes, args.raw_seconds, lanes
     )
     peak = bench_raw.matmul_peak_gflops(args.matmul_size, args.raw_seconds)
     for entry in report.values():
@@ -125,8 +126,11 @@ def _ratios(cells: dict, raw_part: dict | None) -> dict[str, Any]:
             for name in SERVERS["fastapi_unbatched"]
         },
     }
-    if raw_part:  # served items/s over the best raw items/s of the same work
-        best = {n: max(w["items_per_second"].values()) for n, w in raw_part["workloads"].items()}
+    if raw_part:  # served items/s over the best raw items/s of the same work, same lanes
+        best = {
+            name: max(work["items_per_second_in_lanes"].values())
+            for name, work in raw_part["workloads"].items()
+        }
         ratios["served_over_raw"] = {
             name: {
                 str(c["concurrency"]): c["items_per_second"] / best[RAW_OF[name]]

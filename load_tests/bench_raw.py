@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -35,14 +36,22 @@ def workloads(vae: Checkpoint, ddpm: Checkpoint, ddim_steps: int = 50) -> dict[s
     return {"vae_elbo": vae_elbo, "ddpm_vlb_mc": ddpm_vlb_mc, f"ddim_{ddim_steps}": ddim}
 
 
-def items_per_second(work: Work, x: torch.Tensor, min_seconds: float) -> float:
-    """Calls ``work(x)`` after one warm-up until ``min_seconds`` pass; items per second."""
+def items_per_second(work: Work, x: torch.Tensor, min_seconds: float, lanes: int = 1) -> float:
+    """Calls ``work(x)`` after one warm-up until ``min_seconds`` pass, from ``lanes`` threads
+    at once (as the service's model lanes do); items per second, all threads together."""
     work(x)
-    calls, start = 0, time.perf_counter()
-    while calls == 0 or time.perf_counter() - start < min_seconds:
-        work(x)
-        calls += 1
-    return calls * len(x) / (time.perf_counter() - start)
+
+    def calls_until(stop_at: float) -> int:
+        calls = 0
+        while calls == 0 or time.perf_counter() < stop_at:
+            work(x)
+            calls += 1
+        return calls
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(lanes) as pool:
+        counts = list(pool.map(calls_until, [start + min_seconds] * lanes))
+    return sum(counts) * len(x) / (time.perf_counter() - start)
 
 
 @torch.no_grad()
@@ -62,16 +71,25 @@ def matmul_peak_gflops(size: int = 1024, min_seconds: float = 1.0) -> float:
 
 
 def raw_throughput(
-    work: dict[str, Work], images: torch.Tensor, batch_sizes: list[int], min_seconds: float
+    work: dict[str, Work],
+    images: torch.Tensor,
+    batch_sizes: list[int],
+    min_seconds: float,
+    lanes: int = 1,
 ) -> dict[str, Any]:
-    """Per workload: items/s per batch size, GFLOP per item and the best achieved GFLOP/s."""
+    """Per workload: items/s per batch size from one thread and from ``lanes`` threads at
+    once, GFLOP per item and the best achieved GFLOP/s."""
     report: dict[str, Any] = {}
     for name, run in work.items():
         rates = {b: items_per_second(run, images[:b], min_seconds) for b in batch_sizes}
+        in_lanes = {b: items_per_second(run, images[:b], min_seconds, lanes) for b in batch_sizes}
         flops = gflop_per_item(run, images[: batch_sizes[-1]])
         report[name] = {
             "items_per_second": {str(b): rate for b, rate in rates.items()},
+            "lanes": lanes,
+            "items_per_second_in_lanes": {str(b): rate for b, rate in in_lanes.items()},
             "gflop_per_item": flops,
             "achieved_gflops": flops * max(rates.values()),
+            "achieved_gflops_in_lanes": flops * max(in_lanes.values()),
         }
     return report

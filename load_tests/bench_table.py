@@ -12,6 +12,8 @@ def _raw_rows(raw: dict[str, Any]) -> list[tuple[str, str]]:
     for name, w in raw["workloads"].items():
         rates = ", ".join(f"b{b}: {r:,.0f}" for b, r in w["items_per_second"].items())
         rows.append((f"raw {name} items/s", rates))
+        in_lanes = ", ".join(f"b{b}: {r:,.0f}" for b, r in w["items_per_second_in_lanes"].items())
+        rows.append((f"raw {name} items/s, {w['lanes']} lanes", in_lanes))
         rows.append(
             (
                 f"raw {name} GFLOP/item, achieved",

@@ -14,6 +14,7 @@ so load is bounded by the server's max_concurrency instead (BentoML answers 429 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
@@ -63,6 +64,7 @@ class KeyedBatcher:
         self.lanes = lanes
         self._queues: dict[Hashable, _Queue] = {}
         self._free_lanes: asyncio.Semaphore | None = None
+        self._busy_lanes = 0
 
     async def submit(self, key: Hashable, run: BatchFunction, item: Any, size: int = 1) -> Any:
         loop = asyncio.get_running_loop()
@@ -80,20 +82,34 @@ class KeyedBatcher:
         await asyncio.sleep(self.wait_s)
         assert self._free_lanes is not None
         async with self._free_lanes:
-            queue = self._queues[key]
-            batch = self._take(queue)
-            # Whatever is left (or arrives from now on) goes in a later call.
-            queue.flush_scheduled = bool(queue.items)
-            if queue.items:
-                asyncio.get_running_loop().create_task(self._flush(key))
-            else:
-                # Keys carry request options (a temperature...): do not keep empty queues.
-                del self._queues[key]
-            await self._execute(key, batch)
+            self._busy_lanes += 1
+            try:
+                await self._flush_in_lane(key)
+            finally:
+                self._busy_lanes -= 1
 
-    def _take(self, queue: _Queue) -> list[_Pending[Any]]:
+    async def _flush_in_lane(self, key: Hashable) -> None:
+        queue = self._queues[key]
+        batch = self._take(queue, self._share(queue))
+        # Whatever is left (or arrives from now on) goes in a later call.
+        queue.flush_scheduled = bool(queue.items)
+        if queue.items:
+            asyncio.get_running_loop().create_task(self._flush(key))
+        else:
+            # Keys carry request options (a temperature...): do not keep empty queues.
+            del self._queues[key]
+        await self._execute(key, batch)
+
+    def _share(self, queue: _Queue) -> int:
+        """Items this call may take: with idle lanes, only its share of the queue, so that
+        requests arriving together do not all wait for one lane while the others idle."""
+        idle = self.lanes - self._busy_lanes
+        pending = sum(p.size for p in queue.items)
+        return min(self.max_batch_items, max(1, math.ceil(pending / (idle + 1))))
+
+    def _take(self, queue: _Queue, budget: int) -> list[_Pending[Any]]:
         batch, total = [], 0
-        while queue.items and (not batch or total + queue.items[0].size <= self.max_batch_items):
+        while queue.items and (not batch or total + queue.items[0].size <= budget):
             pending = queue.items.pop(0)
             if pending.future.cancelled():  # the client went away before we started
                 continue

@@ -133,3 +133,33 @@ def test_at_most_lanes_model_calls_run_at_once(lanes):
 def test_lanes_must_be_positive():
     with pytest.raises(ValueError, match="lanes"):
         KeyedBatcher(4, lanes=0)
+
+
+def test_items_arriving_together_are_shared_out_over_idle_lanes():
+    calls = []
+
+    def slow(items):
+        import time
+
+        calls.append(len(items))
+        time.sleep(0.1)
+        return items
+
+    async def main():
+        batcher = KeyedBatcher(64, wait_s=0.01, lanes=2)
+        return await asyncio.gather(*(batcher.submit("a", slow, i) for i in range(32)))
+
+    assert asyncio.run(main()) == list(range(32))
+    assert sorted(calls) == [16, 16]
+
+
+def test_one_lane_takes_everything_queued():
+    calls = []
+
+    async def main():
+        batcher = KeyedBatcher(64, wait_s=0.01, lanes=1)
+        jobs = (batcher.submit("a", lambda xs: calls.append(len(xs)) or xs, i) for i in range(32))
+        return await asyncio.gather(*jobs)
+
+    assert asyncio.run(main()) == list(range(32))
+    assert calls == [32]
