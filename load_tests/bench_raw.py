@@ -13,25 +13,28 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.checkpoints import Checkpoint
 from service import runners
+from service.settings import Settings
 
 Work = Callable[[torch.Tensor], Any]  # uint8 images (B, 1, 28, 28) -> anything
 
 
 def workloads(vae: Checkpoint, ddpm: Checkpoint, ddim_steps: int = 50) -> dict[str, Work]:
     """The runner calls behind /score (VAE ELBO, DDPM vlb_mc at the calibrated k) and
-    /sample (DDIM), exactly as the batcher makes them."""
+    /sample (DDIM), exactly as the batcher makes them, with the service's default settings."""
     k = ddpm.card.get("calibration", {}).get("vlb_mc", {}).get("k") or 10
+    settings = Settings()
+    max_batch = settings.max_batch_images("cpu")  # bound network calls of about this many rows
+    chunk_rows = settings.image_chunk_rows or None  # sampling calls of exactly this many
 
     def vae_elbo(x: torch.Tensor) -> Any:
         return runners.vae_bound(vae.model, [runners.ImagesJob(x)], "elbo", None)
 
     def ddpm_vlb_mc(x: torch.Tensor) -> Any:
-        return runners.ddpm_bound(ddpm.model, [runners.ImagesJob(x)], "vlb_mc", k, len(x))
+        return runners.ddpm_bound(ddpm.model, [runners.ImagesJob(x)], "vlb_mc", k, max_batch)
 
     def ddim(x: torch.Tensor) -> Any:
-        return runners.ddpm_sample(
-            ddpm.model, [runners.SampleJob(len(x), 0)], "ddim", ddim_steps, 0.0
-        )
+        jobs = [runners.SampleJob(len(x), 0)]
+        return runners.ddpm_sample(ddpm.model, jobs, "ddim", ddim_steps, 0.0, chunk_rows)
 
     return {"vae_elbo": vae_elbo, "ddpm_vlb_mc": ddpm_vlb_mc, f"ddim_{ddim_steps}": ddim}
 
