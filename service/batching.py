@@ -2,13 +2,13 @@
 share one model call.
 
 A key names everything the call depends on besides its inputs (operation, model, sampler,
-steps, method, k ...). The first item for a key waits ``wait_s`` for companions; items that
-arrive while the model is busy queue up and leave together when it frees, so batches grow
+steps, method, k ...). The first item for a key waits ``wait_s`` for companions, unless
+the batcher is idle (a lone request at low load runs at once); items that arrive while the
+model is busy queue up and leave together when it frees, so batches grow
 with load. At most ``lanes`` model calls run at once: one for a GPU, which runs one batch at
 a time anyway; one per core on a CPU, each call on one torch thread, because a small network
 cannot keep several threads busy inside one call (measured in load_tests/benchmark.py).
-Nothing is ever dropped: there is no latency budget to predict against,
-so load is bounded by the server's max_concurrency instead (BentoML answers 429 past it).
+Nothing is ever dropped: there is no latency budget to predict against, so load is bounded by the server's max_concurrency instead (BentoML answers 429 past it).
 """
 
 from __future__ import annotations
@@ -75,11 +75,19 @@ class KeyedBatcher:
         queue.items.append(_Pending(item, size, run, future))
         if not queue.flush_scheduled:
             queue.flush_scheduled = True
-            loop.create_task(self._flush(key))
+            loop.create_task(self._flush(key, 0.0 if self._idle() else self.wait_s))
         return await future
 
-    async def _flush(self, key: Hashable) -> None:
-        await asyncio.sleep(self.wait_s)
+    def _idle(self) -> bool:
+        """Nothing running and nothing queued but the item just submitted: a lone request
+        at low load gains nothing by waiting for companions."""
+        if self._busy_lanes or len(self._queues) != 1:
+            return False
+        (queue,) = self._queues.values()
+        return len(queue.items) == 1
+
+    async def _flush(self, key: Hashable, wait_s: float) -> None:
+        await asyncio.sleep(wait_s)
         assert self._free_lanes is not None
         async with self._free_lanes:
             self._busy_lanes += 1
@@ -94,7 +102,7 @@ class KeyedBatcher:
         # Whatever is left (or arrives from now on) goes in a later call.
         queue.flush_scheduled = bool(queue.items)
         if queue.items:
-            asyncio.get_running_loop().create_task(self._flush(key))
+            asyncio.get_running_loop().create_task(self._flush(key, self.wait_s))
         else:
             # Keys carry request options (a temperature...): do not keep empty queues.
             del self._queues[key]

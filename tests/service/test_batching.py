@@ -163,3 +163,36 @@ def test_one_lane_takes_everything_queued():
 
     assert asyncio.run(main()) == list(range(32))
     assert calls == [32]
+
+
+def test_a_lone_item_on_an_idle_batcher_does_not_wait_for_companions():
+    batcher = KeyedBatcher(8, wait_s=30.0)
+
+    async def main():
+        return await asyncio.wait_for(batcher.submit("a", lambda xs: xs, 1), timeout=5.0)
+
+    assert asyncio.run(main()) == 1
+
+
+def test_an_item_arriving_while_another_runs_waits_for_companions():
+    import threading
+
+    batcher = KeyedBatcher(8, wait_s=30.0, lanes=2)
+    release = threading.Event()
+    calls = []
+
+    def blocking(items):
+        release.wait(10)
+        return items
+
+    async def main():
+        running = asyncio.ensure_future(batcher.submit("a", blocking, 0))
+        await asyncio.sleep(0.05)  # the first item is in a lane now
+        waiting = asyncio.ensure_future(batcher.submit("b", lambda xs: calls.append(xs) or xs, 1))
+        await asyncio.sleep(0.2)
+        assert calls == []  # a lane is free, yet b waits wait_s for companions
+        release.set()
+        await running
+        waiting.cancel()
+
+    asyncio.run(main())
