@@ -8,7 +8,8 @@ model is busy queue up and leave together when it frees, so batches grow
 with load. At most ``lanes`` model calls run at once: one for a GPU, which runs one batch at
 a time anyway; one per core on a CPU, each call on one torch thread, because a small network
 cannot keep several threads busy inside one call (measured in load_tests/benchmark.py).
-Nothing is ever dropped: there is no latency budget to predict against, so load is bounded by the server's max_concurrency instead (BentoML answers 429 past it).
+Nothing is ever dropped: there is no latency budget to predict against, so load is bounded
+by the server's max_concurrency instead (BentoML answers 429 past it).
 """
 
 from __future__ import annotations
