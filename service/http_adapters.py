@@ -7,10 +7,13 @@
   and from server-side paths given in JSON; an image service must do neither.
 - :class:`GetModels`: ``GET /models`` answers like ``POST /models`` (BentoML routes every API
   as POST; a read-only listing is a GET to most clients).
+- :class:`RequestTimeout`: BentoML's request timeout without its per-request timer leak;
+  :func:`use_leak_free_timeout` puts it where BentoML builds its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 from typing import Any
@@ -136,3 +139,54 @@ class GetModels:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == self.path:
             scope = {**scope, "method": "POST"}
         await self.app(scope, receive, send)
+
+
+class RequestTimeout:
+    """Answer 504 when a request's response has not started within ``timeout_s``.
+
+    Replaces BentoML's TimeoutMiddleware (1.4.39), which leaves each request's timer
+    scheduled for the whole timeout after the request is answered, holding that request's
+    context (its tracing span and scope): with our 900 s timeout a 10-minute soak at 175
+    requests/s grew the server's RSS from 478 to 970 MiB. ``asyncio.wait`` cancels its timer.
+    """
+
+    def __init__(self, app: ASGIApp, timeout: float) -> None:
+        self.app = app
+        self.timeout_s = timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        started = loop.create_future()
+
+        async def send_and_mark(message: Message) -> None:
+            if not started.done():
+                started.set_result(None)
+            await send(message)
+
+        handling = asyncio.ensure_future(self.app(scope, receive, send_and_mark))
+        done, _ = await asyncio.wait(
+            {started, handling}, timeout=self.timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
+        if not done:
+            handling.cancel()
+            message = f"request: not answered within {self.timeout_s:g} s"
+            await JSONResponse({"error": message, "field": "request"}, status_code=504)(
+                scope, receive, send
+            )
+            return
+        await handling
+
+
+def use_leak_free_timeout() -> None:
+    """Make BentoML build :class:`RequestTimeout` where it builds its TimeoutMiddleware.
+
+    The service's traffic ``timeout`` must be a positive number, so BentoML always adds its
+    middleware; its app factory imports the class from this module attribute when it builds
+    the app, after the service module (which calls this) is imported.
+    """
+    from bentoml._internal.server.http import traffic
+
+    traffic.TimeoutMiddleware = RequestTimeout  # type: ignore[misc]

@@ -20,7 +20,7 @@ from typing import Any, NamedTuple
 import bentoml
 
 from service.errors import RequestError, answers_request_errors
-from service.http_adapters import GetModels, MultipartImages
+from service.http_adapters import GetModels, MultipartImages, use_leak_free_timeout
 from service.schemas import (
     DEFAULT_K,
     K_RANGE,
@@ -59,6 +59,7 @@ class BatchKey(NamedTuple):
 
 @bentoml.service(
     name="elbo_serve",
+    # BentoML answers 504 past the timeout (with our RequestTimeout: see the end of the module)
     traffic={"timeout": SETTINGS.request_timeout_s, "max_concurrency": SETTINGS.max_concurrency},
     workers=SETTINGS.workers,
 )
@@ -415,3 +416,6 @@ class ElboServe:
 # Uploaded PNG files and GET /models, translated before BentoML parses the request.
 ElboServe.add_asgi_middleware(MultipartImages)
 ElboServe.add_asgi_middleware(GetModels)
+# BentoML 1.4.39's timeout middleware keeps every answered request's context for the whole
+# timeout (RSS 478 -> 970 MiB in a 10-minute soak); ours releases it.
+use_leak_free_timeout()
