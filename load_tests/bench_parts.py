@@ -147,7 +147,7 @@ def ddim(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
     _, ddpm = _checkpoints()
     steps = ints(args.ddim_steps)
     samplers = ddim_steps_report(
-        ddpm, args.classifier, steps, args.ddim_samples, args.ancestral_samples, 250
+        ddpm, args.classifier, steps, args.ddim_samples, args.ancestral_samples, 250, args.ddim_eta
     )
     return {"samplers": samplers}
 

@@ -15,12 +15,12 @@ from models.evaluate import Context, EvaluationSizes, Sampler, sample_quality
 from models.samplers import ddim_sample, ddpm_ancestral_sample
 
 
-def _samplers(ddpm: Checkpoint, steps: list[int], n: int, ancestral_n: int, generator):
+def _samplers(ddpm: Checkpoint, steps: list[int], n: int, ancestral_n: int, generator, eta: float):
     model, shape = ddpm.model, ddpm.model.image_shape
 
     def ddim(k: int) -> Sampler:
         return lambda b: signed_unit_to_pixels(
-            ddim_sample(model.diffusion, model, (b, *shape), k, generator)
+            ddim_sample(model.diffusion, model, (b, *shape), k, generator, eta=eta)
         )
 
     def ancestral(b: int) -> torch.Tensor:
@@ -28,7 +28,8 @@ def _samplers(ddpm: Checkpoint, steps: list[int], n: int, ancestral_n: int, gene
             ddpm_ancestral_sample(model.diffusion, model, (b, *shape), generator)
         )
 
-    samplers: dict[str, tuple[int, Sampler]] = {f"ddim_{k}": (n, ddim(k)) for k in steps}
+    name = "ddim_{}" if eta == 0 else f"ddim_{{}}_eta{eta:g}"
+    samplers: dict[str, tuple[int, Sampler]] = {name.format(k): (n, ddim(k)) for k in steps}
     if ancestral_n >= 2:
         samplers[f"ancestral_{model.diffusion.num_timesteps}"] = (ancestral_n, ancestral)
     return samplers
@@ -41,6 +42,7 @@ def ddim_steps_report(
     samples: int,
     ancestral_samples: int,
     batch_size: int,
+    eta: float = 0.0,
 ) -> dict[str, Any]:
     """Per sampler: seconds per image, Fréchet distance and its real-data floor."""
     test, _ = load_fashion_mnist("test")
@@ -57,5 +59,5 @@ def ddim_steps_report(
             Path(grids),
         )
         with torch.no_grad():
-            samplers = _samplers(ddpm, steps, samples, ancestral_samples, generator)
+            samplers = _samplers(ddpm, steps, samples, ancestral_samples, generator, eta)
             return sample_quality(samplers, classifier, ctx)["samplers"]

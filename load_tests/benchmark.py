@@ -57,6 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--http-seconds", type=float, default=15.0, help="HTTP part: seconds per cell.")
     add("--ddim-steps", default="10,25,50,100,250,1000", help="DDIM part: step counts.")
     add("--ddim-samples", type=int, default=1000, help="DDIM part: images per step count.")
+    add("--ddim-eta", type=float, default=0.0, help="DDIM part: eta of every DDIM sampler.")
     add("--ancestral-samples", type=int, default=100, help="DDIM part: ancestral images.")
     add("--soak-seconds", type=float, default=600.0, help="Soak part: duration.")
     add("--soak-concurrency", type=int, default=8, help="Soak part: moderate load.")

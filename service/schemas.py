@@ -76,8 +76,14 @@ class SampleRequest(_Request):
         "(Ho et al. 2020, all T steps; slow on CPU, prefer /sample_task).",
     )
     steps: int = Field(50, ge=1, le=1000, description="DDPM DDIM only: number of denoising steps.")
+    # 1 by default: with the bundled DDPM, 50 steps at eta 1 reach a Fréchet distance of 145
+    # against 250 at eta 0 and 155 for ancestral sampling (200 images each; README).
     eta: float = Field(
-        0.0, ge=0.0, le=1.0, description="DDPM DDIM only: 0 is deterministic, 1 DDPM-like noise."
+        1.0,
+        ge=0.0,
+        le=1.0,
+        description="DDPM DDIM only: 0 is the deterministic ODE, 1 (default) DDPM-like noise "
+        "at each step; the seed decides the images either way.",
     )
     temperature: float = Field(
         1.0, gt=0.0, le=2.0, description="VAE only: prior scale, z ~ N(0, temperature^2 I)."
