@@ -85,7 +85,11 @@ def raw_throughput(
     report: dict[str, Any] = {}
     for name, run in work.items():
         rates = {b: items_per_second(run, images[:b], min_seconds) for b in batch_sizes}
-        in_lanes = {b: items_per_second(run, images[:b], min_seconds, lanes) for b in batch_sizes}
+        in_lanes = (
+            {b: items_per_second(run, images[:b], min_seconds, lanes) for b in batch_sizes}
+            if lanes > 1
+            else rates
+        )
         flops = gflop_per_item(run, images[: batch_sizes[-1]])
         report[name] = {
             "items_per_second": {str(b): rate for b, rate in rates.items()},

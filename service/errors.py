@@ -44,8 +44,11 @@ def answers_request_errors(
         try:
             return await endpoint(*args, **kwargs)
         except RequestError as error:
-            return JSONResponse(
-                {"error": str(error), "field": error.field}, status_code=error.status_code
-            )
+            return error_response(error)
 
     return wrapper
+
+
+def error_response(error: RequestError) -> JSONResponse:
+    """``{"error": "<field>: ...", "field": "<field>"}`` with the error's status code."""
+    return JSONResponse({"error": str(error), "field": error.field}, status_code=error.status_code)

@@ -23,18 +23,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.errors import RequestError, error_response
 from service.schemas import MAX_IMAGES
 
 IMAGES_FIELD = "images"
 # Fashion-MNIST PNGs are under 1 kB; 1 MiB per part leaves room for any 8-bit 28x28 PNG.
 MAX_PART_BYTES = 1 << 20
 MAX_FIELDS = 64
-
-
-class _FormError(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
 
 
 def _is_multipart_post(scope: Scope) -> bool:
@@ -69,9 +64,9 @@ async def form_to_json(form: Any) -> dict[str, Any]:
         if key == IMAGES_FIELD:
             images.append(await _image_part(value))
         elif isinstance(value, UploadFile):
-            raise _FormError(key, f"only '{IMAGES_FIELD}' parts may be files")
+            raise RequestError(key, f"only '{IMAGES_FIELD}' parts may be files")
         elif key in body:
-            raise _FormError(key, "given more than once")
+            raise RequestError(key, "given more than once")
         else:
             body[key] = _form_value(value)
     if images:
@@ -92,12 +87,12 @@ class MultipartImages:
                 max_files=MAX_IMAGES, max_fields=MAX_FIELDS, max_part_size=MAX_PART_BYTES
             ) as form:
                 body = json.dumps(await form_to_json(form)).encode()
-        except _FormError as error:
-            await _bad_request(str(error), error.field, scope, receive, send)
+        except RequestError as error:
+            await error_response(error)(scope, receive, send)
             return
         except Exception as error:  # starlette's parser: malformed body, too many parts
-            message = f"body: not a readable multipart/form-data body ({error})"
-            await _bad_request(message, "body", scope, receive, send)
+            unreadable = RequestError("body", f"not a readable multipart/form-data body ({error})")
+            await error_response(unreadable)(scope, receive, send)
             return
         await self.app(_as_json_scope(scope, len(body)), _receive_once(body), send)
 
@@ -123,11 +118,6 @@ def _receive_once(body: bytes) -> Receive:
         return {"type": "http.request", "body": body, "more_body": False}
 
     return receive
-
-
-async def _bad_request(message: str, field: str, scope: Scope, receive: Receive, send: Send):
-    response = JSONResponse({"error": message, "field": field}, status_code=400)
-    await response(scope, receive, send)
 
 
 class GetModels:
