@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -28,23 +29,28 @@ def run_part(part: str, args: Any, results: dict[str, Any], scratch: Path) -> di
     return {"raw": raw, "http": http, "ddim": ddim, "soak": soak}[part](args, results, scratch)
 
 
-def _checkpoints():
+def _checkpoints(device: str):
     settings = Settings.from_env()
-    return load_checkpoint(settings.vae_checkpoint), load_checkpoint(settings.ddpm_checkpoint)
+    return (
+        load_checkpoint(settings.vae_checkpoint, device),
+        load_checkpoint(settings.ddpm_checkpoint, device),
+    )
 
 
 def raw(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    vae, ddpm = _checkpoints()
+    """On the service's device (ELBO_SERVE_DEVICE; CUDA when there is one)."""
+    device = Settings.from_env().resolve_device()
+    vae, ddpm = _checkpoints(device)
     sizes = ints(args.batch_sizes)
     images = load_fashion_mnist("test")[0][: max(sizes)]
-    lanes = Settings(model_lanes=args.model_lanes).lanes("cpu")
+    lanes = Settings(model_lanes=args.model_lanes).lanes(device)
     report = bench_raw.raw_throughput(
         bench_raw.workloads(vae, ddpm), images, sizes, args.raw_seconds, lanes
     )
-    peak = bench_raw.matmul_peak_gflops(args.matmul_size, args.raw_seconds)
+    peak = bench_raw.matmul_peak_gflops(args.matmul_size, args.raw_seconds, device)
     for entry in report.values():
         entry["share_of_matmul_peak"] = entry["achieved_gflops"] / peak
-    return {"workloads": report, "matmul_peak_gflops": peak}
+    return {"device": device, "workloads": report, "matmul_peak_gflops": peak}
 
 
 def _requests() -> dict[str, Request]:
@@ -88,9 +94,10 @@ def _server(kind: str, args: Any, scratch: Path):
 def http(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
     requests, levels = _requests(), ints(args.concurrency)
     cells: dict[str, dict[str, list[dict[str, Any]]]] = {}
-    peak_rss = {}
+    peak_rss, cuda_memory = {}, {}
     for kind, names in SERVERS.items():
         with _server(kind, args, scratch) as (url, process):
+            idle_cuda = _cuda_memory_gauge(url)
             with bench_http.PeakRss(process.pid) as rss:
                 cells[kind] = {
                     name: [
@@ -100,7 +107,26 @@ def http(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
                     for name in names
                 }
             peak_rss[kind] = rss.peak
-    return {"cells": cells, "peak_rss_bytes": peak_rss, **_ratios(cells, results.get("raw"))}
+            if idle_cuda is not None:
+                cuda_memory[kind] = {"idle": idle_cuda, "after_load": _cuda_memory_gauge(url)}
+    return {
+        "cells": cells,
+        "peak_rss_bytes": peak_rss,
+        "cuda_memory_allocated_bytes": cuda_memory,
+        **_ratios(cells, results.get("raw")),
+    }
+
+
+def _cuda_memory_gauge(url: str) -> float | None:
+    """The server's elbo_serve_cuda_memory_allocated_bytes (None: no such series, e.g. CPU)."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("elbo_serve_cuda_memory_allocated_bytes{")
+    ]
+    return sum(values) if values else None
 
 
 def _per_level(a: list[dict], b: list[dict], key: str) -> dict[str, float]:
@@ -144,7 +170,7 @@ def _ratios(cells: dict, raw_part: dict | None) -> dict[str, Any]:
 def ddim(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
     from load_tests.bench_quality import ddim_steps_report
 
-    _, ddpm = _checkpoints()
+    _, ddpm = _checkpoints(Settings.from_env().resolve_device())
     steps = ints(args.ddim_steps)
     samplers = ddim_steps_report(
         ddpm, args.classifier, steps, args.ddim_samples, args.ancestral_samples, 250, args.ddim_eta

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -23,8 +24,9 @@ def workloads(vae: Checkpoint, ddpm: Checkpoint, ddim_steps: int = 50) -> dict[s
     /sample (DDIM), exactly as the batcher makes them, with the service's default settings."""
     k = ddpm.card.get("calibration", {}).get("vlb_mc", {}).get("k") or 10
     settings = Settings()
-    max_batch = settings.max_batch_images("cpu")  # bound network calls of about this many rows
-    chunk_rows = settings.image_chunk_rows or None  # sampling calls of exactly this many
+    device = str(next(ddpm.model.parameters()).device)
+    max_batch = settings.max_batch_images(device)  # bound network calls of about this many rows
+    chunk_rows = settings.chunk_rows(device)  # sampling calls of exactly this many
 
     def vae_elbo(x: torch.Tensor) -> Any:
         return runners.vae_bound(vae.model, [runners.ImagesJob(x)], "elbo", None)
@@ -66,11 +68,32 @@ def gflop_per_item(work: Work, x: torch.Tensor) -> float:
     return counter.get_total_flops() / len(x) / 1e9
 
 
-def matmul_peak_gflops(size: int = 1024, min_seconds: float = 1.0) -> float:
-    """Achieved float32 GFLOP/s of a square matmul: the practical ceiling for the models."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    rows_per_second = items_per_second(lambda m: m @ b, a, min_seconds)
+def matmul_peak_gflops(
+    size: int = 1024, min_seconds: float = 1.0, device: torch.device | str = "cpu"
+) -> float:
+    """Achieved GFLOP/s of a square float32 matmul on ``device`` (TF32 on a GPU, as cuDNN's
+    convolutions use by default): the practical ceiling for the models."""
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
+
+    def product(m: torch.Tensor) -> torch.Tensor:
+        with _tf32_matmuls():
+            out = m @ b
+        if out.is_cuda:  # time the product, not its launch
+            torch.cuda.synchronize(out.device)
+        return out
+
+    rows_per_second = items_per_second(product, a, min_seconds)
     return 2 * size**3 * (rows_per_second / size) / 1e9
+
+
+@contextmanager
+def _tf32_matmuls():
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def raw_throughput(

@@ -73,10 +73,14 @@ def save_checkpoint(
     directory: str | os.PathLike[str],
     model: CheckpointModel,
     card: dict[str, Any] | None = None,
+    parameter_dtype: torch.dtype | None = None,
 ) -> Path:
     """Write config and weights (and the card, when given) into ``directory``.
 
     Without a card, any card already there is removed: it measured other weights.
+    ``parameter_dtype`` (e.g. float16) stores the learned parameters rounded to that type, to
+    halve a checkpoint's size; buffers (diffusion schedules) keep theirs, and loading casts
+    back to the model's float32. The card must then measure the rounded weights.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -86,8 +90,10 @@ def save_checkpoint(
         "config": config_to_dict(model.config),
     }
     _write_json(directory / CONFIG_FILE, header)
+    parameter_names = {name for name, _ in model.named_parameters()}
     state = {
-        name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()
+        name: _stored(tensor, parameter_dtype if name in parameter_names else None)
+        for name, tensor in model.state_dict().items()
     }
     safetensors.torch.save_file(state, str(directory / WEIGHTS_FILE))
     if card is not None:
@@ -95,6 +101,13 @@ def save_checkpoint(
     else:
         (directory / CARD_FILE).unlink(missing_ok=True)
     return directory
+
+
+def _stored(tensor: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
+    tensor = tensor.detach()
+    if dtype is not None and tensor.is_floating_point():
+        tensor = tensor.to(dtype)
+    return tensor.contiguous().cpu()
 
 
 def write_model_card(directory: str | os.PathLike[str], card: dict[str, Any]) -> None:

@@ -83,6 +83,11 @@ class EvaluationSizes:
     calibration_images: int = 2000
     calibration_exact_images: int = 50
     batch_size: int = 250
+    # Images per network call of the exact DDPM bound (several timesteps of a chunk share a
+    # call); a GPU wants thousands, a CPU gains nothing past a few hundred.
+    network_batch: int = 256
+    # Images whose bound is measured twice, in strict float32 and in TF32, when --tf32 is on.
+    precision_check_images: int = 50
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -103,6 +108,8 @@ class Context:
     generator: torch.Generator
     sizes: EvaluationSizes
     out_dir: Path
+    # DDIM's eta for the sample-quality section (1: the service's default sampler).
+    ddim_eta: float = 1.0
 
     def score(self, bound: BoundFn, images: torch.Tensor, label: str, chunk: int | None = None):
         bar = tqdm(total=images.shape[0], desc=label, leave=False, dynamic_ncols=True)
@@ -161,7 +168,11 @@ def ddpm_likelihood(ddpm: DDPM, ctx: Context) -> tuple[dict[str, Any], torch.Ten
     for chunk in images.split(ctx.sizes.batch_size):
         with torch.no_grad():
             bound = vlb_exact(
-                ddpm.diffusion, ddpm, pixels_to_signed_unit(chunk).to(ctx.device), ctx.generator
+                ddpm.diffusion,
+                ddpm,
+                pixels_to_signed_unit(chunk).to(ctx.device),
+                ctx.generator,
+                max_batch=ctx.sizes.network_batch,
             )
         prior.append(bound.bits_per_dim(bound.prior_nats))
         denoising.append(bound.bits_per_dim(bound.denoising_nats))
@@ -204,7 +215,7 @@ def ddpm_samplers(ddpm: DDPM, ctx: Context) -> dict[str, tuple[int, Sampler]]:
     steps = ctx.sizes.ddim_steps
 
     def ddim(n: int) -> torch.Tensor:
-        x = ddim_sample(ddpm.diffusion, ddpm, (n, *shape), steps, ctx.generator)
+        x = ddim_sample(ddpm.diffusion, ddpm, (n, *shape), steps, ctx.generator, ctx.ddim_eta)
         return signed_unit_to_pixels(x.cpu())
 
     def ancestral(n: int) -> torch.Tensor:
@@ -383,6 +394,33 @@ def checkpoint_facts(directory: Path, model: torch.nn.Module) -> dict[str, Any]:
     return facts
 
 
+def set_tf32(enabled: bool) -> None:
+    """TF32 matrix units for float32 matmuls and convolutions on CUDA (no effect on CPU)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def precision_check(directory: Path, ctx: Context, seed: int) -> dict[str, Any]:
+    """The likelihood of the first images in strict float32 and in TF32, same noise: how far
+    the TF32 figures can be from the float32 ones."""
+    model = load_checkpoint(directory, ctx.device).model.eval()
+    n = ctx.sizes.precision_check_images
+    sizes = dataclasses.replace(ctx.sizes, likelihood_images=n, iwae_images=0)
+    per_image = {}
+    for tf32 in (False, True):
+        set_tf32(tf32)
+        check = dataclasses.replace(ctx, sizes=sizes, generator=torch.Generator().manual_seed(seed))
+        likelihood = vae_likelihood if isinstance(model, VAE) else ddpm_likelihood
+        per_image[tf32] = likelihood(model, check)[1]
+    difference = (per_image[True] - per_image[False]).abs()
+    return {
+        "images": n,
+        "float32_bits_per_dim": per_image[False].mean().item(),
+        "tf32_bits_per_dim": per_image[True].mean().item(),
+        "max_abs_difference_bits_per_dim": difference.max().item(),
+    }
+
+
 def evaluate(directory: Path, classifier_dir: Path, ctx: Context) -> dict[str, Any]:
     """Every section for the checkpoint in ``directory``: the model card as a dict."""
     model = load_checkpoint(directory, ctx.device).model.eval()
@@ -406,6 +444,7 @@ def evaluate(directory: Path, classifier_dir: Path, ctx: Context) -> dict[str, A
                 "test_accuracy": classifier_card.get("test_accuracy"),
                 "feature_dim": classifier.config.feature_dim,
             },
+            "ddim_eta": ctx.ddim_eta,
             **sample_quality(samplers, classifier, ctx),
         },
         "anomaly": {"outlier_sets": sorted(outlier_sets_description()), "methods": {}},
@@ -492,6 +531,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST IDX directory")
+    parser.add_argument(
+        "--ddim-eta", type=float, default=1.0, help="DDIM eta for sample quality (served: 1)"
+    )
+    parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="CUDA: TF32 matmuls and convolutions (several times faster); the card records "
+        "the bound of the first images in both precisions. Default: strict float32.",
+    )
     for field in dataclasses.fields(EvaluationSizes):
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=int, default=field.default)
     args = parser.parse_args(argv)
@@ -503,15 +551,28 @@ def main(argv: list[str] | None = None) -> int:
     test, _ = load_fashion_mnist("test", args.data_root)
     train, _ = load_fashion_mnist("train", args.data_root)
     ctx = Context(
-        test, train, device, torch.Generator().manual_seed(args.seed), sizes, args.checkpoint
+        test,
+        train,
+        device,
+        torch.Generator().manual_seed(args.seed),
+        sizes,
+        args.checkpoint,
+        args.ddim_eta,
     )
     started = time.perf_counter()
+    tf32_check = None
+    if args.tf32 and device.type == "cuda" and sizes.precision_check_images:
+        tf32_check = precision_check(args.checkpoint, ctx, args.seed)
+    set_tf32(args.tf32)
     card = evaluate(args.checkpoint, args.classifier, ctx)
+    if tf32_check is not None:
+        card["likelihood"]["tf32_check"] = tf32_check
     card["evaluation"] = {
         "command": "python -m models.evaluate " + " ".join(sys.argv[1:] if argv is None else argv),
         "sizes": dataclasses.asdict(sizes),
         "seed": args.seed,
         "hardware": hardware_description(device),
+        "tf32": bool(args.tf32 and device.type == "cuda"),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "seconds": round(time.perf_counter() - started, 1),

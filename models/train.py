@@ -44,7 +44,9 @@ LOG_FILE = "train_log.jsonl"
 EXPORT_DIR = "checkpoint"
 TRAINING_FILE = "training.json"
 
-# (model, x (B, C, H, W) in [-1, 1], generator) -> (scalar loss, numbers to log)
+# (model, x (B, C, H, W) in [-1, 1], generator) -> (scalar loss, 0-d tensors to log). The
+# numbers stay tensors until a step is logged: reading them every step would make the host
+# wait for the GPU after each step instead of queueing the next one.
 Objective = Callable[[nn.Module, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict]]
 
 
@@ -53,8 +55,8 @@ def vae_objective(model: nn.Module, x: torch.Tensor, generator: torch.Generator)
     bound = model.negative_elbo(x, generator)
     loss = bound.total_nats.mean() / model.num_dims
     return loss, {
-        "bits_per_dim": bound.total_bits_per_dim.mean().item(),
-        "kl_nats": bound.kl_nats.mean().item(),
+        "bits_per_dim": bound.total_bits_per_dim.mean().detach(),
+        "kl_nats": bound.kl_nats.mean().detach(),
     }
 
 
@@ -65,8 +67,8 @@ def ddpm_objective(model: nn.Module, x: torch.Tensor, generator: torch.Generator
     noise = torch.randn(x.shape, generator=generator)
     losses = diffusion.training_losses(model, x, t.to(x.device), noise.to(x.device))
     return losses.loss.mean(), {
-        "mse": losses.mse.mean().item(),
-        "vlb_bits_per_dim": losses.vlb_bits_per_dim.mean().item(),
+        "mse": losses.mse.mean().detach(),
+        "vlb_bits_per_dim": losses.vlb_bits_per_dim.mean().detach(),
     }
 
 
@@ -191,7 +193,9 @@ class Trainer:
     def export(self) -> Path:
         """The shippable checkpoint: EMA weights for the DDPM, raw weights for the VAE."""
         weights = self.ema if self.experiment.kind == "ddpm" else self.model
-        directory = save_checkpoint(self.out / EXPORT_DIR, weights)
+        directory = save_checkpoint(
+            self.out / EXPORT_DIR, weights, parameter_dtype=getattr(torch, self.config.export_dtype)
+        )
         training = {"experiment": self.experiment.to_dict(), "steps_done": self.step}
         (directory / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
         return directory
@@ -203,13 +207,14 @@ class Trainer:
         scale = min(1.0, (self.step + 1) / warmup) if warmup else 1.0
         return self.config.learning_rate * scale
 
-    def train_step(self, images: torch.Tensor) -> dict[str, float]:
+    def train_step(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         index = torch.randint(
             0, images.shape[0], (self.config.batch_size,), generator=self.data_generator
         )
-        x = pixels_to_signed_unit(images[index]).to(self.device)
+        x = pixels_to_signed_unit(images[index.to(images.device)])
         self.model.train()
-        loss, numbers = self.experiment.objective(self.model, x, self.noise_generator)
+        with torch.autocast(self.device.type, torch.bfloat16, enabled=self.config.autocast_bf16):
+            loss, numbers = self.experiment.objective(self.model, x, self.noise_generator)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip_norm)
@@ -218,31 +223,42 @@ class Trainer:
         self.optimizer.step()
         self._update_ema()
         self.step += 1
-        return {"loss": loss.item(), "grad_norm": grad_norm.item(), **numbers}
+        return {"loss": loss.detach(), "grad_norm": grad_norm.detach(), **numbers}
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         # Short runs: ramp the decay up so early EMA weights are not dominated by the init.
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        for ema_p, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
-            ema_p.lerp_(p, 1.0 - decay)
+        # One fused update for all tensors: a per-parameter loop is hundreds of tiny launches.
+        torch._foreach_lerp_(
+            list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay
+        )
 
-    def run(self, images: torch.Tensor, stop_after: int | None = None) -> None:
+    def run(
+        self,
+        images: torch.Tensor,
+        stop_after: int | None = None,
+        time_limit_s: float | None = None,
+    ) -> None:
+        """Train to ``train.steps``, or ``stop_after`` more steps, or until ``time_limit_s``
+        seconds have passed (checked at logging steps), whichever comes first; the state and
+        the export are written at the step it stops on."""
         total = self.config.steps
         end = total if stop_after is None else min(total, self.step + stop_after)
+        images = images.to(self.device)  # the training set fits on any GPU: no per-step copy
         log = (self.out / LOG_FILE).open("a")
         bar = tqdm(total=total, initial=self.step, desc=self.experiment.kind, dynamic_ncols=True)
         started, started_step = time.perf_counter(), self.step
         try:
             while self.step < end:
-                numbers = self.train_step(images)
+                tensors = self.train_step(images)
                 bar.update(1)
                 if self.step % self.config.log_every == 0 or self.step == end:
-                    rate = (
-                        (self.step - started_step)
-                        * self.config.batch_size
-                        / (time.perf_counter() - started)
-                    )
+                    numbers = {name: value.item() for name, value in tensors.items()}
+                    elapsed = time.perf_counter() - started
+                    if time_limit_s is not None and elapsed >= time_limit_s:
+                        end = self.step
+                    rate = (self.step - started_step) * self.config.batch_size / elapsed
                     bar.set_postfix(loss=f"{numbers['loss']:.4f}", img_s=f"{rate:.0f}")
                     log.write(
                         json.dumps({"step": self.step, "images_per_s": rate, **numbers}) + "\n"
@@ -269,16 +285,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--stop-after", type=int, help="train at most this many more steps in this invocation"
     )
+    parser.add_argument(
+        "--time-limit-minutes",
+        type=float,
+        help="stop (saving and exporting) at the first logged step after this many minutes",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads or 1))
+    # TF32 matmuls (cuDNN's convolutions use TF32 by default already) and autotuned
+    # convolution algorithms: training tolerates the rounding, the evaluation does not use it.
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.benchmark = True
     experiment = Experiment.from_file(args.kind, args.config)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(experiment, args.out, resolve_device(args.device))
     if trainer.try_resume():
         print(f"resuming {args.out} at step {trainer.step}", file=sys.stderr)
     images, _ = load_fashion_mnist("train", args.data_root)
-    trainer.run(images, args.stop_after)
+    trainer.run(
+        images,
+        args.stop_after,
+        None if args.time_limit_minutes is None else 60.0 * args.time_limit_minutes,
+    )
     print(f"exported {trainer.export()} at step {trainer.step}", file=sys.stderr)
     return 0
 

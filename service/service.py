@@ -93,7 +93,7 @@ class ElboServe:
         self.vae = self.checkpoints["vae"].model
         self.ddpm = self.checkpoints["ddpm"].model
         self.max_batch = settings.max_batch_images(self.device)
-        self.chunk_rows = settings.image_chunk_rows or None
+        self.chunk_rows = settings.chunk_rows(self.device)
         lanes = settings.lanes(self.device)
         if settings.batching:
             wait_s = settings.batch_wait_ms / 1000

@@ -329,3 +329,24 @@ def test_saving_new_weights_without_a_card_removes_the_stale_card(tmp_path):
     assert (tmp_path / CARD_FILE).exists()
     save_checkpoint(tmp_path, model)
     assert not (tmp_path / CARD_FILE).exists()
+
+
+def test_float16_export_stores_rounded_parameters_and_keeps_buffers_exact(tmp_path, kind):
+    model = build(kind)
+    save_checkpoint(tmp_path, model, parameter_dtype=torch.float16)
+    stored = safetensors.torch.load_file(str(tmp_path / WEIGHTS_FILE))
+    parameter_names = {name for name, _ in model.named_parameters()}
+    for name, tensor in model.state_dict().items():
+        if name in parameter_names:
+            assert stored[name].dtype == torch.float16, name
+            assert torch.equal(stored[name], tensor.to(torch.float16)), name
+        else:  # schedules and other buffers keep their precision
+            assert stored[name].dtype == tensor.dtype and torch.equal(stored[name], tensor), name
+    loaded = load_checkpoint(tmp_path).model
+    rounded = build(kind)
+    with torch.no_grad():
+        for p in rounded.parameters():
+            p.copy_(p.to(torch.float16).float())
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    for got, expected in zip(outputs(loaded), outputs(rounded.eval()), strict=True):
+        assert torch.equal(got, expected)

@@ -128,5 +128,40 @@ def test_shipped_training_configs_parse():
 
     root = Path(__file__).resolve().parents[2] / "configs"
     for kind in ("vae", "ddpm"):
-        experiment = Experiment.from_file(kind, root / f"{kind}_fmnist.json")
-        assert experiment.build_model() is not None
+        for name in (f"{kind}_fmnist.json", f"{kind}_fmnist_large.json"):
+            experiment = Experiment.from_file(kind, root / name)
+            assert experiment.build_model() is not None
+
+
+def test_a_time_limit_stops_at_a_logged_step_and_exports_it(tmp_path):
+    experiment = _experiments()["vae"]
+    trainer = Trainer(experiment, tmp_path, torch.device("cpu"))
+    trainer.run(_images(), time_limit_s=0.0)  # already past the limit at the first log line
+    assert trainer.step == 1
+    training = json.loads((tmp_path / "checkpoint" / "training.json").read_text())
+    assert training["steps_done"] == 1
+    resumed = Trainer(experiment, tmp_path, torch.device("cpu"))
+    assert resumed.try_resume() and resumed.step == 1
+
+
+def test_float16_export_halves_the_weights_file(tmp_path):
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        train = dataclasses.replace(_train_config(steps=1), export_dtype=dtype)
+        experiment = Experiment("ddpm", _experiments()["ddpm"].model_config, train)
+        (tmp_path / dtype).mkdir()
+        Trainer(experiment, tmp_path / dtype, torch.device("cpu")).run(_images())
+        sizes[dtype] = (tmp_path / dtype / "checkpoint" / "model.safetensors").stat().st_size
+    assert 0.45 < sizes["float16"] / sizes["float32"] < 0.55
+
+
+def test_bf16_autocast_training_takes_finite_steps(tmp_path):
+    train = dataclasses.replace(_train_config(steps=2), autocast_bf16=True)
+    experiment = Experiment("ddpm", _experiments()["ddpm"].model_config, train)
+    trainer = Trainer(experiment, tmp_path, torch.device("cpu"))
+    before = {n: t.clone() for n, t in trainer.model.state_dict().items()}
+    trainer.run(_images())
+    log = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
+    assert any(not torch.equal(before[n], t) for n, t in trainer.model.state_dict().items())
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())

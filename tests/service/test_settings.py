@@ -33,3 +33,13 @@ def test_a_bad_flag_names_the_variable(monkeypatch):
     monkeypatch.setenv("ELBO_SERVE_BATCHING", "sometimes")
     with pytest.raises(ValueError, match="ELBO_SERVE_BATCHING"):
         Settings.from_env()
+
+
+def test_a_gpu_draws_images_in_larger_fixed_chunks_than_a_cpu(monkeypatch):
+    settings = Settings()
+    assert settings.chunk_rows("cpu") == 4
+    assert settings.chunk_rows("cuda:0") == 64
+    monkeypatch.setenv("ELBO_SERVE_CUDA_IMAGE_CHUNK_ROWS", "0")
+    monkeypatch.setenv("ELBO_SERVE_IMAGE_CHUNK_ROWS", "8")
+    settings = Settings.from_env()
+    assert (settings.chunk_rows("cpu"), settings.chunk_rows("cuda")) == (8, None)
