@@ -56,10 +56,11 @@ def ddim_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
     return torch.linspace(num_timesteps - 1, 0, steps).round().long().flip(0)
 
 
-def _alpha_bar(diffusion: GaussianDiffusion, t: int, like: torch.Tensor) -> torch.Tensor:
-    """abar_t as a scalar tensor, with abar_{-1} = 1 (the clean image)."""
-    value = diffusion.alphas_cumprod[t] if t >= 0 else torch.ones((), dtype=torch.float64)
-    return value.to(device=like.device, dtype=like.dtype)
+def _alpha_bar(diffusion: GaussianDiffusion, t: int) -> torch.Tensor:
+    """abar_t as a float64 scalar tensor on the CPU, with abar_{-1} = 1 (the clean image)."""
+    if t < 0:
+        return torch.ones((), dtype=torch.float64)
+    return diffusion.alphas_cumprod[t].detach().to("cpu", torch.float64)
 
 
 def ddim_step(
@@ -80,13 +81,18 @@ def ddim_step(
     if clip_denoised:
         pred_xstart = pred_xstart.clamp(-1.0, 1.0)
         eps = diffusion.predict_eps_from_xstart(x_t, timesteps, pred_xstart)
-    abar_t, abar_prev = _alpha_bar(diffusion, t, x_t), _alpha_bar(diffusion, t_prev, x_t)
+    abar_t, abar_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
     # 2. sigma_t(eta), DDIM Eq. 16: eta = 1 is DDPM's posterior variance, eta = 0 deterministic
     sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
-    # 3. "direction pointing to x_t" plus the predicted x_0 (DDIM Eq. 12)
-    x_prev = abar_prev.sqrt() * pred_xstart + torch.sqrt(1 - abar_prev - sigma**2) * eps
+    # 3. "direction pointing to x_t" plus the predicted x_0 (DDIM Eq. 12). For eta <= 1,
+    # 1 - abar_prev - sigma^2 = (1 - abar_prev) abar_t (1 / abar_prev - 1) / (1 - abar_t) >= 0,
+    # but with abar_t ~ 0 (the first step of a few-step sampler) it can round below zero, and
+    # its square root would make every pixel NaN: clamp at the exact value's bound.
+    direction = torch.sqrt(torch.clamp(1 - abar_prev - sigma**2, min=0.0))
+    coefficients = torch.stack([abar_prev.sqrt(), direction, sigma]).to(x_t.device, x_t.dtype)
+    x_prev = coefficients[0] * pred_xstart + coefficients[1] * eps
     if noise is not None:
-        x_prev = x_prev + sigma * noise
+        x_prev = x_prev + coefficients[2] * noise
     return x_prev
 
 
@@ -166,9 +172,10 @@ def ddim_invert(
     for i, t_next in enumerate(times):
         eval_t = max(current, 0)
         eps, _ = diffusion.split_model_output(model(x, _timesteps_like(x, eval_t)))
-        abar, abar_next = _alpha_bar(diffusion, current, x), _alpha_bar(diffusion, t_next, x)
-        pred_xstart = (x - torch.sqrt(1 - abar) * eps) / abar.sqrt()
-        x = abar_next.sqrt() * pred_xstart + torch.sqrt(1 - abar_next) * eps
+        abar, abar_next = _alpha_bar(diffusion, current), _alpha_bar(diffusion, t_next)
+        coefficients = torch.stack([abar, abar_next]).to(x.device, x.dtype)
+        pred_xstart = (x - torch.sqrt(1 - coefficients[0]) * eps) / coefficients[0].sqrt()
+        x = coefficients[1].sqrt() * pred_xstart + torch.sqrt(1 - coefficients[1]) * eps
         current = t_next
         if on_step is not None:
             on_step(i + 1, len(times))

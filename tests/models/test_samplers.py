@@ -210,3 +210,20 @@ def test_inversion_then_decoding_reconstructs_inputs_of_a_trained_toy_model(trai
     errors = [_round_trip_rms(diffusion, trained_toy_ddpm, x0, s) for s in (2, 10, 100)]
     assert errors == sorted(errors, reverse=True)
     assert errors[-1] < 0.1  # pixels span 1.8; a tenth of that is a close reconstruction
+
+
+@pytest.mark.parametrize("steps", [2, 3])
+def test_few_step_ddim_with_eta_one_is_finite_where_abar_is_almost_zero(steps):
+    # The first step starts at t = T-1, where abar_t ~ 0: 1 - abar_prev - sigma^2 is
+    # mathematically >= 0 but rounded below zero in float32, and its square root made every
+    # pixel NaN (then black images, or arbitrary bytes, depending on the CPU).
+    diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=1000, schedule="cosine"))
+    assert diffusion.alphas_cumprod[-1] < 1e-4
+
+    def denoiser(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x  # any finite eps prediction
+
+    x = ddim_sample(diffusion, denoiser, SHAPE, steps, seeded_generator(7), eta=1.0)
+    assert torch.isfinite(x).all()
+    other = ddim_sample(diffusion, denoiser, SHAPE, steps, seeded_generator(8), eta=1.0)
+    assert not torch.equal(x, other)  # the seed still matters
