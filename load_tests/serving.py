@@ -81,8 +81,8 @@ def _wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: 
         try:
             if requests.get(f"{url}/readyz", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except (requests.ConnectionError, requests.Timeout):
+            pass  # not listening yet, or too busy warming up to answer: not ready
         if process.poll() is not None or time.monotonic() > deadline:
             raise RuntimeError(f"server did not become ready:\n{log_path.read_text()[-3000:]}")
         time.sleep(0.5)

@@ -55,7 +55,8 @@ def test_smoke_load_has_no_failures_and_reaches_every_endpoint(server_url, tmp_p
 
 @pytest.mark.slow
 def test_slo_gate_fails_a_run_past_its_p95_limit(server_url, tmp_path):
-    run = _locust(server_url, 4, tmp_path / "gate", "--slo-p95-ms", "0.001")
+    # Long enough for requests to finish behind the DDPM work the 6 users queue at once.
+    run = _locust(server_url, 12, tmp_path / "gate", "--slo-p95-ms", "0.001")
     assert run.returncode == SLO_EXIT_CODE, run.stderr[-3000:]
     assert "SLO breached" in run.stderr
 
