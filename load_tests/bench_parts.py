@@ -45,7 +45,7 @@ def raw(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
     images = load_fashion_mnist("test")[0][: max(sizes)]
     lanes = Settings(model_lanes=args.model_lanes).lanes(device)
     report = bench_raw.raw_throughput(
-        bench_raw.workloads(vae, ddpm), images, sizes, args.raw_seconds, lanes
+        bench_raw.workloads(vae, ddpm, args.raw_ddim_steps), images, sizes, args.raw_seconds, lanes
     )
     peak = bench_raw.matmul_peak_gflops(args.matmul_size, args.raw_seconds, device)
     for entry in report.values():

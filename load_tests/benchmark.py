@@ -55,6 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--matmul-size", type=int, default=1024, help="Raw part: square matmul for the peak.")
     add("--concurrency", default="1,8,32,64", help="HTTP part: closed-loop client counts.")
     add("--http-seconds", type=float, default=15.0, help="HTTP part: seconds per cell.")
+    add("--raw-ddim-steps", type=int, default=50, help="Raw part: steps of the DDIM workload.")
     add("--ddim-steps", default="10,25,50,100,250,1000", help="DDIM part: step counts.")
     add("--ddim-samples", type=int, default=1000, help="DDIM part: images per step count.")
     add("--ddim-eta", type=float, default=0.0, help="DDIM part: eta of every DDIM sampler.")

@@ -47,6 +47,9 @@ def _add_arguments(parser: Any) -> None:
             f"--weight-{kind}", type=int, default=weight, help=f"User weight of {kind} traffic."
         )
     traffic.add_argument("--batch-share", type=float, default=0.1, help="Scores sent in batches.")
+    traffic.add_argument(
+        "--ddpm-score-share", type=float, default=0.1, help="Scores asked of the DDPM."
+    )
     traffic.add_argument("--anomalous-share", type=float, default=0.2, help="Anomalous images.")
     traffic.add_argument("--ddim-steps", type=int, default=10, help="DDIM steps of DDPM samples.")
     traffic.add_argument("--pool-size", type=int, default=256, help="Distinct images per kind.")
@@ -116,7 +119,13 @@ class ScoringUser(_ElboUser):
 
     weight = 6
 
-    @task(9)
+    @task
+    def score(self) -> None:
+        if self.rng.random() < _option(self.environment, "ddpm_score_share", 0.1):
+            self.score_ddpm()
+        else:
+            self.score_vae()
+
     def score_vae(self) -> None:
         if self.rng.random() < _option(self.environment, "batch_share", 0.1):
             n, name = self.rng.randint(16, 64), "/score vae 16-64"
@@ -124,7 +133,6 @@ class ScoringUser(_ElboUser):
             n, name = 1, "/score vae 1"
         self.post("/score", name, {"model": "vae", "images": self.images(n)}, "results", n)
 
-    @task(1)
     def score_ddpm(self) -> None:
         body = {"model": "ddpm", "images": self.images(1)}
         self.post("/score", "/score ddpm 1", body, "results", 1)
