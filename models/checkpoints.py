@@ -8,6 +8,7 @@ model_card.json   measured numbers (written by the evaluation CLI; optional unti
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -125,14 +126,35 @@ def load_checkpoint(
     directory: str | os.PathLike[str], device: torch.device | str = "cpu"
 ) -> Checkpoint:
     """Rebuild the model from ``config.json``, load its weights strictly, move it to ``device``
-    in eval mode. Raises CheckpointError naming the file and what is wrong with it."""
+    in eval mode. Raises CheckpointError naming the file and what is wrong with it, including
+    weights that are not the ones the model card measured."""
     directory = Path(directory)
     kind, config = read_config(directory)
     model = _MODEL_CLASSES[kind](config)
     state = _read_weights(directory / WEIGHTS_FILE)
     _check_state_matches(directory / WEIGHTS_FILE, model.state_dict(), state)
+    card = read_model_card(directory)
+    _check_card_measured_these_weights(directory / WEIGHTS_FILE, card)
     model.load_state_dict(state, strict=True)
-    return Checkpoint(kind, model.to(device).eval(), directory, read_model_card(directory))
+    return Checkpoint(kind, model.to(device).eval(), directory, card)
+
+
+def weights_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_card_measured_these_weights(path: Path, card: dict[str, Any]) -> None:
+    """A card's figures and calibrated thresholds belong to the weights whose SHA-256 it
+    records; serving them beside other weights would flag anomalies by the wrong model."""
+    expected = card.get("checkpoint", {}).get("weights_sha256")
+    if expected is None:
+        return
+    actual = weights_sha256(path)
+    if actual != expected:
+        raise CheckpointError(
+            f"{path}: SHA-256 {actual[:16]}... is not the {expected[:16]}... that "
+            f"{path.parent / CARD_FILE} measured; re-run models.evaluate on these weights"
+        )
 
 
 def read_config(directory: Path) -> tuple[ModelKind, Any]:

@@ -385,7 +385,7 @@ def checkpoint_facts(directory: Path, model: torch.nn.Module) -> dict[str, Any]:
     facts: dict[str, Any] = {
         "parameters": sum(p.numel() for p in model.parameters()),
         "weights_bytes": len(weights),
-        # Ties every figure to these exact weights: a retrained export invalidates the card.
+        # Ties every figure to these exact weights: loading refuses them beside other weights.
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
     training = directory / "training.json"

@@ -17,6 +17,8 @@ from models.checkpoints import (
     CheckpointError,
     load_checkpoint,
     save_checkpoint,
+    weights_sha256,
+    write_model_card,
 )
 from models.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig, config_from_dict
 from models.ddpm import DDPM
@@ -350,3 +352,13 @@ def test_float16_export_stores_rounded_parameters_and_keeps_buffers_exact(tmp_pa
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
     for got, expected in zip(outputs(loaded), outputs(rounded.eval()), strict=True):
         assert torch.equal(got, expected)
+
+
+def test_weights_other_than_the_ones_the_card_measured_are_refused(vae_dir):
+    card = {"checkpoint": {"weights_sha256": weights_sha256(vae_dir / WEIGHTS_FILE)}}
+    write_model_card(vae_dir, card)
+    assert load_checkpoint(vae_dir).card == card
+    save_checkpoint(vae_dir / "other", build("vae"), parameter_dtype=torch.float16)
+    (vae_dir / WEIGHTS_FILE).write_bytes((vae_dir / "other" / WEIGHTS_FILE).read_bytes())
+    message = load_error(vae_dir)
+    assert str(vae_dir / WEIGHTS_FILE) in message and "SHA-256" in message and CARD_FILE in message
