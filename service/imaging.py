@@ -88,21 +88,33 @@ def _numeric_array(item: Any, where: str, expected: str) -> np.ndarray:
     except (ValueError, TypeError) as error:
         # Ragged or non-numeric nesting.
         raise RequestError(where, f"expected {expected}") from error
-    if not np.all(np.isfinite(array)):
-        raise RequestError(where, f"expected {expected}; found a non-finite value")
+    non_finite = np.argwhere(~np.isfinite(array))
+    if len(non_finite):  # JSON parsers read NaN, Infinity and 1e999
+        position = "".join(f"[{index}]" for index in non_finite[0])
+        value = array[tuple(non_finite[0])]
+        raise RequestError(where + position, f"expected {expected}; got the non-finite {value}")
     return array
 
 
 def decode_latents(
-    items: Sequence[list[Any]], shape: tuple[int, ...], field: str = "latents"
+    items: Sequence[list[Any]], shape: tuple[int, ...], max_abs: float, field: str = "latents"
 ) -> torch.Tensor:
-    """Nested float lists -> float32 (B, *shape)."""
+    """Nested float lists -> float32 (B, *shape), every value finite and within +-max_abs
+    (a value finite in float64 can still overflow float32: 1e308 becomes inf)."""
     rows = []
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
         array = _numeric_array(item, where, f"an array of floats of shape {shape}")
         if array.shape != tuple(shape):
             raise RequestError(where, f"expected shape {tuple(shape)}, got {array.shape}")
+        outside = np.argwhere(np.abs(array) > max_abs)
+        if len(outside):
+            position = "".join(f"[{index}]" for index in outside[0])
+            value = array[tuple(outside[0])]
+            raise RequestError(
+                where + position,
+                f"{value:g} is outside -{max_abs:g}..{max_abs:g} (real latents are a few units)",
+            )
         rows.append(array)
     return torch.from_numpy(np.stack(rows)).float()
 

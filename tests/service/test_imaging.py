@@ -70,8 +70,23 @@ def test_bad_images_name_the_item_and_what_is_expected(item, expected):
 
 
 def test_latents_must_have_the_models_shape():
-    assert decode_latents([[0.0] * 4, [1.0] * 4], (4,)).shape == (2, 4)
+    assert decode_latents([[0.0] * 4, [1.0] * 4], (4,), 10.0).shape == (2, 4)
     with pytest.raises(RequestError, match=r"latents\[0\]: expected shape \(4,\), got \(3,\)"):
-        decode_latents([[0.0] * 3], (4,))
-    with pytest.raises(RequestError, match="non-finite"):
-        decode_latents([[float("nan")] * 4], (4,))
+        decode_latents([[0.0] * 3], (4,), 10.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "expected an array of floats of shape (2, 3); got the non-finite nan"),
+        (float("-inf"), "expected an array of floats of shape (2, 3); got the non-finite -inf"),
+        (1e308, "1e+308 is outside -10..10"),  # finite in float64, inf in float32
+        (-10.5, "-10.5 is outside -10..10"),
+    ],
+)
+def test_latents_must_be_finite_and_bounded_and_the_error_names_the_value(value, message):
+    bad = [[0.0, 0.0, value], [0.0, 0.0, value]]
+    with pytest.raises(RequestError) as error:
+        decode_latents([[[10.0] * 3, [-10.0] * 3], bad], (2, 3), 10.0)
+    assert str(error.value).startswith(f"latents[1][0][2]: {message}")
+    assert error.value.field == "latents[1][0][2]"
