@@ -57,8 +57,10 @@ def png_to_array(data: bytes, shape: tuple[int, int, int], where: str) -> np.nda
         image.load()
     except Image.DecompressionBombError as error:  # another format's header: too large
         raise RequestError(where, f"expected a {w}x{h} image ({error})") from error
+    except UnidentifiedImageError as error:  # its message holds an object's address
+        raise RequestError(where, "not a readable PNG image (unrecognised data)") from error
     # Pillow reports broken files as SyntaxError ("broken PNG file"), truncated ones as OSError.
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise RequestError(where, f"not a readable PNG image ({error})") from error
     array = np.asarray(image, dtype=np.uint8)
     return array[None] if c == 1 else array.transpose(2, 0, 1)
