@@ -19,7 +19,12 @@ from typing import Any, NamedTuple
 
 import bentoml
 
-from service.errors import NonFiniteResultError, RequestError, answers_request_errors
+from service.errors import (
+    NonFiniteResultError,
+    RequestError,
+    answers_request_errors,
+    use_one_line_client_error_logs,
+)
 from service.http_adapters import GetModels, MultipartImages, use_leak_free_timeout
 from service.schemas import (
     DEFAULT_K,
@@ -430,3 +435,5 @@ ElboServe.add_asgi_middleware(GetModels)
 # BentoML 1.4.39's timeout middleware keeps every answered request's context for the whole
 # timeout (RSS 478 -> 970 MiB in a 10-minute soak); ours releases it.
 use_leak_free_timeout()
+# BentoML logs its own 400s (schema violations) at ERROR with a traceback; ours are one line.
+use_one_line_client_error_logs()
