@@ -11,6 +11,7 @@ import gzip
 import os
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -42,13 +43,41 @@ class DataFormatError(ValueError):
     """A data file exists but its contents are not what the format promises."""
 
 
+class NonFiniteError(ValueError):
+    """A tensor that must hold finite numbers holds NaN or +-Inf.
+
+    ``rows`` are the indices along dim 0 that do, so that a caller holding several requests'
+    rows in one batch can fail only the requests they belong to.
+    """
+
+    def __init__(self, what: str, rows: Sequence[int]) -> None:
+        self.what = what
+        self.rows = tuple(rows)
+        super().__init__(f"{what}: NaN or infinite values in rows {list(self.rows)}")
+
+
+def require_finite(x: torch.Tensor, what: str) -> None:
+    """Raise NonFiniteError naming the rows (dim 0) of ``x`` that hold NaN or +-Inf."""
+    bad = ~torch.isfinite(x)
+    if not bool(bad.any()):
+        return
+    bad_rows = bad.reshape(bad.shape[0], -1).any(dim=1) if x.ndim else bad.reshape(1)
+    raise NonFiniteError(what, bad_rows.nonzero().flatten().tolist())
+
+
 def pixels_to_signed_unit(pixels: torch.Tensor) -> torch.Tensor:
     """8-bit values 0..255 (any dtype) -> float32 in [-1, 1]: x = k / 127.5 - 1."""
     return pixels.to(torch.float32) / 127.5 - 1.0
 
 
 def signed_unit_to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """Float in [-1, 1] -> uint8 0..255, rounding to the nearest value and clipping outside."""
+    """Float in [-1, 1] -> uint8 0..255, rounding to the nearest value and clipping outside.
+
+    NaN or +-Inf raise NonFiniteError: a non-finite value is a failure upstream, not a pixel,
+    and casting NaN to an integer is undefined behaviour (0 on AMD CPUs and CUDA, arbitrary
+    bytes on Intel), which would hide that failure in an image.
+    """
+    require_finite(x, "pixel values")
     return torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)
 
 

@@ -45,9 +45,12 @@ class KeyedBatcher:
     """``await submit(key, run, item, size)`` -> ``run([... item ...])[its index]``.
 
     ``run`` takes a list of items and returns one result per item, in order; it runs in a
-    worker thread. Submitters of one key must pass equivalent ``run`` functions. ``size`` is
-    the item's number of images, counted against ``max_batch_items`` (an item larger than
-    that runs alone). ``on_batch(key, items, seconds)`` is told about every executed call.
+    worker thread. A result that is an exception is raised to that item's submitter alone
+    (one request's rows came out wrong; its batch-mates get their results), while an
+    exception raised by ``run`` fails every item of the call. Submitters of one key must pass
+    equivalent ``run`` functions. ``size`` is the item's number of images, counted against
+    ``max_batch_items`` (an item larger than that runs alone). ``on_batch(key, items,
+    seconds)`` is told about every executed call.
     """
 
     def __init__(
@@ -142,5 +145,9 @@ class KeyedBatcher:
         if self.on_batch is not None:
             self.on_batch(key, sum(p.size for p in batch), time.perf_counter() - start)
         for pending, result in zip(batch, results, strict=True):
-            if not pending.future.done():
+            if pending.future.done():
+                continue
+            if isinstance(result, Exception):
+                pending.future.set_exception(result)
+            else:
                 pending.future.set_result(result)

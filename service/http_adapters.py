@@ -88,11 +88,11 @@ class MultipartImages:
             ) as form:
                 body = json.dumps(await form_to_json(form)).encode()
         except RequestError as error:
-            await error_response(error)(scope, receive, send)
+            await error_response(error, scope["path"])(scope, receive, send)
             return
         except Exception as error:  # starlette's parser: malformed body, too many parts
             unreadable = RequestError("body", f"not a readable multipart/form-data body ({error})")
-            await error_response(unreadable)(scope, receive, send)
+            await error_response(unreadable, scope["path"])(scope, receive, send)
             return
         await self.app(_as_json_scope(scope, len(body)), _receive_once(body), send)
 

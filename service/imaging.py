@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import math
+import struct
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ from service.errors import RequestError
 
 _PNG_MODES = {1: "L", 3: "RGB"}
 _DATA_URL_PREFIX = "data:image/png;base64,"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def decode_images(
@@ -40,24 +42,52 @@ def decode_images(
 
 
 def png_to_array(data: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
-    """PNG bytes -> uint8 (C, H, W); 8-bit grayscale for C = 1 (RGB for C = 3)."""
+    """PNG bytes -> uint8 (C, H, W); 8-bit grayscale for C = 1 (RGB for C = 3).
+
+    Format, size and mode are checked from the header before any pixel is decoded, so a
+    small file that inflates to gigabytes (a 0.87 MB PNG of 30000x30000 zeros) costs nothing.
+    """
     c, h, w = shape
+    header_size = _png_header_size(data)
+    if header_size is not None and header_size != (w, h):
+        raise RequestError(where, f"expected a {w}x{h} image, got {_size(header_size)}")
     try:
-        image = Image.open(io.BytesIO(data))
-        image_format = image.format
+        image = Image.open(io.BytesIO(data))  # reads the header only
+        _check_header(image, shape, where)
         image.load()
-    except (UnidentifiedImageError, OSError, ValueError) as error:
+    except Image.DecompressionBombError as error:  # another format's header: too large
+        raise RequestError(where, f"expected a {w}x{h} image ({error})") from error
+    except UnidentifiedImageError as error:  # its message holds an object's address
+        raise RequestError(where, "not a readable PNG image (unrecognised data)") from error
+    # Pillow reports broken files as SyntaxError ("broken PNG file"), truncated ones as OSError.
+    except (OSError, ValueError, SyntaxError, EOFError) as error:
         raise RequestError(where, f"not a readable PNG image ({error})") from error
-    if image_format != "PNG":
-        raise RequestError(where, f"expected a PNG image, got {image_format}")
+    array = np.asarray(image, dtype=np.uint8)
+    return array[None] if c == 1 else array.transpose(2, 0, 1)
+
+
+def _png_header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the IHDR chunk, which a PNG must start with (after its 8-byte
+    signature); None when the bytes do not start like a PNG (Pillow then says what they are)."""
+    if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", data[16:24])
+
+
+def _check_header(image: Image.Image, shape: tuple[int, int, int], where: str) -> None:
+    c, h, w = shape
+    if image.format != "PNG":
+        raise RequestError(where, f"expected a PNG image, got {image.format}")
+    if image.size != (w, h):
+        raise RequestError(where, f"expected a {w}x{h} image, got {_size(image.size)}")
     if image.mode != _PNG_MODES.get(c):
         raise RequestError(
             where, f"expected an 8-bit {_PNG_MODES.get(c, '?')} PNG, got mode {image.mode!r}"
         )
-    if image.size != (w, h):
-        raise RequestError(where, f"expected a {w}x{h} image, got {image.size[0]}x{image.size[1]}")
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if c == 1 else array.transpose(2, 0, 1)
+
+
+def _size(width_height: tuple[int, int]) -> str:
+    return f"{width_height[0]}x{width_height[1]}"
 
 
 def _b64decode(text: str, where: str) -> bytes:
@@ -88,21 +118,33 @@ def _numeric_array(item: Any, where: str, expected: str) -> np.ndarray:
     except (ValueError, TypeError) as error:
         # Ragged or non-numeric nesting.
         raise RequestError(where, f"expected {expected}") from error
-    if not np.all(np.isfinite(array)):
-        raise RequestError(where, f"expected {expected}; found a non-finite value")
+    non_finite = np.argwhere(~np.isfinite(array))
+    if len(non_finite):  # JSON parsers read NaN, Infinity and 1e999
+        position = "".join(f"[{index}]" for index in non_finite[0])
+        value = array[tuple(non_finite[0])]
+        raise RequestError(where + position, f"expected {expected}; got the non-finite {value}")
     return array
 
 
 def decode_latents(
-    items: Sequence[list[Any]], shape: tuple[int, ...], field: str = "latents"
+    items: Sequence[list[Any]], shape: tuple[int, ...], max_abs: float, field: str = "latents"
 ) -> torch.Tensor:
-    """Nested float lists -> float32 (B, *shape)."""
+    """Nested float lists -> float32 (B, *shape), every value finite and within +-max_abs
+    (a value finite in float64 can still overflow float32: 1e308 becomes inf)."""
     rows = []
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
         array = _numeric_array(item, where, f"an array of floats of shape {shape}")
         if array.shape != tuple(shape):
             raise RequestError(where, f"expected shape {tuple(shape)}, got {array.shape}")
+        outside = np.argwhere(np.abs(array) > max_abs)
+        if len(outside):
+            position = "".join(f"[{index}]" for index in outside[0])
+            value = array[tuple(outside[0])]
+            raise RequestError(
+                where + position,
+                f"{value:g} is outside -{max_abs:g}..{max_abs:g} (real latents are a few units)",
+            )
         rows.append(array)
     return torch.from_numpy(np.stack(rows)).float()
 

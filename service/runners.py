@@ -4,17 +4,26 @@ generator, make one ``models`` call, split the result back per job.
 These functions hold no maths; they are what the batcher runs in its worker thread. Each job's
 rows share one generator seeded by that job alone, so a job's output does not depend on the
 other jobs in its batch (see :mod:`models.noise`).
+
+No NaN or infinity leaves these functions: every output is checked per job, and a job with a
+non-finite value gets a :class:`~models.data.NonFiniteError` (rows counted within the job)
+instead of its result, which the batcher raises to that request alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from models.batch_invariance import FixedChunkDenoiser
-from models.data import pixels_to_signed_unit, signed_unit_to_pixels
+from models.data import (
+    NonFiniteError,
+    pixels_to_signed_unit,
+    require_finite,
+    signed_unit_to_pixels,
+)
 from models.ddpm import DDPM
 from models.diffusion_bound import vlb_exact, vlb_monte_carlo
 from models.noise import seeded_generator
@@ -23,6 +32,7 @@ from models.vae import VAE
 
 Progress = Callable[[int, int], None]
 Tensors = dict[str, torch.Tensor]
+PerJob = list[torch.Tensor | NonFiniteError]
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,34 @@ def _split_terms(terms: Tensors, sizes: Sequence[int]) -> list[Tensors]:
     return [{name: parts[i] for name, parts in per_name.items()} for i in range(len(sizes))]
 
 
+def _checked(
+    terms: Tensors, sizes: Sequence[int], pixels: Collection[str] = ()
+) -> list[Tensors | NonFiniteError]:
+    """``terms`` split per job, with the ``pixels`` entries (floats in [-1, 1]) made uint8 and
+    every other entry checked finite; a job holding NaN or +-Inf gets its NonFiniteError."""
+    checked: list[Tensors | NonFiniteError] = []
+    for job_terms in _split_terms(terms, sizes):
+        try:
+            for name, values in job_terms.items():
+                if name in pixels:
+                    job_terms[name] = signed_unit_to_pixels(values)
+                else:
+                    require_finite(values, name)
+        except NonFiniteError as error:
+            checked.append(error)
+        else:
+            checked.append(job_terms)
+    return checked
+
+
+def _pixels(x: torch.Tensor, sizes: Sequence[int]) -> PerJob:
+    """Floats in [-1, 1] (B, C, H, W) -> per job uint8, or its NonFiniteError."""
+    return [
+        out if isinstance(out, NonFiniteError) else out["pixels"]
+        for out in _checked({"pixels": x}, sizes, pixels=("pixels",))
+    ]
+
+
 def _signed_unit(jobs: Sequence[ImagesJob], device: torch.device) -> torch.Tensor:
     return pixels_to_signed_unit(torch.cat([job.inputs for job in jobs])).to(device)
 
@@ -89,11 +127,11 @@ def vae_sample(
     temperature: float,
     sample_pixels: bool,
     chunk_rows: int | None = None,
-) -> list[torch.Tensor]:
+) -> PerJob:
     """Per job, uint8 (n, C, H, W)."""
     generators = _row_generators([(job.seed, job.n) for job in jobs])
     images = vae.sample(len(generators), generators, temperature, sample_pixels, chunk_rows)
-    return _split(signed_unit_to_pixels(images), [job.n for job in jobs])
+    return _pixels(images, [job.n for job in jobs])
 
 
 def _denoiser(ddpm: DDPM, chunk_rows: int | None) -> Denoiser:
@@ -109,7 +147,7 @@ def ddpm_sample(
     steps: int,
     eta: float,
     chunk_rows: int | None = None,
-) -> list[torch.Tensor]:
+) -> PerJob:
     """Per job, uint8 (n, C, H, W), from DDIM (``steps``, ``eta``) or the ancestral sampler."""
     generators = _row_generators([(job.seed, job.n) for job in jobs])
     shape = (len(generators), *ddpm.image_shape)
@@ -118,14 +156,16 @@ def ddpm_sample(
         x = ddpm_ancestral_sample(diffusion, net, shape, generators, on_step=report)
     else:
         x = ddim_sample(diffusion, net, shape, steps, generators, eta, on_step=report)
-    return _split(signed_unit_to_pixels(x), [job.n for job in jobs])
+    return _pixels(x, [job.n for job in jobs])
 
 
 # Likelihood bounds ------------------------------------------------------------------------
 
 
 @torch.no_grad()
-def vae_bound(vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None) -> list[Tensors]:
+def vae_bound(
+    vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None
+) -> list[Tensors | NonFiniteError]:
     """Per job, {term name: (B,) float64}: nats terms and total_bits_per_dim."""
     x = _signed_unit(jobs, _device(vae))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
@@ -141,13 +181,13 @@ def vae_bound(vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None) -
             "reconstruction_nats": elbo.reconstruction_nats,
             "kl_nats": elbo.kl_nats,
         }
-    return _split_terms({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
+    return _checked({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
 
 
 @torch.no_grad()
 def ddpm_bound(
     ddpm: DDPM, jobs: Sequence[ImagesJob], method: str, k: int | None, max_batch: int
-) -> list[Tensors]:
+) -> list[Tensors | NonFiniteError]:
     """Per job, {term name: (B,) float64}: L_T, the denoising sum, L_0, total, stderr."""
     x = _signed_unit(jobs, _device(ddpm))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
@@ -166,26 +206,28 @@ def ddpm_bound(
     if bound.denoising_stderr_nats is not None:
         # L_T and L_0 are computed exactly, so the total's error is the denoising sum's.
         terms["stderr_nats"] = bound.denoising_stderr_nats
-    return _split_terms({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
+    return _checked({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
 
 
 # Encoding and decoding --------------------------------------------------------------------
 
 
 @torch.no_grad()
-def vae_encode(vae: VAE, jobs: Sequence[ImagesJob], draw_sample: bool) -> list[Tensors]:
+def vae_encode(
+    vae: VAE, jobs: Sequence[ImagesJob], draw_sample: bool
+) -> list[Tensors | NonFiniteError]:
     """Per job, posterior ``mean`` and ``logvar`` (B, Z), and a ``sample`` z if asked."""
     posterior = vae.encode(_signed_unit(jobs, _device(vae)))
     out = {"mean": posterior.mean, "logvar": posterior.logvar}
     if draw_sample:
         generators = _row_generators([(job.seed, job.rows) for job in jobs])
         out["sample"] = posterior.rsample(generators)[0]
-    return _split_terms(out, [job.rows for job in jobs])
+    return _checked(out, [job.rows for job in jobs])
 
 
 def ddpm_encode(
     ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
-) -> list[Tensors]:
+) -> list[Tensors | NonFiniteError]:
     """Per job, the DDIM-inverted ``latent`` x_T (B, C, H, W) and its decoded
     ``reconstruction`` as uint8 (B, C, H, W)."""
     x = _signed_unit(jobs, _device(ddpm))
@@ -194,27 +236,24 @@ def ddpm_encode(
     decoded = ddim_decode(ddpm.diffusion, net, latent, steps)
     out = {
         "latent": latent,
-        "reconstruction": signed_unit_to_pixels(decoded),
+        "reconstruction": decoded,
         "rmse": (decoded - x).pow(2).flatten(1).mean(dim=1).sqrt(),
     }
-    return _split_terms(out, [job.rows for job in jobs])
+    return _checked(out, [job.rows for job in jobs], pixels=("reconstruction",))
 
 
 @torch.no_grad()
-def vae_decode(
-    vae: VAE, jobs: Sequence[ImagesJob], chunk_rows: int | None = None
-) -> list[torch.Tensor]:
+def vae_decode(vae: VAE, jobs: Sequence[ImagesJob], chunk_rows: int | None = None) -> PerJob:
     """Latents z (B, Z) -> per job uint8 (B, C, H, W), the decoder's mean image."""
     z = torch.cat([job.inputs for job in jobs]).to(_device(vae))
-    images = signed_unit_to_pixels(vae.decode(z, chunk_rows).mean_image())
-    return _split(images, [job.rows for job in jobs])
+    return _pixels(vae.decode(z, chunk_rows).mean_image(), [job.rows for job in jobs])
 
 
 def ddpm_decode(
     ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
-) -> list[torch.Tensor]:
+) -> PerJob:
     """Latents x_T (B, C, H, W) -> per job uint8 (B, C, H, W) by deterministic DDIM."""
     x_T = torch.cat([job.inputs for job in jobs]).to(_device(ddpm))
     net = _denoiser(ddpm, chunk_rows)
     images = ddim_decode(ddpm.diffusion, net, x_T, steps, on_step=_report(jobs))
-    return _split(signed_unit_to_pixels(images), [job.rows for job in jobs])
+    return _pixels(images, [job.rows for job in jobs])

@@ -19,11 +19,17 @@ from typing import Any, NamedTuple
 
 import bentoml
 
-from service.errors import RequestError, answers_request_errors
+from service.errors import (
+    NonFiniteResultError,
+    RequestError,
+    answers_request_errors,
+    use_one_line_client_error_logs,
+)
 from service.http_adapters import GetModels, MultipartImages, use_leak_free_timeout
 from service.schemas import (
     DEFAULT_K,
     K_RANGE,
+    MAX_LATENT_ABS,
     DecodeRequest,
     DecodeResponse,
     EncodeRequest,
@@ -188,22 +194,32 @@ class ElboServe:
     @answers_request_errors
     async def decode(self, **fields: Any) -> DecodeResponse:
         """Latents (VAE z, or DDPM x_T from /encode) -> images."""
+        from models.data import NonFiniteError
         from service.imaging import decode_latents, images_payload
 
         request = DecodeRequest.model_construct(**fields)
         if request.model == "vae":
-            z = decode_latents(request.latents, (self.vae.config.latent_dim,))
+            z = decode_latents(request.latents, (self.vae.config.latent_dim,), MAX_LATENT_ABS)
             key, run = (
                 BatchKey("vae", "decode"),
                 functools.partial(self.runners.vae_decode, self.vae, chunk_rows=self.chunk_rows),
             )
         else:
-            z = decode_latents(request.latents, self.ddpm.image_shape)
+            z = decode_latents(request.latents, self.ddpm.image_shape, MAX_LATENT_ABS)
             key = BatchKey("ddpm", "decode", (request.steps,), request.steps)
             run = functools.partial(
                 self.runners.ddpm_decode, self.ddpm, steps=request.steps, chunk_rows=self.chunk_rows
             )
-        images = await self.batcher.submit(key, run, self.runners.ImagesJob(z), len(z))
+        try:
+            images = await self.batcher.submit(key, run, self.runners.ImagesJob(z), len(z))
+        except NonFiniteError as error:
+            # Each image is a deterministic function of its latent alone, and these passed
+            # validation: the client's values are to blame, so a 4xx that names them.
+            raise NonFiniteResultError(
+                f"latents[{error.rows[0]}]",
+                "decoding this latent gave NaN or infinite pixel values; the model cannot "
+                "decode it (latents from /encode or N(0, I) draws decode)",
+            ) from error
         self.metrics.IMAGES_GENERATED.labels(request.model, "decode").inc(len(images))
         return DecodeResponse(model=request.model, **images_payload(images, request.output))
 
@@ -419,3 +435,5 @@ ElboServe.add_asgi_middleware(GetModels)
 # BentoML 1.4.39's timeout middleware keeps every answered request's context for the whole
 # timeout (RSS 478 -> 970 MiB in a 10-minute soak); ours releases it.
 use_leak_free_timeout()
+# BentoML logs its own 400s (schema violations) at ERROR with a traceback; ours are one line.
+use_one_line_client_error_logs()

@@ -14,10 +14,12 @@ from PIL import Image
 from models.data import (
     FASHION_MNIST_ENV,
     DataFormatError,
+    NonFiniteError,
     load_fashion_mnist,
     load_png_folder,
     pixels_to_signed_unit,
     read_idx,
+    require_finite,
     signed_unit_to_pixels,
 )
 
@@ -87,8 +89,28 @@ def test_signed_unit_to_pixels_rounds_to_the_nearest_value():
 
 
 def test_signed_unit_to_pixels_clips_outside_the_unit_interval():
-    x = torch.tensor([-100.0, -1.5, -1.0000001, 1.0000001, 2.0, 1e9, float("inf"), float("-inf")])
-    assert signed_unit_to_pixels(x).tolist() == [0, 0, 0, 255, 255, 255, 255, 0]
+    x = torch.tensor([-100.0, -1.5, -1.0000001, 1.0000001, 2.0, 1e9, -3e38])
+    assert signed_unit_to_pixels(x).tolist() == [0, 0, 0, 255, 255, 255, 0]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_signed_unit_to_pixels_refuses_non_finite_values_and_names_their_rows(value):
+    # NaN cast to uint8 is undefined behaviour (0 on AMD, arbitrary on Intel): never a pixel.
+    x = torch.zeros(4, 1, 2, 2)
+    x[1, 0, 1, 0] = value
+    x[3, 0, 0, 1] = value
+    with pytest.raises(NonFiniteError, match="pixel values") as error:
+        signed_unit_to_pixels(x)
+    assert error.value.rows == (1, 3)
+
+
+def test_require_finite_names_rows_and_accepts_finite_tensors():
+    require_finite(torch.tensor([[0.0, 1e38], [-1e38, 5.0]]), "latents")
+    with pytest.raises(NonFiniteError, match=r"bounds: NaN or infinite values in rows \[2\]"):
+        require_finite(torch.tensor([1.0, 2.0, float("nan")], dtype=torch.float64), "bounds")
+    with pytest.raises(NonFiniteError) as error:
+        require_finite(torch.tensor(float("inf")), "a scalar")
+    assert error.value.rows == (0,)
 
 
 # --- read_idx -----------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
+import zlib
 
 import numpy as np
 import torch
@@ -16,6 +18,36 @@ def png_b64(image: torch.Tensor | np.ndarray) -> str:
     buffer = io.BytesIO()
     Image.fromarray(array, mode="L").save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid 8-bit grayscale PNG of zeros, built in milliseconds without its pixels.
+
+    Deflate restarts at each full flush, so every 1 MiB of zeros compresses to the same bytes:
+    the IDAT stream is that piece repeated, a tail, and the Adler-32 of n zeros (b = n mod
+    65521, a = 1). 30000x30000 gives 0.89 MB that inflate to 900 MB.
+    """
+    raw_bytes = height * (width + 1)  # a filter byte (0) before each row
+    block = 1 << 20
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw deflate; zlib framing by hand
+    deflate.compress(bytes(block))
+    deflate.flush(zlib.Z_FULL_FLUSH)
+    piece = deflate.compress(bytes(block)) + deflate.flush(zlib.Z_FULL_FLUSH)
+    tail = deflate.compress(bytes(raw_bytes % block)) + deflate.flush()
+    adler32 = ((raw_bytes % 65521) << 16) | 1
+    idat = b"\x78\xda" + piece * (raw_bytes // block) + tail + struct.pack(">I", adler32)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # depth 8, grayscale
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data)
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
 
 
 def png_pixels(text: str) -> np.ndarray:

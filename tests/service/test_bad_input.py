@@ -1,9 +1,10 @@
 """Every bad input is a 4xx whose message names the field, and the server keeps serving."""
 
+import base64
 import json
 
 import pytest
-from service_testing import png_b64
+from service_testing import png_b64, png_bomb
 
 BLANK = [[0] * 28] * 28
 
@@ -74,6 +75,25 @@ def test_bad_input_is_a_400_naming_the_field(client, endpoint, body, field):
     names = json.dumps(payload)
     # Ours: {"error": "<field>: ...", "field": ...}; BentoML's schema errors: "detail" with loc.
     assert f'"{field}' in names or f"{field}:" in names, payload
+
+
+@pytest.mark.parametrize("upload", ["json", "multipart"])
+@pytest.mark.parametrize("endpoint", ["/score", "/likelihood", "/encode"])
+def test_a_png_decompression_bomb_is_a_400_naming_the_image(client, endpoint, upload):
+    """0.89 MB of PNG that inflates to 900 MB: refused from its header (it was a 500)."""
+    bomb = png_bomb(30000, 30000)
+    if upload == "json":
+        images = [_image(), base64.b64encode(bomb).decode()]
+        response = client.post(endpoint, json={"model": "vae", "images": images})
+    else:
+        files = [("images", ("fine.png", base64.b64decode(_image()), "image/png"))]
+        files.append(("images", ("bomb.png", bomb, "image/png")))
+        response = client.post(endpoint, data={"model": "vae"}, files=files)
+    assert response.status_code == 400, response.text
+    assert response.json() == {
+        "error": "images[1]: expected a 28x28 image, got 30000x30000",
+        "field": "images[1]",
+    }
 
 
 def test_body_that_is_not_json_is_a_400(client):

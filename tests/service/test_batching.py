@@ -91,6 +91,25 @@ def test_a_failing_call_fails_every_item_in_it_and_the_batcher_goes_on():
     assert asyncio.run(main()) == 7
 
 
+def test_an_exception_returned_for_one_item_fails_that_item_alone():
+    batcher, calls, _, _ = _recording_batcher()
+
+    def run(items):
+        calls.append(("a", list(items)))
+        return [ValueError(f"item {i} came out non-finite") if i == 1 else i for i in items]
+
+    async def main():
+        submitted = [asyncio.ensure_future(batcher.submit("a", run, i)) for i in range(3)]
+        await asyncio.wait(submitted)
+        return submitted
+
+    first, second, third = asyncio.run(main())
+    assert calls == [("a", [0, 1, 2])]  # one shared call
+    assert (first.result(), third.result()) == (0, 2)
+    with pytest.raises(ValueError, match="item 1"):
+        second.result()
+
+
 @pytest.mark.parametrize("wait_s", [0.0, 0.01])
 def test_no_item_is_ever_dropped_under_load(wait_s):
     batcher = KeyedBatcher(4, wait_s=wait_s)

@@ -1,10 +1,12 @@
 import base64
 import io
+import struct
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFile
+from service_testing import png_bomb
 
 from service.errors import RequestError
 from service.imaging import decode_images, decode_latents, grid, images_payload, png_to_array
@@ -69,9 +71,70 @@ def test_bad_images_name_the_item_and_what_is_expected(item, expected):
     assert expected in str(error.value)
 
 
+@pytest.fixture
+def no_pixel_decoding(monkeypatch):
+    """Fail the test if Pillow decodes any pixel data."""
+
+    def load(self):
+        raise AssertionError(f"decoded the pixels of a {self.size} {self.format} image")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", load)
+
+
+@pytest.mark.parametrize(("width", "height"), [(30000, 30000), (10000, 10000), (3000, 2000)])
+def test_a_png_of_the_wrong_size_is_refused_from_its_header(no_pixel_decoding, width, height):
+    # 30000x30000: over Pillow's error limit; 10000x10000: over its warning limit.
+    bomb = png_bomb(width, height)
+    with pytest.raises(RequestError) as error:
+        decode_images([base64.b64encode(bomb).decode()], SHAPE)
+    assert str(error.value) == f"images[0]: expected a 28x28 image, got {width}x{height}"
+
+
+def test_the_decompression_bomb_is_small():
+    assert len(png_bomb(30000, 30000)) < 1_000_000  # 0.89 MB, 900 MB of pixels
+
+
+def test_another_formats_oversized_header_is_refused_before_decoding(no_pixel_decoding):
+    # A BMP header claiming 20000x20000 (8-bit, palette): Pillow's DecompressionBombError.
+    info = struct.pack("<IiiHHIIiiII", 40, 20000, 20000, 1, 8, 0, 0, 0, 0, 256, 0)
+    bmp = b"BM" + struct.pack("<IHHI", 1078, 0, 0, 1078) + info + bytes(1024)
+    with pytest.raises(RequestError, match=r"images\[0\]: expected a 28x28 image \(Image size"):
+        decode_images([base64.b64encode(bmp).decode()], SHAPE)
+
+
+def test_every_truncated_or_corrupted_png_is_a_request_error():
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28), dtype=np.uint8)
+    data = base64.b64decode(_png(pixels))
+    broken = [data[:n] for n in range(len(data))]
+    for i in range(len(data)):
+        for value in (0, 255, data[i] ^ 1):
+            if value != data[i]:
+                broken.append(data[:i] + bytes([value]) + data[i + 1 :])
+    for item in broken:  # some still read (a flipped pixel); none may raise anything else
+        try:
+            png_to_array(item, SHAPE, "images[0]")
+        except RequestError as error:
+            assert error.field == "images[0]"
+
+
 def test_latents_must_have_the_models_shape():
-    assert decode_latents([[0.0] * 4, [1.0] * 4], (4,)).shape == (2, 4)
+    assert decode_latents([[0.0] * 4, [1.0] * 4], (4,), 10.0).shape == (2, 4)
     with pytest.raises(RequestError, match=r"latents\[0\]: expected shape \(4,\), got \(3,\)"):
-        decode_latents([[0.0] * 3], (4,))
-    with pytest.raises(RequestError, match="non-finite"):
-        decode_latents([[float("nan")] * 4], (4,))
+        decode_latents([[0.0] * 3], (4,), 10.0)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (float("nan"), "expected an array of floats of shape (2, 3); got the non-finite nan"),
+        (float("-inf"), "expected an array of floats of shape (2, 3); got the non-finite -inf"),
+        (1e308, "1e+308 is outside -10..10"),  # finite in float64, inf in float32
+        (-10.5, "-10.5 is outside -10..10"),
+    ],
+)
+def test_latents_must_be_finite_and_bounded_and_the_error_names_the_value(value, message):
+    bad = [[0.0, 0.0, value], [0.0, 0.0, value]]
+    with pytest.raises(RequestError) as error:
+        decode_latents([[[10.0] * 3, [-10.0] * 3], bad], (2, 3), 10.0)
+    assert str(error.value).startswith(f"latents[1][0][2]: {message}")
+    assert error.value.field == "latents[1][0][2]"
