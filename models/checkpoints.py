@@ -139,6 +139,16 @@ def load_checkpoint(
     return Checkpoint(kind, model.to(device).eval(), directory, card)
 
 
+def require_model_card(checkpoint: Checkpoint) -> Checkpoint:
+    """A served model needs its card: the calibration in it turns bounds into decisions."""
+    if not checkpoint.card:
+        raise CheckpointError(
+            f"{checkpoint.directory / CARD_FILE}: missing; a served model needs its model card "
+            f"(python -m models.evaluate {checkpoint.directory})"
+        )
+    return checkpoint
+
+
 def weights_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 

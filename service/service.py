@@ -76,7 +76,7 @@ class ElboServe:
         # set PROMETHEUS_MULTIPROC_DIR.
         import torch
 
-        from models.checkpoints import load_checkpoint
+        from models.checkpoints import load_checkpoint, require_model_card
         from service import metrics, runners
         from service.batching import KeyedBatcher
         from service.progress import ProgressStore
@@ -93,7 +93,7 @@ class ElboServe:
             ("ddpm", settings.ddpm_checkpoint),
         ):
             start = time.perf_counter()
-            self.checkpoints[name] = load_checkpoint(directory, self.device)
+            self.checkpoints[name] = require_model_card(load_checkpoint(directory, self.device))
             metrics.CHECKPOINT_LOAD_SECONDS.labels(name).set(time.perf_counter() - start)
             logger.info("loaded %s from %s on %s", name, directory, self.device)
         self.vae = self.checkpoints["vae"].model

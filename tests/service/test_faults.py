@@ -18,26 +18,34 @@ from load_tests.serving import REPO_ROOT, free_port, server_environment
 CHECKPOINTS = REPO_ROOT / "checkpoints"
 
 
-def _break_card_hash(directory: Path) -> str:
+# Each damages a copy of the bundled VAE checkpoint; returns (file named, words in the error).
+
+
+def _break_card_hash(directory: Path) -> tuple[str, str]:
     card_path = directory / "model_card.json"
     card = json.loads(card_path.read_text())
     card["checkpoint"]["weights_sha256"] = "0" * 64
     card_path.write_text(json.dumps(card))
-    return "SHA-256"
+    return "model.safetensors", "SHA-256"
 
 
-def _truncate_weights(directory: Path) -> str:
+def _truncate_weights(directory: Path) -> tuple[str, str]:
     weights = directory / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
-    return "not a readable safetensors file"
+    return "model.safetensors", "not a readable safetensors file"
+
+
+def _remove_card(directory: Path) -> tuple[str, str]:
+    (directory / "model_card.json").unlink()
+    return "model_card.json", "missing"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("damage", [_break_card_hash, _truncate_weights])
+@pytest.mark.parametrize("damage", [_break_card_hash, _truncate_weights, _remove_card])
 def test_a_broken_checkpoint_never_becomes_ready_and_the_log_says_why(tmp_path, damage):
     broken = tmp_path / "vae"
     shutil.copytree(CHECKPOINTS / "vae", broken)
-    expected = damage(broken)
+    file_name, expected = damage(broken)
     env = server_environment({"ELBO_SERVE_VAE_CHECKPOINT": str(broken)}, tmp_path / "home")
     port, log_path = free_port(), tmp_path / "server.log"
     bentoml = Path(sys.executable).parent / "bentoml"
@@ -58,5 +66,5 @@ def test_a_broken_checkpoint_never_becomes_ready_and_the_log_says_why(tmp_path, 
         process.terminate()
         process.wait(timeout=30)
     error_lines = [line for line in log_path.read_text().splitlines() if "CheckpointError" in line]
-    assert any(str(broken / "model.safetensors") in line for line in error_lines)
+    assert any(str(broken / file_name) in line for line in error_lines)
     assert any(expected in line for line in error_lines)
