@@ -34,6 +34,12 @@ class MissingCalibrationError(RequestError):
     status_code = 409
 
 
+class BodyTooLargeError(RequestError):
+    """The request body is over the server's limit (ELBO_SERVE_MAX_BODY_BYTES)."""
+
+    status_code = 413
+
+
 def answers_request_errors(
     endpoint: Callable[P, Awaitable[R]],
 ) -> Callable[P, Awaitable[R | JSONResponse]]:

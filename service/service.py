@@ -20,7 +20,12 @@ from typing import Any, NamedTuple
 import bentoml
 
 from service.errors import RequestError, answers_request_errors
-from service.http_adapters import GetModels, MultipartImages, use_leak_free_timeout
+from service.http_adapters import (
+    BodySizeLimit,
+    GetModels,
+    MultipartImages,
+    use_leak_free_timeout,
+)
 from service.schemas import (
     DEFAULT_K,
     K_RANGE,
@@ -413,6 +418,8 @@ class ElboServe:
         self.metrics.observe_cuda_memory(self.device)
 
 
+# Added first, so it runs first: a body over the limit is refused before anything reads it.
+ElboServe.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.max_body_bytes)
 # Uploaded PNG files and GET /models, translated before BentoML parses the request.
 ElboServe.add_asgi_middleware(MultipartImages)
 ElboServe.add_asgi_middleware(GetModels)
