@@ -8,7 +8,7 @@ alongside BentoML's own 400s for schema violations (``{"error": ..., "detail": [
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from starlette.responses import JSONResponse
@@ -50,9 +50,21 @@ def answers_request_errors(
         try:
             return await endpoint(*args, **kwargs)
         except RequestError as error:
+            _set_context_status(kwargs.values(), error.status_code)
             return error_response(error)
 
     return wrapper
+
+
+def _set_context_status(arguments: Iterable[Any], status_code: int) -> None:
+    """BentoML (1.4.39) answers an endpoint that takes a ``bentoml.Context`` with the context's
+    status code, whatever the response it returns: without this a task's 400 was a 200, and
+    the task 'completed'."""
+    from bentoml import Context
+
+    for argument in arguments:
+        if isinstance(argument, Context):
+            argument.response.status_code = status_code
 
 
 def error_response(error: RequestError) -> JSONResponse:
