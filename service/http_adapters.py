@@ -9,6 +9,8 @@
   and from server-side paths given in JSON; an image service must do neither.
 - :class:`GetModels`: ``GET /models`` answers like ``POST /models`` (BentoML routes every API
   as POST; a read-only listing is a GET to most clients).
+- :class:`PublishedContract`: ``GET /docs.json`` answers BentoML's OpenAPI document corrected
+  to what the service answers (service/openapi.py).
 - :class:`RequestTimeout`: BentoML's request timeout without its per-request timer leak;
   :func:`use_leak_free_timeout` puts it where BentoML builds its own.
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Callable
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -207,6 +210,27 @@ class GetModels:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == self.path:
             scope = {**scope, "method": "POST"}
+        await self.app(scope, receive, send)
+
+
+class PublishedContract:
+    """Answer ``GET /docs.json`` (the OpenAPI document, also behind the Swagger UI at ``/``)
+    with ``document()``, built on the first request."""
+
+    def __init__(
+        self, app: ASGIApp, document: Callable[[], dict[str, Any]], path: str = "/docs.json"
+    ) -> None:
+        self.app = app
+        self.document = document
+        self.path = path
+        self._built: dict[str, Any] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == self.path:
+            if self._built is None:
+                self._built = self.document()
+            await JSONResponse(self._built)(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

@@ -1,10 +1,12 @@
 """The service keeps its published contract (/docs.json), checked with schemathesis: one
 regression test for each disagreement the fuzzing run (load_tests/fuzz.py) found."""
 
+import base64
+
 import pytest
 from service_testing import png_b64
 
-from load_tests.fuzz import as_httpx, contract_failures
+from load_tests.fuzz import as_httpx, contract_failures, submit_task
 
 BASE_URL = "http://testserver"  # the in-process client's
 
@@ -70,3 +72,67 @@ def test_exclusive_bounds_are_published_in_the_openapi_30_form(document):
     fpr = field("/score", "fpr")
     assert (fpr["minimum"], fpr["exclusiveMinimum"]) == (0.0, True)
     assert (fpr["maximum"], fpr["exclusiveMaximum"]) == (1.0, True)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/sample", {"model": "vae", "n": 0}),  # BentoML's: "detail", a list of errors
+        ("/likelihood", {"model": "vae", "images": ["%%%"]}),  # ours: "field"
+    ],
+)
+def test_400s_of_both_kinds_keep_the_contract(client, contract, path, body):
+    response, failures = _exchange(client, contract, "POST", path, body=body)
+    assert response.status_code == 400
+    assert failures == []
+
+
+def test_task_answers_keep_the_contract(client, contract):
+    """/submit answers only task_id and status; a finished task's status is 'completed' (the
+    document said created_at and executed_at were required, and 'success')."""
+    body = {"model": "vae", "n": 1, "seed": 0}
+    response, failures = _exchange(client, contract, "POST", "/sample_task/submit", body=body)
+    assert response.status_code == 200 and failures == []
+    task_id = submit_task(client, BASE_URL, "sample_task", body)
+    query = {"task_id": task_id}
+    response, failures = _exchange(client, contract, "GET", "/sample_task/status", query=query)
+    assert response.json()["status"] == "completed" and failures == []
+    from _bentoml_impl.tasks import ResultStatus
+
+    from service.openapi import TASK_STATUSES
+
+    assert tuple(status.value for status in ResultStatus) == TASK_STATUSES
+
+
+def test_answers_bentoml_does_not_document_are_documented(client, contract, document):
+    from service.service import SETTINGS
+
+    body = {"model": "vae", "images": ["x"]}
+    case = contract["/likelihood"]["POST"].Case(body=body, media_type="application/json")
+    too_large = str(SETTINGS.max_body_bytes + 1)
+    response = client.post("/likelihood", content=b"{}", headers={"Content-Length": too_large})
+    assert response.status_code == 413
+    assert contract_failures(case, response) == []
+    for item in document["paths"].values():
+        for operation in item.values():
+            if "x-bentoml-name" in operation:
+                assert {"429", "504"} <= set(operation["responses"])
+                assert ("413" in operation["responses"]) == ("requestBody" in operation)
+    assert "409" in document["paths"]["/score"]["post"]["responses"]
+    assert "503" in document["paths"]["/readyz"]["get"]["responses"]
+
+
+def test_uploads_and_get_models_are_documented(client, contract, test_images):
+    png = base64.b64decode(png_b64(test_images[0]))
+    response, failures = _exchange(
+        client,
+        contract,
+        "POST",
+        "/score",
+        body={"model": "vae", "images": [png], "fpr": 0.25},
+        media_type="multipart/form-data",
+    )
+    assert response.status_code == 200, response.text
+    assert failures == []
+    response, failures = _exchange(client, contract, "GET", "/models")
+    assert response.status_code == 200 and failures == []
