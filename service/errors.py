@@ -18,7 +18,7 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, ParamSpec, TypeVar
 
 from starlette.requests import Request
@@ -49,6 +49,12 @@ class MissingCalibrationError(RequestError):
     status_code = 409
 
 
+class BodyTooLargeError(RequestError):
+    """The request body is over the server's limit (ELBO_SERVE_MAX_BODY_BYTES)."""
+
+    status_code = 413
+
+
 class NonFiniteResultError(RequestError):
     """The field's values passed validation, but the model's result for them is NaN or
     infinite: 422 Unprocessable Content, as the same model gives finite results for others."""
@@ -67,6 +73,7 @@ def answers_request_errors(
         try:
             return await endpoint(*args, **kwargs)
         except RequestError as error:
+            _set_context_status(kwargs.values(), error.status_code)
             # The route of an API is its function's name (a task's: its submit/status/get).
             return error_response(error, f"/{endpoint.__name__}")
         except Exception as error:
@@ -81,6 +88,7 @@ def answers_request_errors(
                 f"the model's result holds NaN or infinite values ({error}); this is a server "
                 "fault, not a problem with the request"
             )
+            _set_context_status(kwargs.values(), 500)
             return JSONResponse({"error": f"model: {message}", "field": "model"}, status_code=500)
 
     return wrapper
@@ -183,3 +191,14 @@ def _location(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text
+
+
+def _set_context_status(arguments: Iterable[Any], status_code: int) -> None:
+    """BentoML (1.4.39) answers an endpoint that takes a ``bentoml.Context`` with the context's
+    status code, whatever the response it returns: without this a task's 400 was a 200, and
+    the task 'completed'."""
+    from bentoml import Context
+
+    for argument in arguments:
+        if isinstance(argument, Context):
+            argument.response.status_code = status_code

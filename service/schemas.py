@@ -10,6 +10,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode
+
+from service.openapi import OpenAPI30JsonSchema
 
 ModelName = Literal["vae", "ddpm"]
 Method = Literal["elbo", "iwae", "vlb_exact", "vlb_mc"]
@@ -39,7 +42,22 @@ _IMAGES_DESCRIPTION = (
 )
 
 
-class _Request(BaseModel):
+class _Schema(BaseModel):
+    """Publishes its JSON Schema in the OpenAPI 3.0 dialect of /docs.json (service/openapi.py)."""
+
+    @classmethod
+    def model_json_schema(
+        cls,
+        by_alias: bool | None = None,
+        ref_template: str = DEFAULT_REF_TEMPLATE,
+        schema_generator: type[GenerateJsonSchema] = OpenAPI30JsonSchema,
+        mode: JsonSchemaMode = "validation",
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        return super().model_json_schema(by_alias, ref_template, schema_generator, mode, **kwargs)
+
+
+class _Request(_Schema):
     # Unknown fields are errors: a misspelt option must not silently fall back to a default.
     model_config = ConfigDict(extra="forbid")
 
@@ -117,7 +135,7 @@ class SampleRequest(_Request):
         return self
 
 
-class ImagesPayload(BaseModel):
+class ImagesPayload(_Schema):
     """Images in the format the request asked for; the other fields are empty.
 
     (Empty lists rather than nulls: BentoML's Python client cannot decode a null array.)
@@ -168,7 +186,7 @@ class LikelihoodRequest(_Request):
         return self
 
 
-class ImageBound(BaseModel):
+class ImageBound(_Schema):
     """A codelength bound on -log p(x) for one image (lower is better), summed over its
     D = C*H*W dimensions in nats, and per dimension in bits."""
 
@@ -187,7 +205,7 @@ class ImageBound(BaseModel):
     )
 
 
-class LikelihoodResponse(BaseModel):
+class LikelihoodResponse(_Schema):
     model: ModelName
     method: Method
     k: int | None
@@ -224,7 +242,7 @@ class ScoreRequest(LikelihoodRequest):
         return self
 
 
-class ImageScore(BaseModel):
+class ImageScore(_Schema):
     score: float = Field(description="Anomaly score in bits/dim (higher is more anomalous).")
     bits_per_dim: float = Field(description="The model's bound in bits/dim.")
     png_bits_per_dim: float = Field(description="The image's optimised PNG size in bits/dim.")
@@ -234,7 +252,7 @@ class ImageScore(BaseModel):
     )
 
 
-class ScoreResponse(BaseModel):
+class ScoreResponse(_Schema):
     model: ModelName
     method: Method
     k: int | None
@@ -258,7 +276,7 @@ class EncodeRequest(_Request):
     seed: int = Field(0, ge=0, le=MAX_SEED, description="VAE only: seed of that draw.")
 
 
-class EncodeResponse(BaseModel):
+class EncodeResponse(_Schema):
     model: ModelName
     means: list[list[float]] = Field(
         default_factory=list, description="VAE: posterior means (B, Z)."
@@ -299,7 +317,7 @@ class DecodeResponse(ImagesPayload):
     model: ModelName
 
 
-class ModelInfo(BaseModel):
+class ModelInfo(_Schema):
     kind: str
     checkpoint: str
     device: str
@@ -307,7 +325,7 @@ class ModelInfo(BaseModel):
     card: dict[str, Any] = Field(description="The checkpoint's model card (measured numbers).")
 
 
-class ModelsResponse(BaseModel):
+class ModelsResponse(_Schema):
     models: dict[str, ModelInfo]
 
 
@@ -315,7 +333,7 @@ class ProgressRequest(_Request):
     task_id: str = Field(min_length=1, max_length=128, description="From a task's /submit.")
 
 
-class ProgressResponse(BaseModel):
+class ProgressResponse(_Schema):
     task_id: str
     done: int = Field(description="Units of work done (denoising steps or bound rows).")
     total: int

@@ -25,7 +25,14 @@ from service.errors import (
     answers_request_errors,
     use_one_line_client_error_logs,
 )
-from service.http_adapters import GetModels, MultipartImages, use_leak_free_timeout
+from service.http_adapters import (
+    BodySizeLimit,
+    GetModels,
+    MultipartImages,
+    PublishedContract,
+    use_leak_free_timeout,
+)
+from service.openapi import published_document
 from service.schemas import (
     DEFAULT_K,
     K_RANGE,
@@ -429,9 +436,15 @@ class ElboServe:
         self.metrics.observe_cuda_memory(self.device)
 
 
+# Added first, so it runs first: a body over the limit is refused before anything reads it.
+ElboServe.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.max_body_bytes)
 # Uploaded PNG files and GET /models, translated before BentoML parses the request.
 ElboServe.add_asgi_middleware(MultipartImages)
 ElboServe.add_asgi_middleware(GetModels)
+# /docs.json: BentoML's OpenAPI document, corrected to what the service answers.
+ElboServe.add_asgi_middleware(
+    PublishedContract, document=lambda: published_document(ElboServe.openapi_spec.asdict())
+)
 # BentoML 1.4.39's timeout middleware keeps every answered request's context for the whole
 # timeout (RSS 478 -> 970 MiB in a 10-minute soak); ours releases it.
 use_leak_free_timeout()

@@ -24,6 +24,17 @@ def _flag(name: str, default: bool) -> bool:
     return text in ("true", "1")
 
 
+def _positive_int(name: str, default: int) -> int:
+    text = _env(name, str(default))
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{ENV_PREFIX}{name} must be a positive integer, got {text!r}")
+    return value
+
+
 def available_cores() -> int:
     """Cores this process may run on (a container's CPU set, not the host's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -59,6 +70,15 @@ class Settings:
     # `max_concurrency` in-flight requests 429 (the batch queue itself is unbounded).
     request_timeout_s: int = 900
     max_concurrency: int = 128
+    # Largest request body, in bytes, answered 413 past it before the rest is read. Sized to
+    # the largest legitimate request for the bundled 28x28x1 checkpoints (MAX_IMAGES = 256
+    # items per request): a /decode of 256 DDPM latents as /encode returns them, 784 floats
+    # each written as at most 25 bytes ("-1.2345678901234567e-05, "), is
+    # 256 * 784 * 25 = 5,017,600 bytes (+ 256 * 58 brackets); 256 images as nested arrays of
+    # "255, " are 256 * 784 * 5 = 1.0 MB, and as base64 PNGs (an unfiltered, uncompressed
+    # 28x28 PNG is ~880 bytes, 1,176 in base64) 0.3 MB. 16 MiB = 16,777,216 leaves more than
+    # 3x for pretty-printed JSON; raise it for checkpoints with larger images.
+    max_body_bytes: int = 16 * 1024 * 1024
     # Worker processes, each with its own copy of the models (metrics are summed over them).
     workers: int = 1
     # Model calls that may run at once in a worker; 0: one per CPU core on CPU, one on a GPU.
@@ -91,6 +111,7 @@ class Settings:
             noop_endpoint=_flag("NOOP_ENDPOINT", defaults.noop_endpoint),
             request_timeout_s=int(_env("REQUEST_TIMEOUT_S", str(defaults.request_timeout_s))),
             max_concurrency=int(_env("MAX_CONCURRENCY", str(defaults.max_concurrency))),
+            max_body_bytes=_positive_int("MAX_BODY_BYTES", defaults.max_body_bytes),
             workers=int(_env("WORKERS", str(defaults.workers))),
             model_lanes=int(_env("MODEL_LANES", str(defaults.model_lanes))),
             torch_threads=int(_env("TORCH_THREADS", str(defaults.torch_threads))),

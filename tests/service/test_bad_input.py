@@ -110,3 +110,23 @@ def test_server_still_serves_after_bad_input(client):
     scored = client.post("/score", json={"model": "vae", "images": [_image()], "fpr": 0.25})
     assert scored.status_code == 200
     assert client.get("/readyz").status_code == 200
+
+
+def test_bad_input_to_a_task_is_a_400_and_the_task_fails(client):
+    """Found by the schemathesis run: BentoML gives an endpoint that takes a context the
+    context's status code, so a task's 400 was answered 200 and the task 'completed'."""
+    import time
+
+    body = {"model": "vae", "images": ["%%%"]}
+    direct = client.post("/likelihood_task", json=body)
+    assert direct.status_code == 400 and direct.json()["field"] == "images[0]"
+    task_id = client.post("/likelihood_task/submit", json=body).json()["task_id"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        status = client.get("/likelihood_task/status", params={"task_id": task_id}).json()
+        if status["status"] != "in_progress":
+            break
+        time.sleep(0.1)
+    assert status["status"] == "failed"
+    result = client.get("/likelihood_task/get", params={"task_id": task_id})
+    assert result.status_code == 400 and result.json()["field"] == "images[0]"

@@ -43,3 +43,29 @@ def test_a_gpu_draws_images_in_larger_fixed_chunks_than_a_cpu(monkeypatch):
     monkeypatch.setenv("ELBO_SERVE_IMAGE_CHUNK_ROWS", "8")
     settings = Settings.from_env()
     assert (settings.chunk_rows("cpu"), settings.chunk_rows("cuda")) == (8, None)
+
+
+def test_the_body_limit_is_read_from_the_environment(monkeypatch):
+    assert Settings.from_env().max_body_bytes == Settings().max_body_bytes == 16 * 1024 * 1024
+    monkeypatch.setenv("ELBO_SERVE_MAX_BODY_BYTES", "1000")
+    assert Settings.from_env().max_body_bytes == 1000
+    monkeypatch.setenv("ELBO_SERVE_MAX_BODY_BYTES", "0")
+    with pytest.raises(ValueError, match="ELBO_SERVE_MAX_BODY_BYTES"):
+        Settings.from_env()
+
+
+def test_the_default_body_limit_fits_the_largest_legitimate_request():
+    """/decode of MAX_IMAGES DDPM latents of the longest float32 reprs, as /encode returns
+    them, and MAX_IMAGES images as nested arrays of 255s, fit with room to spare."""
+    import json
+
+    import numpy as np
+
+    from service.schemas import MAX_IMAGES
+
+    longest = float(np.float32(-1.2345678e-05))  # repr: -1.2345678442216013e-05
+    latent = [[[longest] * 28] * 28]  # (C, H, W) of the bundled DDPM
+    decode = {"model": "ddpm", "latents": [latent] * MAX_IMAGES, "steps": 1000}
+    likelihood = {"model": "vae", "images": [[[[255] * 28] * 28]] * MAX_IMAGES}
+    largest = max(len(json.dumps(body)) for body in (decode, likelihood))
+    assert largest * 3 < Settings().max_body_bytes

@@ -1,0 +1,162 @@
+"""The service keeps its published contract (/docs.json), checked with schemathesis: a bounded
+fuzzing run over every operation, and one regression test for each disagreement it found."""
+
+import base64
+
+import pytest
+from service_testing import png_b64
+
+from load_tests.fuzz import TASKS, as_httpx, contract_failures, fuzz, submit_task
+
+BASE_URL = "http://testserver"  # the in-process client's
+
+
+def _sender(client):
+    def send(kwargs):
+        response = client.request(**as_httpx(kwargs))
+        response.request.read()  # schemathesis reads the request it checks the answer to
+        return response
+
+    return send
+
+
+@pytest.fixture(scope="module")
+def document(client):
+    return client.get("/docs.json").json()
+
+
+@pytest.fixture(scope="module")
+def contract(document):
+    import schemathesis
+
+    return schemathesis.openapi.from_dict(document)
+
+
+def _exchange(client, contract, method, path, **case_fields):
+    """Send one explicit request; its response and what the contract finds wrong with it."""
+    if "body" in case_fields:
+        case_fields.setdefault("media_type", "application/json")
+    case = contract[path][method].Case(**case_fields)
+    response = _sender(client)(case.as_transport_kwargs(base_url=BASE_URL))
+    return response, contract_failures(case, response)
+
+
+@pytest.mark.slow
+def test_every_operation_keeps_the_published_contract(client, document):
+    """schemathesis sends every operation in /docs.json (JSON bodies, multipart uploads, query
+    parameters) 5 positive and 5 negative generated requests, seeded, without shrinking
+    (about 220 requests, ~20 s on 2 cores), and checks each answer: no 5xx, a documented
+    status code and content type, a body valid by its documented schema.
+
+    Limited, as load_tests/fuzz.py explains: costs are capped (DDIM steps <= 4, n <= 2,
+    k <= 8; DDPM ancestral sampling becomes DDIM and the 1,000-call vlb_exact bound vlb_mc),
+    half of the valid requests carry real images, latents or the id of a task of their own
+    kind (BentoML answers any task's id at any task's routes, with the other task's result).
+    The longer run is ``python -m load_tests.fuzz`` (README)."""
+    task_ids = {name: submit_task(client, BASE_URL, name, body) for name, body in TASKS.items()}
+    report = fuzz(document, _sender(client), max_examples=5, seed_value=0, task_ids=task_ids)
+    assert not report.failures, report.summary()
+    operations = {
+        f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item
+    }
+    assert set(report.examples) == operations, "operations never sent a request"
+
+
+# What the first runs found, one request each --------------------------------------------
+
+
+def test_optional_answers_are_published_as_nullable(client, contract, test_images):
+    """k is null for the ELBO, grid/sampler/steps for VAE samples: the document said integer
+    and string (BentoML kept the first branch of pydantic's anyOf)."""
+    body = {"model": "vae", "images": [png_b64(test_images[0])], "method": "elbo"}
+    response, failures = _exchange(client, contract, "POST", "/likelihood", body=body)
+    assert response.status_code == 200 and response.json()["k"] is None
+    assert failures == []
+    response, failures = _exchange(
+        client, contract, "POST", "/sample", body={"model": "vae", "seed": 1}
+    )
+    assert response.status_code == 200 and response.json()["sampler"] is None
+    assert failures == []
+
+
+def test_exclusive_bounds_are_published_in_the_openapi_30_form(document):
+    """OpenAPI 3.0 writes `gt` as minimum + exclusiveMinimum: true; the numeric form (3.1)
+    made schemathesis refuse /sample and /score."""
+    assert document["openapi"].startswith("3.0")
+    body = "requestBody", "content", "application/json", "schema", "properties"
+
+    def field(path, name):
+        schema = document["paths"][path]["post"]
+        for key in body:
+            schema = schema[key]
+        return schema[name]
+
+    temperature = field("/sample", "temperature")
+    assert (temperature["minimum"], temperature["exclusiveMinimum"]) == (0.0, True)
+    fpr = field("/score", "fpr")
+    assert (fpr["minimum"], fpr["exclusiveMinimum"]) == (0.0, True)
+    assert (fpr["maximum"], fpr["exclusiveMaximum"]) == (1.0, True)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/sample", {"model": "vae", "n": 0}),  # BentoML's: "detail", a list of errors
+        ("/likelihood", {"model": "vae", "images": ["%%%"]}),  # ours: "field"
+    ],
+)
+def test_400s_of_both_kinds_keep_the_contract(client, contract, path, body):
+    response, failures = _exchange(client, contract, "POST", path, body=body)
+    assert response.status_code == 400
+    assert failures == []
+
+
+def test_task_answers_keep_the_contract(client, contract):
+    """/submit answers only task_id and status; a finished task's status is 'completed' (the
+    document said created_at and executed_at were required, and 'success')."""
+    body = {"model": "vae", "n": 1, "seed": 0}
+    response, failures = _exchange(client, contract, "POST", "/sample_task/submit", body=body)
+    assert response.status_code == 200 and failures == []
+    task_id = submit_task(client, BASE_URL, "sample_task", body)
+    query = {"task_id": task_id}
+    response, failures = _exchange(client, contract, "GET", "/sample_task/status", query=query)
+    assert response.json()["status"] == "completed" and failures == []
+    from _bentoml_impl.tasks import ResultStatus
+
+    from service.openapi import TASK_STATUSES
+
+    assert tuple(status.value for status in ResultStatus) == TASK_STATUSES
+
+
+def test_answers_bentoml_does_not_document_are_documented(client, contract, document):
+    from service.service import SETTINGS
+
+    body = {"model": "vae", "images": ["x"]}
+    case = contract["/likelihood"]["POST"].Case(body=body, media_type="application/json")
+    too_large = str(SETTINGS.max_body_bytes + 1)
+    response = client.post("/likelihood", content=b"{}", headers={"Content-Length": too_large})
+    assert response.status_code == 413
+    assert contract_failures(case, response) == []
+    for item in document["paths"].values():
+        for operation in item.values():
+            if "x-bentoml-name" in operation:
+                assert {"429", "504"} <= set(operation["responses"])
+                assert ("413" in operation["responses"]) == ("requestBody" in operation)
+    assert "409" in document["paths"]["/score"]["post"]["responses"]
+    assert "503" in document["paths"]["/readyz"]["get"]["responses"]
+
+
+def test_uploads_and_get_models_are_documented(client, contract, test_images):
+    png = base64.b64decode(png_b64(test_images[0]))
+    response, failures = _exchange(
+        client,
+        contract,
+        "POST",
+        "/score",
+        body={"model": "vae", "images": [png], "fpr": 0.25},
+        media_type="multipart/form-data",
+    )
+    assert response.status_code == 200, response.text
+    assert failures == []
+    response, failures = _exchange(client, contract, "GET", "/models")
+    assert response.status_code == 200 and failures == []
