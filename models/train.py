@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from models.acceleration import Acceleration, accelerate
 from models.checkpoints import save_checkpoint
 from models.config import (
     DDPMConfig,
@@ -290,6 +291,16 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="stop (saving and exporting) at the first logged step after this many minutes",
     )
+    parser.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="channels_last convolutions on CPU (about 1.5x the steps/s at batch 64 here; "
+        "python -m load_tests.bench_cpu_modes)",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the networks (slow to start)"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads or 1))
@@ -300,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     experiment = Experiment.from_file(args.kind, args.config)
     args.out.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(experiment, args.out, resolve_device(args.device))
+    if trainer.device.type == "cpu":  # speed only: parameter names and the maths are unchanged
+        accelerate(trainer.model, Acceleration(args.channels_last, compile=args.compile))
     if trainer.try_resume():
         print(f"resuming {args.out} at step {trainer.step}", file=sys.stderr)
     images, _ = load_fashion_mnist("train", args.data_root)
