@@ -45,9 +45,11 @@ def test_a_gpu_draws_images_in_larger_fixed_chunks_than_a_cpu(monkeypatch):
     assert (settings.chunk_rows("cpu"), settings.chunk_rows("cuda")) == (8, None)
 
 
-def test_cpu_speed_modes_are_off_by_default_and_parse_from_the_environment(monkeypatch):
+def test_cpu_speed_modes_default_to_channels_last_and_parse_from_the_environment(monkeypatch):
     from models.acceleration import Acceleration, native_bf16_supported
 
+    assert Settings.from_env().acceleration("cpu") == Acceleration(channels_last=True)
+    monkeypatch.setenv("ELBO_SERVE_CHANNELS_LAST", "false")
     assert Settings.from_env().acceleration("cpu") == Acceleration()
     for name in ("CHANNELS_LAST", "COMPILE", "BF16_AUTOCAST"):
         monkeypatch.setenv(f"ELBO_SERVE_{name}", "true")
