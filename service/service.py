@@ -83,6 +83,7 @@ class ElboServe:
         # set PROMETHEUS_MULTIPROC_DIR.
         import torch
 
+        from models.acceleration import Acceleration, accelerate
         from models.checkpoints import load_checkpoint, require_model_card
         from service import metrics, runners
         from service.batching import KeyedBatcher
@@ -103,6 +104,10 @@ class ElboServe:
             self.checkpoints[name] = require_model_card(load_checkpoint(directory, self.device))
             metrics.CHECKPOINT_LOAD_SECONDS.labels(name).set(time.perf_counter() - start)
             logger.info("loaded %s from %s on %s", name, directory, self.device)
+        if (acceleration := settings.acceleration(self.device)) != Acceleration():
+            for checkpoint in self.checkpoints.values():
+                accelerate(checkpoint.model, acceleration)
+            logger.info("networks run with %s", acceleration.name)
         self.vae = self.checkpoints["vae"].model
         self.ddpm = self.checkpoints["ddpm"].model
         self.max_batch = settings.max_batch_images(self.device)

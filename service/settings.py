@@ -8,6 +8,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.acceleration import Acceleration
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "ELBO_SERVE_"
@@ -88,6 +92,15 @@ class Settings:
     torch_threads: int = 0
     # Where long-running tasks record their progress (shared by all workers).
     progress_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-progress"))
+    # CPU speed modes of the networks (models.acceleration; measured side by side by
+    # `python -m load_tests.bench_cpu_modes`, figures in the README). channels_last: about
+    # 1.3x at the CPU batch of 64 and with 4-row chunks, bounds within 3e-6 bits/dim, images
+    # still byte-identical alone or batched. torch.compile: minutes of compiling for little.
+    # bf16 autocast applies only where the CPU has bf16 in hardware (AVX512-BF16 or AMX):
+    # elsewhere oneDNN emulates it, 3-4x slower than float32.
+    channels_last: bool = True
+    compile: bool = False
+    bf16_autocast: bool = False
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -116,6 +129,9 @@ class Settings:
             model_lanes=int(_env("MODEL_LANES", str(defaults.model_lanes))),
             torch_threads=int(_env("TORCH_THREADS", str(defaults.torch_threads))),
             progress_dir=Path(_env("PROGRESS_DIR", str(defaults.progress_dir))),
+            channels_last=_flag("CHANNELS_LAST", defaults.channels_last),
+            compile=_flag("COMPILE", defaults.compile),
+            bf16_autocast=_flag("BF16_AUTOCAST", defaults.bf16_autocast),
         )
 
     def resolve_device(self) -> str:
@@ -146,6 +162,18 @@ class Settings:
         """Rows per sampling/decoding network call; None: one call for the whole batch."""
         rows = self.cuda_image_chunk_rows if device.startswith("cuda") else self.image_chunk_rows
         return rows or None
+
+    def acceleration(self, device: str) -> Acceleration:
+        """The CPU speed modes to apply to the networks on ``device`` (none on a GPU)."""
+        from models.acceleration import Acceleration, native_bf16_supported
+
+        if device.startswith("cuda"):
+            return Acceleration()
+        return Acceleration(
+            channels_last=self.channels_last,
+            compile=self.compile,
+            bf16_autocast=self.bf16_autocast and native_bf16_supported(),
+        )
 
     def max_batch_images(self, device: str) -> int:
         return (

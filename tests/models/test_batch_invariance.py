@@ -1,8 +1,10 @@
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
+from models.acceleration import Acceleration, accelerate
 from models.batch_invariance import FixedChunkDenoiser, in_fixed_chunks
 from models.checkpoints import load_checkpoint
 from models.config import VAEConfig
@@ -54,7 +56,10 @@ def ddpm() -> DDPM:
 
 
 @torch.no_grad()
-def test_a_row_of_the_unet_is_bit_identical_in_any_batch_in_fixed_chunks(ddpm):
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_a_row_of_the_unet_is_bit_identical_in_any_batch_in_fixed_chunks(ddpm, channels_last):
+    if channels_last:  # the service's ELBO_SERVE_CHANNELS_LAST
+        ddpm = accelerate(copy.deepcopy(ddpm), Acceleration(channels_last=True))
     net = FixedChunkDenoiser(ddpm, 4)
     x, t = _rows(20, 1, 28, 28), torch.arange(20) * 50
     alone = net(x[:1], t[:1])
@@ -64,9 +69,11 @@ def test_a_row_of_the_unet_is_bit_identical_in_any_batch_in_fixed_chunks(ddpm):
 
 
 @torch.no_grad()
-def test_vae_samples_in_fixed_chunks_do_not_depend_on_their_batch():
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels_last"])
+def test_vae_samples_in_fixed_chunks_do_not_depend_on_their_batch(channels_last):
     torch.manual_seed(0)
     vae = VAE(VAEConfig(latent_dim=8, channels=(16, 32))).eval()
+    accelerate(vae, Acceleration(channels_last=channels_last))
 
     def crowd():  # nine requests' generators; row 6 carries seed 5, as the lone request does
         return [seeded_generator(5 if row == 6 else row) for row in range(9)]

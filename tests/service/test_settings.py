@@ -69,3 +69,18 @@ def test_the_default_body_limit_fits_the_largest_legitimate_request():
     likelihood = {"model": "vae", "images": [[[[255] * 28] * 28]] * MAX_IMAGES}
     largest = max(len(json.dumps(body)) for body in (decode, likelihood))
     assert largest * 3 < Settings().max_body_bytes
+
+
+def test_cpu_speed_modes_default_to_channels_last_and_parse_from_the_environment(monkeypatch):
+    from models.acceleration import Acceleration, native_bf16_supported
+
+    assert Settings.from_env().acceleration("cpu") == Acceleration(channels_last=True)
+    monkeypatch.setenv("ELBO_SERVE_CHANNELS_LAST", "false")
+    assert Settings.from_env().acceleration("cpu") == Acceleration()
+    for name in ("CHANNELS_LAST", "COMPILE", "BF16_AUTOCAST"):
+        monkeypatch.setenv(f"ELBO_SERVE_{name}", "true")
+    settings = Settings.from_env()
+    assert settings.acceleration("cpu") == Acceleration(
+        channels_last=True, compile=True, bf16_autocast=native_bf16_supported()
+    )
+    assert settings.acceleration("cuda") == Acceleration()
