@@ -33,7 +33,7 @@ def test_the_curl_examples_work_as_written(server_url, tmp_path):
     script = _code_block("### curl", "bash").replace("localhost:3000", server_url)
     done = _run(["bash", "-eu", "-c", script], tmp_path)
     assert '"is_anomaly"' in done.stdout and '"total_bits_per_dim"' in done.stdout
-    assert "4 images" in done.stdout  # the ancestral task's result
+    assert "4 images" in done.stdout  # the sampling task's result
     assert done.stdout.count('"is_anomaly"') == 2  # the JSON and the uploaded PNG
     assert "elbo_serve_images_generated_total" in done.stdout
     for name in ("grid.png", "image.png", "decoded.png"):
