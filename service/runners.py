@@ -4,6 +4,11 @@ generator, make one ``models`` call, split the result back per job.
 These functions hold no maths; they are what the batcher runs in its worker thread. Each job's
 rows share one generator seeded by that job alone, so a job's output does not depend on the
 other jobs in its batch (see :mod:`models.noise`).
+
+The long ones (bounds, DDPM sampling, encoding and decoding) are progressive
+(:mod:`models.progressive`): they yield after every network call, where the batcher may hand
+the model lane to cheaper work, and return the per-job results; outside the batcher, run
+them with :func:`models.progressive.run_to_end`.
 """
 
 from __future__ import annotations
@@ -16,9 +21,16 @@ import torch
 from models.batch_invariance import FixedChunkDenoiser
 from models.data import pixels_to_signed_unit, signed_unit_to_pixels
 from models.ddpm import DDPM
-from models.diffusion_bound import vlb_exact, vlb_monte_carlo
+from models.diffusion_bound import vlb_exact_progressive, vlb_monte_carlo_progressive
 from models.noise import seeded_generator
-from models.samplers import Denoiser, ddim_decode, ddim_invert, ddim_sample, ddpm_ancestral_sample
+from models.progressive import Progressive, reported
+from models.samplers import (
+    Denoiser,
+    ddim_decode_progressive,
+    ddim_invert_progressive,
+    ddim_sample_progressive,
+    ddpm_ancestral_sample_progressive,
+)
 from models.vae import VAE
 
 Progress = Callable[[int, int], None]
@@ -109,15 +121,16 @@ def ddpm_sample(
     steps: int,
     eta: float,
     chunk_rows: int | None = None,
-) -> list[torch.Tensor]:
+) -> Progressive[list[torch.Tensor]]:
     """Per job, uint8 (n, C, H, W), from DDIM (``steps``, ``eta``) or the ancestral sampler."""
     generators = _row_generators([(job.seed, job.n) for job in jobs])
     shape = (len(generators), *ddpm.image_shape)
-    net, diffusion, report = _denoiser(ddpm, chunk_rows), ddpm.diffusion, _report(jobs)
+    net, diffusion = _denoiser(ddpm, chunk_rows), ddpm.diffusion
     if sampler == "ancestral":
-        x = ddpm_ancestral_sample(diffusion, net, shape, generators, on_step=report)
+        loop = ddpm_ancestral_sample_progressive(diffusion, net, shape, generators)
     else:
-        x = ddim_sample(diffusion, net, shape, steps, generators, eta, on_step=report)
+        loop = ddim_sample_progressive(diffusion, net, shape, steps, generators, eta)
+    x = yield from reported(loop, _report(jobs))
     return _split(signed_unit_to_pixels(x), [job.n for job in jobs])
 
 
@@ -125,13 +138,17 @@ def ddpm_sample(
 
 
 @torch.no_grad()
-def vae_bound(vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None) -> list[Tensors]:
-    """Per job, {term name: (B,) float64}: nats terms and total_bits_per_dim."""
+def vae_bound(
+    vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None, max_batch: int
+) -> Progressive[list[Tensors]]:
+    """Per job, {term name: (B,) float64}: nats terms and total_bits_per_dim. IWAE decodes
+    about ``max_batch`` images per network call."""
     x = _signed_unit(jobs, _device(vae))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
     if method == "iwae":
         assert k is not None
-        bound = vae.iwae_bound(x, k, generators)
+        loop = vae.iwae_bound_progressive(x, k, generators, max_batch)
+        bound = yield from reported(loop, _report(jobs))
         terms = {"total_nats": bound.total_nats, "total_bits_per_dim": bound.total_bits_per_dim}
     else:
         elbo = vae.negative_elbo(x, generators)
@@ -147,15 +164,16 @@ def vae_bound(vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None) -
 @torch.no_grad()
 def ddpm_bound(
     ddpm: DDPM, jobs: Sequence[ImagesJob], method: str, k: int | None, max_batch: int
-) -> list[Tensors]:
+) -> Progressive[list[Tensors]]:
     """Per job, {term name: (B,) float64}: L_T, the denoising sum, L_0, total, stderr."""
     x = _signed_unit(jobs, _device(ddpm))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
     if method == "vlb_exact":
-        bound = vlb_exact(ddpm.diffusion, ddpm, x, generators, max_batch, on_rows=_report(jobs))
+        loop = vlb_exact_progressive(ddpm.diffusion, ddpm, x, generators, max_batch)
     else:
         assert k is not None
-        bound = vlb_monte_carlo(ddpm.diffusion, ddpm, x, k, generators, max_batch)
+        loop = vlb_monte_carlo_progressive(ddpm.diffusion, ddpm, x, k, generators, max_batch)
+    bound = yield from reported(loop, _report(jobs))
     terms = {
         "total_nats": bound.total_nats,
         "total_bits_per_dim": bound.total_bits_per_dim,
@@ -185,13 +203,13 @@ def vae_encode(vae: VAE, jobs: Sequence[ImagesJob], draw_sample: bool) -> list[T
 
 def ddpm_encode(
     ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
-) -> list[Tensors]:
+) -> Progressive[list[Tensors]]:
     """Per job, the DDIM-inverted ``latent`` x_T (B, C, H, W) and its decoded
     ``reconstruction`` as uint8 (B, C, H, W)."""
     x = _signed_unit(jobs, _device(ddpm))
     net = _denoiser(ddpm, chunk_rows)
-    latent = ddim_invert(ddpm.diffusion, net, x, steps)
-    decoded = ddim_decode(ddpm.diffusion, net, latent, steps)
+    latent = yield from ddim_invert_progressive(ddpm.diffusion, net, x, steps)
+    decoded = yield from ddim_decode_progressive(ddpm.diffusion, net, latent, steps)
     out = {
         "latent": latent,
         "reconstruction": signed_unit_to_pixels(decoded),
@@ -212,9 +230,10 @@ def vae_decode(
 
 def ddpm_decode(
     ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
-) -> list[torch.Tensor]:
+) -> Progressive[list[torch.Tensor]]:
     """Latents x_T (B, C, H, W) -> per job uint8 (B, C, H, W) by deterministic DDIM."""
     x_T = torch.cat([job.inputs for job in jobs]).to(_device(ddpm))
     net = _denoiser(ddpm, chunk_rows)
-    images = ddim_decode(ddpm.diffusion, net, x_T, steps, on_step=_report(jobs))
+    loop = ddim_decode_progressive(ddpm.diffusion, net, x_T, steps)
+    images = yield from reported(loop, _report(jobs))
     return _split(signed_unit_to_pixels(images), [job.rows for job in jobs])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "ELBO_SERVE_"
@@ -27,6 +28,11 @@ def _flag(name: str, default: bool) -> bool:
 def available_cores() -> int:
     """Cores this process may run on (a container's CPU set, not the host's count)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Ceiling(NamedTuple):
+    gflop: float  # 0: none
+    variable: str  # the environment variable that sets it
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,15 @@ class Settings:
     # Threads torch uses inside one operation; 0: on CPU the cores shared out over the lanes
     # (one each by default), on a GPU torch's default.
     torch_threads: int = 0
+    # Most work a synchronous request may ask for, in GFLOP estimated before it runs (network
+    # evaluations x GFLOP per evaluation, service/costs.py); past it the answer is 413 and
+    # points to the task endpoints. 0: no ceiling. On this project's 2-core CPU a lane runs
+    # about 135 GFLOP/s, so 10,000 is about 75 s of one core; DDIM-50 of 64 images is 7,100,
+    # the exact bound of one image 2,200, IWAE k = 5000 of 8 images 26,000. The CUDA figure
+    # is about as long on the H100 that evaluated the bundled checkpoints (~13,000 GFLOP/s
+    # for IWAE there); the serving benchmark has not run on a GPU yet.
+    cpu_max_request_gflop: float = 10_000.0
+    cuda_max_request_gflop: float = 1_000_000.0
     # Where long-running tasks record their progress (shared by all workers).
     progress_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-progress"))
 
@@ -95,6 +110,12 @@ class Settings:
             model_lanes=int(_env("MODEL_LANES", str(defaults.model_lanes))),
             torch_threads=int(_env("TORCH_THREADS", str(defaults.torch_threads))),
             progress_dir=Path(_env("PROGRESS_DIR", str(defaults.progress_dir))),
+            cpu_max_request_gflop=float(
+                _env("CPU_MAX_REQUEST_GFLOP", str(defaults.cpu_max_request_gflop))
+            ),
+            cuda_max_request_gflop=float(
+                _env("CUDA_MAX_REQUEST_GFLOP", str(defaults.cuda_max_request_gflop))
+            ),
         )
 
     def resolve_device(self) -> str:
@@ -130,3 +151,9 @@ class Settings:
         return (
             self.cuda_max_batch_images if device.startswith("cuda") else self.cpu_max_batch_images
         )
+
+    def request_ceiling(self, device: str) -> Ceiling:
+        """The most GFLOP a synchronous request may cost on ``device``."""
+        if device.startswith("cuda"):
+            return Ceiling(self.cuda_max_request_gflop, ENV_PREFIX + "CUDA_MAX_REQUEST_GFLOP")
+        return Ceiling(self.cpu_max_request_gflop, ENV_PREFIX + "CPU_MAX_REQUEST_GFLOP")
