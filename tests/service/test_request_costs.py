@@ -43,7 +43,7 @@ def _status(client, route, task_id):
 
 
 def _assert_points_to_the_task(response, task):
-    assert response.status_code == 413, response.text
+    assert response.status_code == 413, response.text[:300]
     error = response.json()["error"]
     assert re.search(r"cost about [\d,]+ GFLOP \(.*evaluations\)", error), error  # the cost
     assert re.search(r"more than the [\d,]+ GFLOP a synchronous request", error)  # ceiling
@@ -58,8 +58,8 @@ def test_a_bound_past_the_ceiling_is_413_and_the_same_request_runs_as_a_task(
 
     real_bound = runners.vae_bound
 
-    def one_sample_iwae(vae, jobs, method, k, max_batch=64):  # the work, with k = 1
-        return real_bound(vae, jobs, method, 1, max_batch)
+    def one_sample_iwae(vae, jobs, method, k, **options):  # the work, with k = 1
+        return real_bound(vae, jobs, method=method, k=1, **options)
 
     monkeypatch.setattr(runners, "vae_bound", one_sample_iwae)
     body = {**IWAE_5000, "images": images}
@@ -108,7 +108,7 @@ def test_past_the_ceiling_endpoints_without_a_task_say_how_to_split_the_work(
     response = client.post(f"/{path}", json=body)
     if response.status_code == 409:
         pytest.skip(f"the model card has no calibration for {body}")
-    assert response.status_code == 413, response.text
+    assert response.status_code == 413, response.text[:300]
     assert response.json()["field"] == field and "fewer images" in response.json()["error"]
 
 
@@ -127,9 +127,9 @@ def test_a_single_image_score_answers_while_long_bounds_hold_every_model_lane(
     real_bound = runners.vae_bound
     started, finish, finished = threading.Semaphore(0), threading.Event(), []
 
-    def endless_iwae(vae, jobs, method, k, max_batch=64):
+    def endless_iwae(vae, jobs, method, k, **options):
         if method != "iwae":
-            return (yield from real_bound(vae, jobs, method, k, max_batch))
+            return (yield from real_bound(vae, jobs, method=method, k=k, **options))
         started.release()
         # One slice per 10 ms until told to finish (a deadline stops a batcher that cannot
         # pause it from hanging the suite: it then fails instead).
@@ -137,7 +137,7 @@ def test_a_single_image_score_answers_while_long_bounds_hold_every_model_lane(
         while not finish.wait(0.01) and time.monotonic() < deadline:
             yield 0, 1
         finished.append(k)
-        return (yield from real_bound(vae, jobs, method, k, max_batch))
+        return (yield from real_bound(vae, jobs, method=method, k=k, **options))
 
     monkeypatch.setattr(runners, "vae_bound", endless_iwae)
     settings = Settings.from_env()
