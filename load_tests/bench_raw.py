@@ -26,7 +26,7 @@ def workloads(vae: Checkpoint, ddpm: Checkpoint, ddim_steps: int = 50) -> dict[s
     k = ddpm.card.get("calibration", {}).get("vlb_mc", {}).get("k") or 10
     settings = Settings()
     device = str(next(ddpm.model.parameters()).device)
-    max_batch = settings.max_batch_images(device)  # bound network calls of about this many rows
+    max_batch = settings.rows_per_bound_call(device)  # bound network calls of about this many
     chunk_rows = settings.chunk_rows(device)  # sampling calls of exactly this many
 
     def vae_elbo(x: torch.Tensor) -> Any:

@@ -125,6 +125,7 @@ class ElboServe:
         )
         self.max_batch = settings.max_batch_images(self.device)
         self.chunk_rows = settings.chunk_rows(self.device)
+        self.bound_call_rows = settings.rows_per_bound_call(self.device)
         lanes = settings.lanes(self.device)
         if settings.batching:
             wait_s = settings.batch_wait_ms / 1000
@@ -378,8 +379,9 @@ class ElboServe:
     async def _bound(self, model: str, method: str, k: int | None, job) -> dict[str, Any]:
         key = BatchKey(model, f"likelihood_{method}", (k,))
         bound = self.runners.vae_bound if model == "vae" else self.runners.ddpm_bound
+        model_module = self.checkpoints[model].model
         run = functools.partial(
-            bound, self.checkpoints[model].model, method=method, k=k, max_batch=self.max_batch
+            bound, model_module, method=method, k=k, max_batch=self.bound_call_rows
         )
         cost = self._cost(model, Work("likelihood", job.rows, method, k))
         terms = await self.batcher.submit(key, run, job, job.rows, cost.gflop)

@@ -52,6 +52,12 @@ class Settings:
     # larger so that a batch of requests still shares few calls.
     image_chunk_rows: int = 4
     cuda_image_chunk_rows: int = 64
+    # Likelihood bounds (IWAE samples, DDPM timesteps) make network calls of about this many
+    # rows (at least one per image), and a long bound hands its model lane to cheaper waiting
+    # work between calls: fewer rows, shorter waits. On this project's CPU 16-row calls run
+    # within 5% of the throughput of 64-row ones (VAE decoder and UNet, one thread each).
+    bound_call_rows: int = 16
+    cuda_bound_call_rows: int = 512
     # How long the first request of a batch waits for companions. Requests that arrive while
     # the model is busy join the next batch anyway, so this only matters at low load.
     batch_wait_ms: float = 10.0
@@ -101,6 +107,10 @@ class Settings:
             cuda_image_chunk_rows=int(
                 _env("CUDA_IMAGE_CHUNK_ROWS", str(defaults.cuda_image_chunk_rows))
             ),
+            bound_call_rows=int(_env("BOUND_CALL_ROWS", str(defaults.bound_call_rows))),
+            cuda_bound_call_rows=int(
+                _env("CUDA_BOUND_CALL_ROWS", str(defaults.cuda_bound_call_rows))
+            ),
             batch_wait_ms=float(_env("BATCH_WAIT_MS", str(defaults.batch_wait_ms))),
             batching=_flag("BATCHING", defaults.batching),
             noop_endpoint=_flag("NOOP_ENDPOINT", defaults.noop_endpoint),
@@ -146,6 +156,10 @@ class Settings:
         """Rows per sampling/decoding network call; None: one call for the whole batch."""
         rows = self.cuda_image_chunk_rows if device.startswith("cuda") else self.image_chunk_rows
         return rows or None
+
+    def rows_per_bound_call(self, device: str) -> int:
+        """Rows per network call of a likelihood bound (at least one per image)."""
+        return self.cuda_bound_call_rows if device.startswith("cuda") else self.bound_call_rows
 
     def max_batch_images(self, device: str) -> int:
         return (

@@ -43,3 +43,11 @@ def test_a_gpu_draws_images_in_larger_fixed_chunks_than_a_cpu(monkeypatch):
     monkeypatch.setenv("ELBO_SERVE_IMAGE_CHUNK_ROWS", "8")
     settings = Settings.from_env()
     assert (settings.chunk_rows("cpu"), settings.chunk_rows("cuda")) == (8, None)
+
+
+def test_bounds_call_the_network_on_fewer_rows_on_a_cpu_than_on_a_gpu(monkeypatch):
+    """Shorter calls on a CPU: a long bound hands its lane to cheaper work between calls."""
+    settings = Settings()
+    assert settings.rows_per_bound_call("cpu") < settings.rows_per_bound_call("cuda")
+    monkeypatch.setenv("ELBO_SERVE_BOUND_CALL_ROWS", "8")
+    assert Settings.from_env().rows_per_bound_call("cpu") == 8
