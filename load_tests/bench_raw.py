@@ -13,6 +13,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models.checkpoints import Checkpoint
+from models.progressive import run_to_end
 from service import runners
 from service.settings import Settings
 
@@ -25,18 +26,21 @@ def workloads(vae: Checkpoint, ddpm: Checkpoint, ddim_steps: int = 50) -> dict[s
     k = ddpm.card.get("calibration", {}).get("vlb_mc", {}).get("k") or 10
     settings = Settings()
     device = str(next(ddpm.model.parameters()).device)
-    max_batch = settings.max_batch_images(device)  # bound network calls of about this many rows
+    max_batch = settings.rows_per_bound_call(device)  # bound network calls of about this many
     chunk_rows = settings.chunk_rows(device)  # sampling calls of exactly this many
 
     def vae_elbo(x: torch.Tensor) -> Any:
-        return runners.vae_bound(vae.model, [runners.ImagesJob(x)], "elbo", None)
+        jobs = [runners.ImagesJob(x)]
+        return run_to_end(runners.vae_bound(vae.model, jobs, "elbo", None, max_batch))
 
     def ddpm_vlb_mc(x: torch.Tensor) -> Any:
-        return runners.ddpm_bound(ddpm.model, [runners.ImagesJob(x)], "vlb_mc", k, max_batch)
+        jobs = [runners.ImagesJob(x)]
+        return run_to_end(runners.ddpm_bound(ddpm.model, jobs, "vlb_mc", k, max_batch))
 
     def ddim(x: torch.Tensor) -> Any:
         jobs = [runners.SampleJob(len(x), 0)]
-        return runners.ddpm_sample(ddpm.model, jobs, "ddim", ddim_steps, 0.0, chunk_rows)
+        loop = runners.ddpm_sample(ddpm.model, jobs, "ddim", ddim_steps, 0.0, chunk_rows)
+        return run_to_end(loop)
 
     return {"vae_elbo": vae_elbo, "ddpm_vlb_mc": ddpm_vlb_mc, f"ddim_{ddim_steps}": ddim}
 

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import requests
@@ -71,8 +71,27 @@ def running_process(
         _wait_ready(url, process, log_path, ready_timeout_s)
         yield url, process
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """SIGTERM, then, past ``grace_s``, SIGKILL to the server and its workers: BentoML's drain
+    waits for running background tasks, which may have minutes of work left."""
+    import psutil
+
+    try:
+        workers = psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()  # first, so that it restarts no worker
+        process.wait()
+        for worker in workers:
+            with suppress(psutil.NoSuchProcess):
+                worker.kill()
 
 
 def _wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout_s: float) -> None:

@@ -9,7 +9,9 @@ Two estimators of the denoising sum: every one of the T-1 terms (:func:`vlb_exac
 stratified timesteps (:func:`vlb_monte_carlo`, unbiased, with a standard error). Each term
 is itself an expectation over x_t ~ q(x_t | x_0), estimated with one draw, so even the "exact"
 sum is random; it is exact in that no timestep is skipped. All values are codelengths in nats,
-summed over the D dimensions of an image; ``*_bits_per_dim`` divide by D ln 2.
+summed over the D dimensions of an image; ``*_bits_per_dim`` divide by D ln 2. Each estimator
+also has a ``*_progressive`` form that yields after every network call
+(:mod:`models.progressive`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ import torch
 from models.diffusion import GaussianDiffusion
 from models.likelihood import nats_to_bits_per_dim
 from models.noise import Generators, rand_rows, randn_rows
-from models.samplers import Denoiser, ProgressCallback
+from models.progressive import ProgressCallback, Progressive, run_to_end
+from models.samplers import Denoiser
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,6 @@ class DiffusionBound:
         return nats_to_bits_per_dim(nats, self.num_dims)
 
 
-@torch.no_grad()
 def vlb_terms_nats(
     diffusion: GaussianDiffusion,
     model: Denoiser,
@@ -64,6 +66,23 @@ def vlb_terms_nats(
     Network calls carry about ``max_batch`` images (at least one row of t). Noise for each row
     of t is drawn per image group from ``generator``, in row order.
     """
+    loop = vlb_terms_nats_progressive(
+        diffusion, model, x_start, t, generator, max_batch, clip_denoised
+    )
+    return run_to_end(loop, on_rows)
+
+
+@torch.no_grad()
+def vlb_terms_nats_progressive(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    x_start: torch.Tensor,
+    t: torch.Tensor,
+    generator: Generators,
+    max_batch: int = 256,
+    clip_denoised: bool = True,
+) -> Progressive[torch.Tensor]:
+    """:func:`vlb_terms_nats`, yielding (rows of t done, n) after every network call."""
     n, b = t.shape
     rows_per_call = max(1, max_batch // b)
     terms = torch.empty(n, b, dtype=torch.float64)
@@ -77,8 +96,7 @@ def vlb_terms_nats(
         output = model(x_t, t_flat)
         chunk_terms = diffusion.vlb_term_nats(output, x0, x_t, t_flat, clip_denoised)
         terms[start : start + r] = chunk_terms.reshape(r, b).double().cpu()
-        if on_rows is not None:
-            on_rows(start + r, n)
+        yield start + r, n
     return terms
 
 
@@ -92,10 +110,23 @@ def vlb_exact(
     on_rows: ProgressCallback | None = None,
 ) -> DiffusionBound:
     """The bound with all T terms: T network evaluations per image, batched over timesteps."""
+    loop = vlb_exact_progressive(diffusion, model, x_start, generator, max_batch, clip_denoised)
+    return run_to_end(loop, on_rows)
+
+
+def vlb_exact_progressive(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    x_start: torch.Tensor,
+    generator: Generators,
+    max_batch: int = 256,
+    clip_denoised: bool = True,
+) -> Progressive[DiffusionBound]:
+    """:func:`vlb_exact`, yielding (timesteps done, T) after every network call."""
     b = x_start.shape[0]
     all_t = torch.arange(diffusion.num_timesteps).unsqueeze(1).expand(-1, b)  # (T, B)
-    terms = vlb_terms_nats(
-        diffusion, model, x_start, all_t, generator, max_batch, clip_denoised, on_rows
+    terms = yield from vlb_terms_nats_progressive(
+        diffusion, model, x_start, all_t, generator, max_batch, clip_denoised
     )
     return DiffusionBound(
         prior_nats=diffusion.prior_kl_nats(x_start).double().cpu(),
@@ -131,6 +162,7 @@ def vlb_monte_carlo(
     generator: Generators,
     max_batch: int = 256,
     clip_denoised: bool = True,
+    on_rows: ProgressCallback | None = None,
 ) -> DiffusionBound:
     """Unbiased estimate of the bound from k stratified timesteps per image (k + 1 rows of
     network work per image).
@@ -140,6 +172,23 @@ def vlb_monte_carlo(
     (three in the last when k is odd): sum_t L_t ~= sum_j |S_j| mean_j. Two draws per stratum
     give an unbiased variance estimate, sum_j |S_j|^2 s_j^2 / n_j (Cochran 1977, Eq. 5.6).
     """
+    loop = vlb_monte_carlo_progressive(
+        diffusion, model, x_start, k, generator, max_batch, clip_denoised
+    )
+    return run_to_end(loop, on_rows)
+
+
+@torch.no_grad()
+def vlb_monte_carlo_progressive(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    x_start: torch.Tensor,
+    k: int,
+    generator: Generators,
+    max_batch: int = 256,
+    clip_denoised: bool = True,
+) -> Progressive[DiffusionBound]:
+    """:func:`vlb_monte_carlo`, yielding (rows done, k + 1) after every network call."""
     num_timesteps = diffusion.num_timesteps
     if not 2 <= k <= 2 * (num_timesteps - 1):
         raise ValueError(f"k must be in 2..{2 * (num_timesteps - 1)}, got {k}")
@@ -153,7 +202,9 @@ def vlb_monte_carlo(
     u = rand_rows((b, k), generator).double().T  # (k, B), uniform per draw and image
     t_draws = edges[stratum_of_row, None] + torch.floor(u * sizes[stratum_of_row, None]).long()
     t_all = torch.cat([torch.zeros(1, b, dtype=torch.long), t_draws])  # row 0: L_0
-    terms = vlb_terms_nats(diffusion, model, x_start, t_all, generator, max_batch, clip_denoised)
+    terms = yield from vlb_terms_nats_progressive(
+        diffusion, model, x_start, t_all, generator, max_batch, clip_denoised
+    )
     denoising = torch.zeros(b, dtype=torch.float64)
     variance = torch.zeros(b, dtype=torch.float64)
     for j, rows in enumerate(torch.split(terms[1:], draws.tolist())):  # rows: (n_j, B)

@@ -181,12 +181,30 @@ def log_mean_exp_over_chunks(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
     A running log-sum-exp, so k log-weights never need to be in memory at once (the IWAE bound
     of Burda et al. 2015 with large k).
     """
-    running: torch.Tensor | None = None
-    count = 0
+    running = RunningLogMeanExp()
     for chunk in chunks:
+        running.add(chunk)
+    return running.value()
+
+
+class RunningLogMeanExp:
+    """:func:`log_mean_exp_over_chunks` one chunk at a time, for loops that pause between
+    chunks (:meth:`models.vae.VAE.iwae_bound_progressive`)."""
+
+    def __init__(self) -> None:
+        self._log_sum: torch.Tensor | None = None
+        self._count = 0
+
+    def add(self, chunk: torch.Tensor) -> None:
+        """Log-weights (n_j, B)."""
         chunk_lse = torch.logsumexp(chunk, dim=0)
-        running = chunk_lse if running is None else torch.logaddexp(running, chunk_lse)
-        count += chunk.shape[0]
-    if running is None:
-        raise ValueError("no log-weights given")
-    return running - math.log(count)
+        self._log_sum = (
+            chunk_lse if self._log_sum is None else torch.logaddexp(self._log_sum, chunk_lse)
+        )
+        self._count += chunk.shape[0]
+
+    def value(self) -> torch.Tensor:
+        """log of the mean of every exp(w_i) added so far: (B,)."""
+        if self._log_sum is None:
+            raise ValueError("no log-weights given")
+        return self._log_sum - math.log(self._count)

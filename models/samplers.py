@@ -2,7 +2,9 @@
 Eq. 12) with any number of steps and any eta, and deterministic DDIM inversion x_0 -> x_T.
 
 ``model`` is any callable (x_t (B, C, H, W), t (B,)) -> network output, e.g. a :class:`DDPM`.
-Images are (B, C, H, W) in [-1, 1]; ``on_step(done, total)`` reports progress.
+Images are (B, C, H, W) in [-1, 1]; ``on_step(done, total)`` reports progress. Each loop
+also has a ``*_progressive`` form that yields after every network call
+(:mod:`models.progressive`).
 """
 
 from __future__ import annotations
@@ -13,16 +15,15 @@ import torch
 
 from models.diffusion import GaussianDiffusion
 from models.noise import Generators, randn_rows
+from models.progressive import ProgressCallback, Progressive, run_to_end
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ProgressCallback = Callable[[int, int], None]
 
 
 def _timesteps_like(x: torch.Tensor, t: int) -> torch.Tensor:
     return torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
 
 
-@torch.no_grad()
 def ddpm_ancestral_sample(
     diffusion: GaussianDiffusion,
     model: Denoiser,
@@ -32,6 +33,19 @@ def ddpm_ancestral_sample(
     on_step: ProgressCallback | None = None,
 ) -> torch.Tensor:
     """x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t) for all T steps (Algorithm 2)."""
+    loop = ddpm_ancestral_sample_progressive(diffusion, model, shape, generator, clip_denoised)
+    return run_to_end(loop, on_step)
+
+
+@torch.no_grad()
+def ddpm_ancestral_sample_progressive(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    shape: Sequence[int],
+    generator: Generators,
+    clip_denoised: bool = True,
+) -> Progressive[torch.Tensor]:
+    """:func:`ddpm_ancestral_sample`, yielding after each of the T steps."""
     device = diffusion.betas.device
     x = randn_rows(shape, generator, device)
     total = diffusion.num_timesteps
@@ -41,8 +55,7 @@ def ddpm_ancestral_sample(
         x = step.mean
         if t > 0:  # no noise on the final step: the output is the decoder's mean
             x = x + torch.exp(0.5 * step.log_variance) * randn_rows(shape, generator, device)
-        if on_step is not None:
-            on_step(done, total)
+        yield done, total
     return x
 
 
@@ -96,7 +109,6 @@ def ddim_step(
     return x_prev
 
 
-@torch.no_grad()
 def ddim_loop(
     diffusion: GaussianDiffusion,
     model: Denoiser,
@@ -108,6 +120,21 @@ def ddim_loop(
     on_step: ProgressCallback | None = None,
 ) -> torch.Tensor:
     """Run DDIM from a given x_T (B, C, H, W) down to x_0 over ``steps`` timesteps."""
+    loop = ddim_loop_progressive(diffusion, model, x_T, steps, eta, generator, clip_denoised)
+    return run_to_end(loop, on_step)
+
+
+@torch.no_grad()
+def ddim_loop_progressive(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    x_T: torch.Tensor,
+    steps: int,
+    eta: float = 0.0,
+    generator: Generators | None = None,
+    clip_denoised: bool = True,
+) -> Progressive[torch.Tensor]:
+    """:func:`ddim_loop`, yielding after each step."""
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if eta > 0 and generator is None:
@@ -120,8 +147,7 @@ def ddim_loop(
         noise = randn_rows(x.shape, generator, x.device) if stochastic else None
         output = model(x, _timesteps_like(x, t))
         x = ddim_step(diffusion, output, x, t, t_prev, eta, noise, clip_denoised)
-        if on_step is not None:
-            on_step(i + 1, len(times))
+        yield i + 1, len(times)
     return x
 
 
@@ -136,8 +162,23 @@ def ddim_sample(
     on_step: ProgressCallback | None = None,
 ) -> torch.Tensor:
     """Draw x_T ~ N(0, I) from ``generator`` and run :func:`ddim_loop`: (B, C, H, W)."""
+    loop = ddim_sample_progressive(diffusion, model, shape, steps, generator, eta, clip_denoised)
+    return run_to_end(loop, on_step)
+
+
+def ddim_sample_progressive(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    shape: Sequence[int],
+    steps: int,
+    generator: Generators,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+) -> Progressive[torch.Tensor]:
+    """:func:`ddim_sample`, yielding after each step."""
     x_T = randn_rows(shape, generator, diffusion.betas.device)
-    return ddim_loop(diffusion, model, x_T, steps, eta, generator, clip_denoised, on_step)
+    loop = ddim_loop_progressive(diffusion, model, x_T, steps, eta, generator, clip_denoised)
+    return (yield from loop)
 
 
 def ddim_decode(
@@ -149,10 +190,16 @@ def ddim_decode(
 ) -> torch.Tensor:
     """Deterministic decoding of a latent x_T: the eta = 0 DDIM ODE, unclipped so that it
     retraces :func:`ddim_invert` (DDIM Sec. 5.4)."""
-    return ddim_loop(diffusion, model, x_T, steps, eta=0.0, clip_denoised=False, on_step=on_step)
+    return run_to_end(ddim_decode_progressive(diffusion, model, x_T, steps), on_step)
 
 
-@torch.no_grad()
+def ddim_decode_progressive(
+    diffusion: GaussianDiffusion, model: Denoiser, x_T: torch.Tensor, steps: int
+) -> Progressive[torch.Tensor]:
+    """:func:`ddim_decode`, yielding after each step."""
+    return (yield from ddim_loop_progressive(diffusion, model, x_T, steps, clip_denoised=False))
+
+
 def ddim_invert(
     diffusion: GaussianDiffusion,
     model: Denoiser,
@@ -166,6 +213,14 @@ def ddim_invert(
     the current point (Song et al. 2020 Sec. 4.3 and 5.4); the error of this Euler step
     shrinks as ``steps`` grows.
     """
+    return run_to_end(ddim_invert_progressive(diffusion, model, x_start, steps), on_step)
+
+
+@torch.no_grad()
+def ddim_invert_progressive(
+    diffusion: GaussianDiffusion, model: Denoiser, x_start: torch.Tensor, steps: int
+) -> Progressive[torch.Tensor]:
+    """:func:`ddim_invert`, yielding after each step."""
     times = ddim_timesteps(diffusion.num_timesteps, steps).tolist()  # 0 ... T-1
     x = x_start
     current = -1  # x_0 itself: abar = 1
@@ -177,6 +232,5 @@ def ddim_invert(
         pred_xstart = (x - torch.sqrt(1 - coefficients[0]) * eps) / coefficients[0].sqrt()
         x = coefficients[1].sqrt() * pred_xstart + torch.sqrt(1 - coefficients[1]) * eps
         current = t_next
-        if on_step is not None:
-            on_step(i + 1, len(times))
+        yield i + 1, len(times)
     return x

@@ -21,12 +21,13 @@ from models.config import VAEConfig
 from models.layers import Downsample, ResidualBlock, RowwiseLinear, Upsample, group_norm
 from models.likelihood import (
     DiscretizedLogisticMixture,
+    RunningLogMeanExp,
     gaussian_log_density_nats,
-    log_mean_exp_over_chunks,
     nats_to_bits_per_dim,
     standard_normal_kl_nats,
 )
 from models.noise import Generators, randn_rows
+from models.progressive import Progressive, run_to_end
 
 # Salimans et al. 2017 floor on the logistic log-scale: keeps bin masses from vanishing.
 _MIN_LOG_SCALE = -7.0
@@ -170,7 +171,6 @@ class VAE(nn.Module):
         kl = standard_normal_kl_nats(posterior.mean, posterior.logvar).sum(dim=1)
         return NegativeELBO(-log_px_z.mean(dim=0), kl, self.num_dims)
 
-    @torch.no_grad()
     def iwae_bound(
         self, x: torch.Tensor, k: int, generator: Generators, max_batch: int = 2048
     ) -> IWAEBound:
@@ -180,15 +180,23 @@ class VAE(nn.Module):
         sample of every image in the batch), so memory stays bounded for any k, k = 5000
         included; split very large batches before calling.
         """
+        return run_to_end(self.iwae_bound_progressive(x, k, generator, max_batch))
+
+    @torch.no_grad()
+    def iwae_bound_progressive(
+        self, x: torch.Tensor, k: int, generator: Generators, max_batch: int = 2048
+    ) -> Progressive[IWAEBound]:
+        """:meth:`iwae_bound`, yielding (samples done, k) after every decoder call."""
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         posterior = self.encode(x)
         per_chunk = max(1, max_batch // x.shape[0])
-        chunks = (
-            self._log_importance_weights(x, posterior, min(per_chunk, k - start), generator)
-            for start in range(0, k, per_chunk)
-        )
-        return IWAEBound(-log_mean_exp_over_chunks(chunks), self.num_dims, k)
+        log_mean_weight = RunningLogMeanExp()
+        for start in range(0, k, per_chunk):
+            n = min(per_chunk, k - start)
+            log_mean_weight.add(self._log_importance_weights(x, posterior, n, generator))
+            yield start + n, k
+        return IWAEBound(-log_mean_weight.value(), self.num_dims, k)
 
     def _log_importance_weights(
         self, x: torch.Tensor, posterior: GaussianPosterior, n: int, generator: Generators

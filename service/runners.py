@@ -8,6 +8,11 @@ other jobs in its batch (see :mod:`models.noise`).
 No NaN or infinity leaves these functions: every output is checked per job, and a job with a
 non-finite value gets a :class:`~models.data.NonFiniteError` (rows counted within the job)
 instead of its result, which the batcher raises to that request alone.
+
+The long ones (bounds, DDPM sampling, encoding and decoding) are progressive
+(:mod:`models.progressive`): they yield after every network call, where the batcher may hand
+the model lane to cheaper work, and return the per-job results; outside the batcher, run
+them with :func:`models.progressive.run_to_end`.
 """
 
 from __future__ import annotations
@@ -25,9 +30,16 @@ from models.data import (
     signed_unit_to_pixels,
 )
 from models.ddpm import DDPM
-from models.diffusion_bound import vlb_exact, vlb_monte_carlo
+from models.diffusion_bound import vlb_exact_progressive, vlb_monte_carlo_progressive
 from models.noise import seeded_generator
-from models.samplers import Denoiser, ddim_decode, ddim_invert, ddim_sample, ddpm_ancestral_sample
+from models.progressive import Progressive, reported
+from models.samplers import (
+    Denoiser,
+    ddim_decode_progressive,
+    ddim_invert_progressive,
+    ddim_sample_progressive,
+    ddpm_ancestral_sample_progressive,
+)
 from models.vae import VAE
 
 Progress = Callable[[int, int], None]
@@ -147,15 +159,16 @@ def ddpm_sample(
     steps: int,
     eta: float,
     chunk_rows: int | None = None,
-) -> PerJob:
+) -> Progressive[PerJob]:
     """Per job, uint8 (n, C, H, W), from DDIM (``steps``, ``eta``) or the ancestral sampler."""
     generators = _row_generators([(job.seed, job.n) for job in jobs])
     shape = (len(generators), *ddpm.image_shape)
-    net, diffusion, report = _denoiser(ddpm, chunk_rows), ddpm.diffusion, _report(jobs)
+    net, diffusion = _denoiser(ddpm, chunk_rows), ddpm.diffusion
     if sampler == "ancestral":
-        x = ddpm_ancestral_sample(diffusion, net, shape, generators, on_step=report)
+        loop = ddpm_ancestral_sample_progressive(diffusion, net, shape, generators)
     else:
-        x = ddim_sample(diffusion, net, shape, steps, generators, eta, on_step=report)
+        loop = ddim_sample_progressive(diffusion, net, shape, steps, generators, eta)
+    x = yield from reported(loop, _report(jobs))
     return _pixels(x, [job.n for job in jobs])
 
 
@@ -164,14 +177,16 @@ def ddpm_sample(
 
 @torch.no_grad()
 def vae_bound(
-    vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None
-) -> list[Tensors | NonFiniteError]:
-    """Per job, {term name: (B,) float64}: nats terms and total_bits_per_dim."""
+    vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None, max_batch: int
+) -> Progressive[list[Tensors | NonFiniteError]]:
+    """Per job, {term name: (B,) float64}: nats terms and total_bits_per_dim. IWAE decodes
+    about ``max_batch`` images per network call."""
     x = _signed_unit(jobs, _device(vae))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
     if method == "iwae":
         assert k is not None
-        bound = vae.iwae_bound(x, k, generators)
+        loop = vae.iwae_bound_progressive(x, k, generators, max_batch)
+        bound = yield from reported(loop, _report(jobs))
         terms = {"total_nats": bound.total_nats, "total_bits_per_dim": bound.total_bits_per_dim}
     else:
         elbo = vae.negative_elbo(x, generators)
@@ -187,15 +202,16 @@ def vae_bound(
 @torch.no_grad()
 def ddpm_bound(
     ddpm: DDPM, jobs: Sequence[ImagesJob], method: str, k: int | None, max_batch: int
-) -> list[Tensors | NonFiniteError]:
+) -> Progressive[list[Tensors | NonFiniteError]]:
     """Per job, {term name: (B,) float64}: L_T, the denoising sum, L_0, total, stderr."""
     x = _signed_unit(jobs, _device(ddpm))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
     if method == "vlb_exact":
-        bound = vlb_exact(ddpm.diffusion, ddpm, x, generators, max_batch, on_rows=_report(jobs))
+        loop = vlb_exact_progressive(ddpm.diffusion, ddpm, x, generators, max_batch)
     else:
         assert k is not None
-        bound = vlb_monte_carlo(ddpm.diffusion, ddpm, x, k, generators, max_batch)
+        loop = vlb_monte_carlo_progressive(ddpm.diffusion, ddpm, x, k, generators, max_batch)
+    bound = yield from reported(loop, _report(jobs))
     terms = {
         "total_nats": bound.total_nats,
         "total_bits_per_dim": bound.total_bits_per_dim,
@@ -227,13 +243,13 @@ def vae_encode(
 
 def ddpm_encode(
     ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
-) -> list[Tensors | NonFiniteError]:
+) -> Progressive[list[Tensors | NonFiniteError]]:
     """Per job, the DDIM-inverted ``latent`` x_T (B, C, H, W) and its decoded
     ``reconstruction`` as uint8 (B, C, H, W)."""
     x = _signed_unit(jobs, _device(ddpm))
     net = _denoiser(ddpm, chunk_rows)
-    latent = ddim_invert(ddpm.diffusion, net, x, steps)
-    decoded = ddim_decode(ddpm.diffusion, net, latent, steps)
+    latent = yield from ddim_invert_progressive(ddpm.diffusion, net, x, steps)
+    decoded = yield from ddim_decode_progressive(ddpm.diffusion, net, latent, steps)
     out = {
         "latent": latent,
         "reconstruction": decoded,
@@ -251,9 +267,10 @@ def vae_decode(vae: VAE, jobs: Sequence[ImagesJob], chunk_rows: int | None = Non
 
 def ddpm_decode(
     ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
-) -> PerJob:
+) -> Progressive[PerJob]:
     """Latents x_T (B, C, H, W) -> per job uint8 (B, C, H, W) by deterministic DDIM."""
     x_T = torch.cat([job.inputs for job in jobs]).to(_device(ddpm))
     net = _denoiser(ddpm, chunk_rows)
-    images = ddim_decode(ddpm.diffusion, net, x_T, steps, on_step=_report(jobs))
+    loop = ddim_decode_progressive(ddpm.diffusion, net, x_T, steps)
+    images = yield from reported(loop, _report(jobs))
     return _pixels(images, [job.rows for job in jobs])

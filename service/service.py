@@ -4,6 +4,8 @@ Each endpoint validates its body (schemas), converts images to tensors (imaging)
 job to the batcher, which runs it together with concurrent jobs of the same kind in one
 ``models`` call (runners), and converts the result back. Long work also has a task form
 (``/sample_task``, ``/likelihood_task``: submit, status, get) with progress at ``/task_progress``.
+Every job carries its estimated cost (costs): the batcher serves cheaper work first, and a
+synchronous endpoint answers 413 past the request-cost ceiling, pointing to the task form.
 
 Run from the repository root: ``bentoml serve`` (declared in pyproject.toml) or ``make serve``.
 """
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 
 import bentoml
 
+from service.costs import Cost, Work, refuse_past_ceiling
 from service.errors import (
     NonFiniteResultError,
     RequestError,
@@ -61,6 +64,22 @@ logger = logging.getLogger("elbo_serve")
 SETTINGS = Settings.from_env()
 
 
+def _as_task(task: str) -> str:
+    """Where work past the synchronous ceiling goes instead."""
+    return (
+        f"submit it to POST /{task}/submit instead, which runs it in the background "
+        f"without holding up cheaper requests (then GET /{task}/status?task_id=... and "
+        f"GET /{task}/get?task_id=...; progress at POST /task_progress)"
+    )
+
+
+FEWER_IMAGES = "send fewer images (or fewer steps) per request: the cost grows with each"
+SCORE_INSTEAD = (
+    "score fewer images per request (the cost grows with each), or get the bound alone from "
+    "POST /likelihood_task/submit, which runs it in the background"
+)
+
+
 class BatchKey(NamedTuple):
     """Everything a batched model call depends on besides its inputs."""
 
@@ -87,6 +106,7 @@ class ElboServe:
         from models.checkpoints import load_checkpoint, require_model_card
         from service import metrics, runners
         from service.batching import KeyedBatcher
+        from service.costs import ModelCosts
         from service.progress import ProgressStore
 
         # Read again here (not only at import) so each new instance sees the environment.
@@ -110,8 +130,20 @@ class ElboServe:
             logger.info("networks run with %s", acceleration.name)
         self.vae = self.checkpoints["vae"].model
         self.ddpm = self.checkpoints["ddpm"].model
+        # GFLOP of each network evaluation, counted once on the loaded weights.
+        self.costs = {
+            name: ModelCosts.of(checkpoint.kind, checkpoint.model)
+            for name, checkpoint in self.checkpoints.items()
+        }
+        self.ceiling = settings.request_ceiling(self.device)
+        logger.info(
+            "GFLOP per image and network evaluation: %s; synchronous requests up to %s GFLOP",
+            {name: costs.gflop_per_evaluation for name, costs in self.costs.items()},
+            f"{self.ceiling.gflop:,.0f}" if self.ceiling.gflop else "any",
+        )
         self.max_batch = settings.max_batch_images(self.device)
         self.chunk_rows = settings.chunk_rows(self.device)
+        self.bound_call_rows = settings.rows_per_bound_call(self.device)
         lanes = settings.lanes(self.device)
         if settings.batching:
             wait_s = settings.batch_wait_ms / 1000
@@ -154,14 +186,22 @@ class ElboServe:
     @bentoml.api(input_spec=SampleRequest)
     @answers_request_errors
     async def sample(self, **fields: Any) -> SampleResponse:
-        """Draw `n` images; the same `seed` gives byte-identical images."""
-        return await self._sample(SampleRequest.model_construct(**fields))
+        """Draw `n` images; the same `seed` gives byte-identical images. Past the request-cost
+        ceiling (many images, steps or ancestral sampling on a CPU): 413, use /sample_task."""
+        request = SampleRequest.model_construct(**fields)
+        work = self._sample_work(request)
+        self._refuse_past_ceiling(request.model, work, "n", _as_task("sample_task"))
+        return await self._sample(request)
 
     @bentoml.api(input_spec=LikelihoodRequest)
     @answers_request_errors
     async def likelihood(self, **fields: Any) -> LikelihoodResponse:
-        """Per image, the bound on -log p(x) in nats and bits/dim, term by term."""
-        return await self._likelihood(LikelihoodRequest.model_construct(**fields))
+        """Per image, the bound on -log p(x) in nats and bits/dim, term by term. Past the
+        request-cost ceiling (many images, large k, vlb_exact): 413, use /likelihood_task."""
+        request = LikelihoodRequest.model_construct(**fields)
+        work = Work("likelihood", len(request.images), request.method, request.k)
+        self._refuse_past_ceiling(request.model, work, "images", _as_task("likelihood_task"))
+        return await self._likelihood(request)
 
     @bentoml.api(input_spec=ScoreRequest)
     @answers_request_errors
@@ -176,12 +216,14 @@ class ElboServe:
         """VAE: posterior mean and log-variance. DDPM: DDIM-inverted x_T and how well it
         decodes back."""
         request = EncodeRequest.model_construct(**fields)
+        work = Work("encode", len(request.images), steps=request.steps)
+        cost = self._refuse_past_ceiling(request.model, work, "images", FEWER_IMAGES)
         x = self._images(request.images, request.model)
         job = self.runners.ImagesJob(x, request.seed)
         if request.model == "vae":
             key = BatchKey("vae", "encode", (request.sample,))
             run = functools.partial(self.runners.vae_encode, self.vae, draw_sample=request.sample)
-            out = await self.batcher.submit(key, run, job, job.rows)
+            out = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
             return EncodeResponse(
                 model="vae",
                 means=out["mean"].tolist(),
@@ -192,7 +234,7 @@ class ElboServe:
         run = functools.partial(
             self.runners.ddpm_encode, self.ddpm, steps=request.steps, chunk_rows=self.chunk_rows
         )
-        out = await self.batcher.submit(key, run, job, job.rows)
+        out = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
         errors = (out["reconstruction"].int() - x.int()).abs().flatten(1).amax(dim=1)
         return EncodeResponse(
             model="ddpm",
@@ -210,6 +252,8 @@ class ElboServe:
         from service.imaging import decode_latents, images_payload
 
         request = DecodeRequest.model_construct(**fields)
+        work = Work("decode", len(request.latents), steps=request.steps)
+        cost = self._refuse_past_ceiling(request.model, work, "latents", FEWER_IMAGES)
         if request.model == "vae":
             z = decode_latents(request.latents, (self.vae.config.latent_dim,), MAX_LATENT_ABS)
             key, run = (
@@ -222,8 +266,9 @@ class ElboServe:
             run = functools.partial(
                 self.runners.ddpm_decode, self.ddpm, steps=request.steps, chunk_rows=self.chunk_rows
             )
+        job = self.runners.ImagesJob(z)
         try:
-            images = await self.batcher.submit(key, run, self.runners.ImagesJob(z), len(z))
+            images = await self.batcher.submit(key, run, job, len(z), cost.gflop)
         except NonFiniteError as error:
             # Each image is a deterministic function of its latent alone, and these passed
             # validation: the client's values are to blame, so a 4xx that names them.
@@ -266,14 +311,16 @@ class ElboServe:
     @bentoml.task(input_spec=SampleRequest)
     @answers_request_errors
     async def sample_task(self, ctx: bentoml.Context, **fields: Any) -> SampleResponse:
-        """/sample as a background task (for ancestral sampling); progress at /task_progress."""
+        """/sample as a background task (for ancestral sampling); progress at /task_progress.
+        No cost ceiling: it yields the model to cheaper requests between network calls."""
         request = SampleRequest.model_construct(**fields)
         return await self._sample(request, self._task_reporter(ctx))
 
     @bentoml.task(input_spec=LikelihoodRequest)
     @answers_request_errors
     async def likelihood_task(self, ctx: bentoml.Context, **fields: Any) -> LikelihoodResponse:
-        """/likelihood as a background task (for vlb_exact); progress at /task_progress."""
+        """/likelihood as a background task (for vlb_exact); progress at /task_progress.
+        No cost ceiling: it yields the model to cheaper requests between network calls."""
         request = LikelihoodRequest.model_construct(**fields)
         return await self._likelihood(request, self._task_reporter(ctx))
 
@@ -289,6 +336,19 @@ class ElboServe:
         return ProgressResponse(task_id=task_id, done=done, total=total, fraction=done / total)
 
     # The work behind the endpoints --------------------------------------------------------
+
+    def _cost(self, model: str, work: Work) -> Cost:
+        return self.costs[model].estimate(work)
+
+    def _refuse_past_ceiling(self, model: str, work: Work, field: str, instead: str) -> Cost:
+        """The work's cost, or a 413 naming it, the ceiling and ``instead``."""
+        cost = self._cost(model, work)
+        refuse_past_ceiling(cost, self.ceiling, field, instead)
+        return cost
+
+    @staticmethod
+    def _sample_work(request: SampleRequest) -> Work:
+        return Work("sample", request.n, steps=request.steps, sampler=request.sampler)
 
     def _task_reporter(self, ctx: bentoml.Context):
         task_id = getattr(ctx.request.state, "task_id", None)
@@ -332,7 +392,8 @@ class ElboServe:
                 eta=request.eta,
                 chunk_rows=self.chunk_rows,
             )
-        images = await self.batcher.submit(key, run, job, request.n)
+        cost = self._cost(request.model, self._sample_work(request))
+        images = await self.batcher.submit(key, run, job, request.n, cost.gflop)
         self.metrics.IMAGES_GENERATED.labels(request.model, sampler or "prior").inc(request.n)
         return SampleResponse(
             model=request.model,
@@ -345,13 +406,13 @@ class ElboServe:
 
     async def _bound(self, model: str, method: str, k: int | None, job) -> dict[str, Any]:
         key = BatchKey(model, f"likelihood_{method}", (k,))
-        if model == "vae":
-            run = functools.partial(self.runners.vae_bound, self.vae, method=method, k=k)
-        else:
-            run = functools.partial(
-                self.runners.ddpm_bound, self.ddpm, method=method, k=k, max_batch=self.max_batch
-            )
-        terms = await self.batcher.submit(key, run, job, job.rows)
+        bound = self.runners.vae_bound if model == "vae" else self.runners.ddpm_bound
+        model_module = self.checkpoints[model].model
+        run = functools.partial(
+            bound, model_module, method=method, k=k, max_batch=self.bound_call_rows
+        )
+        cost = self._cost(model, Work("likelihood", job.rows, method, k))
+        terms = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
         for value in terms["total_bits_per_dim"].tolist():
             self.metrics.LIKELIHOOD_BITS_PER_DIM.labels(model, method).observe(value)
         return terms
@@ -378,6 +439,8 @@ class ElboServe:
 
         calibrated = self._calibration(request.model, request.method, request.correction)
         k = self._score_k(request, calibrated.k)
+        work = Work("likelihood", len(request.images), request.method, k)
+        self._refuse_past_ceiling(request.model, work, "images", SCORE_INSTEAD)
         threshold = threshold_for(calibrated.calibration, request.fpr)
         x = self._images(request.images, request.model)
         terms = await self._bound(

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from models.acceleration import Acceleration
+from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENV_PREFIX = "ELBO_SERVE_"
@@ -44,6 +45,11 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+class Ceiling(NamedTuple):
+    gflop: float  # 0: none
+    variable: str  # the environment variable that sets it
+
+
 @dataclass(frozen=True)
 class Settings:
     vae_checkpoint: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints" / "vae")
@@ -61,6 +67,12 @@ class Settings:
     # larger so that a batch of requests still shares few calls.
     image_chunk_rows: int = 4
     cuda_image_chunk_rows: int = 64
+    # Likelihood bounds (IWAE samples, DDPM timesteps) make network calls of about this many
+    # rows (at least one per image), and a long bound hands its model lane to cheaper waiting
+    # work between calls: fewer rows, shorter waits. On this project's CPU 16-row calls run
+    # within 5% of the throughput of 64-row ones (VAE decoder and UNet, one thread each).
+    bound_call_rows: int = 16
+    cuda_bound_call_rows: int = 512
     # How long the first request of a batch waits for companions. Requests that arrive while
     # the model is busy join the next batch anyway, so this only matters at low load.
     batch_wait_ms: float = 10.0
@@ -90,6 +102,15 @@ class Settings:
     # Threads torch uses inside one operation; 0: on CPU the cores shared out over the lanes
     # (one each by default), on a GPU torch's default.
     torch_threads: int = 0
+    # Most work a synchronous request may ask for, in GFLOP estimated before it runs (network
+    # evaluations x GFLOP per evaluation, service/costs.py); past it the answer is 413 and
+    # points to the task endpoints. 0: no ceiling. On this project's 2-core CPU a lane runs
+    # about 135 GFLOP/s, so 10,000 is about 75 s of one core; DDIM-50 of 64 images is 7,100,
+    # the exact bound of one image 2,200, IWAE k = 5000 of 8 images 26,000. The CUDA figure
+    # is about as long on the H100 that evaluated the bundled checkpoints (~13,000 GFLOP/s
+    # for IWAE there); the serving benchmark has not run on a GPU yet.
+    cpu_max_request_gflop: float = 10_000.0
+    cuda_max_request_gflop: float = 1_000_000.0
     # Where long-running tasks record their progress (shared by all workers).
     progress_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-progress"))
     # CPU speed modes of the networks (models.acceleration; measured side by side by
@@ -119,6 +140,10 @@ class Settings:
             cuda_image_chunk_rows=int(
                 _env("CUDA_IMAGE_CHUNK_ROWS", str(defaults.cuda_image_chunk_rows))
             ),
+            bound_call_rows=int(_env("BOUND_CALL_ROWS", str(defaults.bound_call_rows))),
+            cuda_bound_call_rows=int(
+                _env("CUDA_BOUND_CALL_ROWS", str(defaults.cuda_bound_call_rows))
+            ),
             batch_wait_ms=float(_env("BATCH_WAIT_MS", str(defaults.batch_wait_ms))),
             batching=_flag("BATCHING", defaults.batching),
             noop_endpoint=_flag("NOOP_ENDPOINT", defaults.noop_endpoint),
@@ -132,6 +157,12 @@ class Settings:
             channels_last=_flag("CHANNELS_LAST", defaults.channels_last),
             compile=_flag("COMPILE", defaults.compile),
             bf16_autocast=_flag("BF16_AUTOCAST", defaults.bf16_autocast),
+            cpu_max_request_gflop=float(
+                _env("CPU_MAX_REQUEST_GFLOP", str(defaults.cpu_max_request_gflop))
+            ),
+            cuda_max_request_gflop=float(
+                _env("CUDA_MAX_REQUEST_GFLOP", str(defaults.cuda_max_request_gflop))
+            ),
         )
 
     def resolve_device(self) -> str:
@@ -175,7 +206,17 @@ class Settings:
             bf16_autocast=self.bf16_autocast and native_bf16_supported(),
         )
 
+    def rows_per_bound_call(self, device: str) -> int:
+        """Rows per network call of a likelihood bound (at least one per image)."""
+        return self.cuda_bound_call_rows if device.startswith("cuda") else self.bound_call_rows
+
     def max_batch_images(self, device: str) -> int:
         return (
             self.cuda_max_batch_images if device.startswith("cuda") else self.cpu_max_batch_images
         )
+
+    def request_ceiling(self, device: str) -> Ceiling:
+        """The most GFLOP a synchronous request may cost on ``device``."""
+        if device.startswith("cuda"):
+            return Ceiling(self.cuda_max_request_gflop, ENV_PREFIX + "CUDA_MAX_REQUEST_GFLOP")
+        return Ceiling(self.cpu_max_request_gflop, ENV_PREFIX + "CPU_MAX_REQUEST_GFLOP")

@@ -215,3 +215,153 @@ def test_an_item_arriving_while_another_runs_waits_for_companions():
         waiting.cancel()
 
     asyncio.run(main())
+
+
+# Long work and short work ---------------------------------------------------------------
+
+
+def _expensive(started, finish, stopped=None, deadline_s: float = 10.0):
+    """A progressive run: one slice every 10 ms until ``finish`` is set (or the deadline, so
+    that a batcher that cannot pause it fails the test instead of hanging it)."""
+    import time
+
+    def run(items):
+        started.release()
+        stop_at = time.monotonic() + deadline_s
+        try:
+            while not finish.wait(0.01) and time.monotonic() < stop_at:
+                yield
+        finally:
+            if stopped is not None:
+                stopped.set()
+        return [f"done {item}" for item in items]
+
+    return run
+
+
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_a_cheap_item_completes_while_expensive_work_holds_every_lane(lanes):
+    import threading
+
+    batcher = KeyedBatcher(8, wait_s=0.0, lanes=lanes)
+    started, finish = threading.Semaphore(0), threading.Event()
+    expensive = _expensive(started, finish)
+
+    async def main():
+        heavy = [
+            # (cost defaults to size: 8 images cost more than the cheap item's 1)
+            asyncio.ensure_future(batcher.submit(f"heavy {i}", expensive, i, size=8))
+            for i in range(lanes)
+        ]
+        for _ in range(lanes):  # every lane is inside an expensive call now
+            assert await asyncio.to_thread(started.acquire, timeout=5)
+        cheap = await asyncio.wait_for(batcher.submit("cheap", lambda xs: xs, "c"), 5)
+        running = [not job.done() for job in heavy]
+        finish.set()
+        return cheap, running, await asyncio.wait_for(asyncio.gather(*heavy), 15)
+
+    cheap, running, heavy = asyncio.run(main())
+    assert cheap == "c"
+    assert running == [True] * lanes  # the cheap item did not wait for them to finish
+    assert heavy == [f"done {i}" for i in range(lanes)]
+
+
+def test_a_free_lane_goes_to_the_cheapest_waiting_batch():
+    import threading
+
+    batcher = KeyedBatcher(8, wait_s=0.0, lanes=1)
+    release, order = threading.Event(), []
+
+    def blocking(items):
+        release.wait(5)
+        return items
+
+    def record(items):
+        order.extend(items)
+        return items
+
+    async def main():
+        first = asyncio.ensure_future(batcher.submit("block", blocking, 0))
+        await asyncio.sleep(0.05)  # the only lane is busy
+        queued = [
+            asyncio.ensure_future(batcher.submit("dear", record, "dear", cost=100.0)),
+            asyncio.ensure_future(batcher.submit("cheap", record, "cheap", cost=1.0)),
+            asyncio.ensure_future(batcher.submit("middle", record, "middle", cost=10.0)),
+        ]
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.wait_for(asyncio.gather(first, *queued), 5)
+
+    asyncio.run(main())
+    assert order == ["cheap", "middle", "dear"]
+
+
+def test_expensive_work_keeps_its_lane_when_nothing_cheaper_waits():
+    """Two equal long batches on one lane run one after the other, not interleaved."""
+    calls = []
+
+    def long(items):
+        for step in range(3):
+            calls.append((items[0], step))
+            yield
+        return items
+
+    async def main():
+        batcher = KeyedBatcher(8, wait_s=0.0, lanes=1)
+        jobs = [batcher.submit(key, long, key, cost=5.0) for key in "ab"]
+        return await asyncio.wait_for(asyncio.gather(*jobs), 5)
+
+    assert asyncio.run(main()) == ["a", "b"]
+    assert calls == [("a", 0), ("a", 1), ("a", 2), ("b", 0), ("b", 1), ("b", 2)]
+
+
+def test_progressive_work_reports_its_results_and_time_in_the_lane_once():
+    observed = []
+
+    def progressive(items):
+        yield
+        yield
+        return [item * 2 for item in items]
+
+    async def main():
+        batcher = KeyedBatcher(8, wait_s=0.01, on_batch=lambda k, n, s: observed.append((k, n)))
+        jobs = (batcher.submit("p", progressive, i) for i in range(3))
+        return await asyncio.wait_for(asyncio.gather(*jobs), 5)
+
+    assert asyncio.run(main()) == [0, 2, 4]
+    assert observed == [("p", 3)]
+
+
+def test_progressive_work_stops_when_every_request_went_away():
+    import threading
+
+    started, finish, stopped = threading.Semaphore(0), threading.Event(), threading.Event()
+
+    async def main():
+        batcher = KeyedBatcher(8, wait_s=0.0, lanes=1)
+        job = asyncio.ensure_future(
+            batcher.submit("heavy", _expensive(started, finish, stopped), 0, cost=1000.0)
+        )
+        assert await asyncio.to_thread(started.acquire, timeout=5)
+        job.cancel()  # the client went away
+        assert await asyncio.to_thread(stopped.wait, 5)
+        # and the lane is free again
+        return await asyncio.wait_for(batcher.submit("next", lambda xs: xs, 1), 5)
+
+    assert asyncio.run(main()) == 1
+    assert not finish.is_set()
+
+
+def test_a_failing_slice_fails_every_item_of_its_batch():
+    def failing(items):
+        yield
+        raise RuntimeError("boom in a slice")
+
+    async def main():
+        batcher = KeyedBatcher(8, wait_s=0.01)
+        jobs = (batcher.submit("f", failing, i) for i in range(2))
+        results = await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 5)
+        assert all(isinstance(r, RuntimeError) for r in results)
+        return await batcher.submit("f", lambda xs: xs, 3)
+
+    assert asyncio.run(main()) == 3

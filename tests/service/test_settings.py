@@ -84,3 +84,11 @@ def test_cpu_speed_modes_default_to_channels_last_and_parse_from_the_environment
         channels_last=True, compile=True, bf16_autocast=native_bf16_supported()
     )
     assert settings.acceleration("cuda") == Acceleration()
+
+
+def test_bounds_call_the_network_on_fewer_rows_on_a_cpu_than_on_a_gpu(monkeypatch):
+    """Shorter calls on a CPU: a long bound hands its lane to cheaper work between calls."""
+    settings = Settings()
+    assert settings.rows_per_bound_call("cpu") < settings.rows_per_bound_call("cuda")
+    monkeypatch.setenv("ELBO_SERVE_BOUND_CALL_ROWS", "8")
+    assert Settings.from_env().rows_per_bound_call("cpu") == 8
