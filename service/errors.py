@@ -49,6 +49,12 @@ class MissingCalibrationError(RequestError):
     status_code = 409
 
 
+class UnauthorizedError(RequestError):
+    """No valid API key (ELBO_SERVE_API_KEYS): 401, with a WWW-Authenticate header."""
+
+    status_code = 401
+
+
 class BodyTooLargeError(RequestError):
     """The request body is over the server's limit (ELBO_SERVE_MAX_BODY_BYTES)."""
 

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import bentoml
 
+from service.auth import HEALTH_PATHS, ApiKeys
 from service.costs import Cost, Work, refuse_past_ceiling
 from service.errors import (
     NonFiniteResultError,
@@ -504,7 +505,13 @@ class ElboServe:
         self.metrics.observe_cuda_memory(self.device)
 
 
-# Added first, so it runs first: a body over the limit is refused before anything reads it.
+# Added first, so it runs first: without a valid key (when keys are set) nothing else runs.
+ElboServe.add_asgi_middleware(
+    ApiKeys,
+    keys=SETTINGS.api_keys,
+    open_paths=() if SETTINGS.auth_health else HEALTH_PATHS,
+)
+# A body over the limit is refused before anything reads it.
 ElboServe.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.max_body_bytes)
 # Uploaded PNG files and GET /models, translated before BentoML parses the request.
 ElboServe.add_asgi_middleware(MultipartImages)

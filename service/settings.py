@@ -50,6 +50,15 @@ class Ceiling(NamedTuple):
     variable: str  # the environment variable that sets it
 
 
+def read_api_keys(inline: str, file: str) -> tuple[str, ...]:
+    """Keys from a comma-separated string and from a file of one key per line ('#' comments)."""
+    keys = [key.strip() for key in inline.split(",")]
+    if file:
+        lines = Path(file).read_text().splitlines()
+        keys += [line.strip() for line in lines if not line.lstrip().startswith("#")]
+    return tuple(key for key in keys if key)
+
+
 @dataclass(frozen=True)
 class Settings:
     vae_checkpoint: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints" / "vae")
@@ -95,6 +104,10 @@ class Settings:
     # 28x28 PNG is ~880 bytes, 1,176 in base64) 0.3 MB. 16 MiB = 16,777,216 leaves more than
     # 3x for pretty-printed JSON; raise it for checkpoints with larger images.
     max_body_bytes: int = 16 * 1024 * 1024
+    # API keys (service/auth.py): none means no authentication. Health and metrics stay open
+    # unless `auth_health` is true.
+    api_keys: tuple[str, ...] = ()
+    auth_health: bool = False
     # Worker processes, each with its own copy of the models (metrics are summed over them).
     workers: int = 1
     # Model calls that may run at once in a worker; 0: one per CPU core on CPU, one on a GPU.
@@ -150,6 +163,8 @@ class Settings:
             request_timeout_s=int(_env("REQUEST_TIMEOUT_S", str(defaults.request_timeout_s))),
             max_concurrency=int(_env("MAX_CONCURRENCY", str(defaults.max_concurrency))),
             max_body_bytes=_positive_int("MAX_BODY_BYTES", defaults.max_body_bytes),
+            api_keys=read_api_keys(_env("API_KEYS", ""), _env("API_KEYS_FILE", "")),
+            auth_health=_flag("AUTH_HEALTH", defaults.auth_health),
             workers=int(_env("WORKERS", str(defaults.workers))),
             model_lanes=int(_env("MODEL_LANES", str(defaults.model_lanes))),
             torch_threads=int(_env("TORCH_THREADS", str(defaults.torch_threads))),
