@@ -28,7 +28,7 @@ lint: install
 
 .PHONY: baselines
 baselines: install data
-	$(VENV)/bin/python -m models.baselines
+	$(VENV)/bin/python -m models.eval.baselines
 
 # The service on the bundled checkpoints at http://localhost:3000 (Swagger UI at /).
 serve: install

@@ -30,16 +30,16 @@ from typing import Any
 
 import torch
 
-from models.acceleration import (
+from models.core.checkpoints import Checkpoint, load_checkpoint
+from models.core.config import TrainConfig
+from models.data import load_fashion_mnist
+from models.diffusion.samplers import ddim_step
+from models.nn.acceleration import (
     Acceleration,
     accelerate,
     bf16_autocast_usable,
     native_bf16_supported,
 )
-from models.checkpoints import Checkpoint, load_checkpoint
-from models.config import TrainConfig
-from models.data import load_fashion_mnist
-from models.samplers import ddim_step
 from models.train import Experiment, Trainer
 from service import runners
 from service.settings import REPO_ROOT

@@ -12,7 +12,7 @@ from load_tests import bench_http, bench_raw
 from load_tests.bench_http import Request
 from load_tests.payloads import image_pool
 from load_tests.serving import free_port, running_process, running_server, server_environment
-from models.checkpoints import load_checkpoint
+from models.core.checkpoints import load_checkpoint
 from models.data import load_fashion_mnist
 from service.settings import Settings
 

@@ -9,10 +9,11 @@ from typing import Any
 
 import torch
 
-from models.checkpoints import Checkpoint, load_checkpoint
-from models.data import load_fashion_mnist, signed_unit_to_pixels
+from models.core.checkpoints import Checkpoint, load_checkpoint
+from models.core.pixels import signed_unit_to_pixels
+from models.data import load_fashion_mnist
+from models.diffusion.samplers import ddim_sample, ddpm_ancestral_sample
 from models.evaluate import Context, EvaluationSizes, Sampler, sample_quality
-from models.samplers import ddim_sample, ddpm_ancestral_sample
 
 
 def _samplers(ddpm: Checkpoint, steps: list[int], n: int, ancestral_n: int, generator, eta: float):

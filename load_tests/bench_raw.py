@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.checkpoints import Checkpoint
-from models.progressive import run_to_end
+from models.core.checkpoints import Checkpoint
+from models.core.progressive import run_to_end
 from service import runners
 from service.settings import Settings
 

@@ -14,9 +14,9 @@ import torch
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from models.checkpoints import load_checkpoint
-from models.noise import seeded_generator
-from models.scoring import elbo_bits_per_dim, in_chunks, vlb_mc_bits_per_dim
+from models.core.checkpoints import load_checkpoint
+from models.core.noise import seeded_generator
+from models.eval.scoring import elbo_bits_per_dim, in_chunks, vlb_mc_bits_per_dim
 from service.imaging import decode_images
 from service.settings import Settings
 

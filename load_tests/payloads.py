@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from models.core.noise import seeded_generator
 from models.data import load_fashion_mnist
-from models.noise import seeded_generator
-from models.outliers import handwritten_digits, inverted, with_gaussian_noise
+from models.eval.outliers import handwritten_digits, inverted, with_gaussian_noise
 from service.imaging import to_base64_png
 
 

@@ -1,4 +1,4 @@
-"""Image data: Fashion-MNIST IDX files, folders of PNGs, and the exact 8-bit <-> [-1, 1] map.
+"""Image data: Fashion-MNIST IDX files and folders of PNGs, as uint8 (N, C, H, W).
 
 Fashion-MNIST is read from Debian's ``dataset-fashion-mnist`` package (nothing is downloaded).
 Its directory is, in order of precedence, the ``root`` argument, the ``ELBO_SERVE_FASHION_MNIST``
@@ -11,7 +11,6 @@ import gzip
 import os
 import struct
 import zlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -41,44 +40,6 @@ Split = Literal["train", "test"]
 
 class DataFormatError(ValueError):
     """A data file exists but its contents are not what the format promises."""
-
-
-class NonFiniteError(ValueError):
-    """A tensor that must hold finite numbers holds NaN or +-Inf.
-
-    ``rows`` are the indices along dim 0 that do, so that a caller holding several requests'
-    rows in one batch can fail only the requests they belong to.
-    """
-
-    def __init__(self, what: str, rows: Sequence[int]) -> None:
-        self.what = what
-        self.rows = tuple(rows)
-        super().__init__(f"{what}: NaN or infinite values in rows {list(self.rows)}")
-
-
-def require_finite(x: torch.Tensor, what: str) -> None:
-    """Raise NonFiniteError naming the rows (dim 0) of ``x`` that hold NaN or +-Inf."""
-    bad = ~torch.isfinite(x)
-    if not bool(bad.any()):
-        return
-    bad_rows = bad.reshape(bad.shape[0], -1).any(dim=1) if x.ndim else bad.reshape(1)
-    raise NonFiniteError(what, bad_rows.nonzero().flatten().tolist())
-
-
-def pixels_to_signed_unit(pixels: torch.Tensor) -> torch.Tensor:
-    """8-bit values 0..255 (any dtype) -> float32 in [-1, 1]: x = k / 127.5 - 1."""
-    return pixels.to(torch.float32) / 127.5 - 1.0
-
-
-def signed_unit_to_pixels(x: torch.Tensor) -> torch.Tensor:
-    """Float in [-1, 1] -> uint8 0..255, rounding to the nearest value and clipping outside.
-
-    NaN or +-Inf raise NonFiniteError: a non-finite value is a failure upstream, not a pixel,
-    and casting NaN to an integer is undefined behaviour (0 on AMD CPUs and CUDA, arbitrary
-    bytes on Intel), which would hide that failure in an image.
-    """
-    require_finite(x, "pixel values")
-    return torch.round((x.clamp(-1.0, 1.0) + 1.0) * 127.5).to(torch.uint8)
 
 
 def fashion_mnist_dir(root: str | os.PathLike[str] | None = None) -> Path:
@@ -182,24 +143,3 @@ def load_png_folder(
             )
         arrays.append(array)
     return torch.from_numpy(np.stack(arrays)).unsqueeze(1), paths
-
-
-def image_grid(images: torch.Tensor, columns: int = 8, padding: int = 2) -> torch.Tensor:
-    """Tile uint8 images (N, C, H, W) into one uint8 (C, rows*(H+p)+p, columns*(W+p)+p) image
-    on a black background, row by row."""
-    if images.ndim != 4 or images.shape[0] == 0 or images.dtype != torch.uint8:
-        raise ValueError(f"need uint8 images (N >= 1, C, H, W), got {tuple(images.shape)}")
-    n, channels, height, width = images.shape
-    columns = min(columns, n)
-    rows = -(-n // columns)
-    grid = torch.zeros(
-        channels,
-        rows * (height + padding) + padding,
-        columns * (width + padding) + padding,
-        dtype=torch.uint8,
-    )
-    for index, image in enumerate(images):
-        top = padding + (index // columns) * (height + padding)
-        left = padding + (index % columns) * (width + padding)
-        grid[:, top : top + height, left : left + width] = image
-    return grid

@@ -34,22 +34,23 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from models.anomaly import (
+from models.core.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_card, write_model_card
+from models.core.device import resolve_device
+from models.core.pixels import image_grid, pixels_to_signed_unit, signed_unit_to_pixels
+from models.data import load_fashion_mnist
+from models.diffusion.bound import vlb_exact
+from models.diffusion.ddpm import DDPM
+from models.diffusion.samplers import ddim_sample, ddpm_ancestral_sample
+from models.eval.anomaly import (
     Calibration,
     auroc,
     complexity_corrected_score,
     fpr_at_tpr,
     png_bits_per_dim,
 )
-from models.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_card, write_model_card
-from models.classifier import FashionClassifier
-from models.data import image_grid, load_fashion_mnist, pixels_to_signed_unit, signed_unit_to_pixels
-from models.ddpm import DDPM
-from models.diffusion_bound import vlb_exact
-from models.frechet import FeatureStatistics, frechet_distance
-from models.outliers import outlier_sets
-from models.samplers import ddim_sample, ddpm_ancestral_sample
-from models.scoring import (
+from models.eval.frechet import FeatureStatistics, frechet_distance
+from models.eval.outliers import outlier_sets
+from models.eval.scoring import (
     BoundFn,
     elbo_bits_per_dim,
     in_chunks,
@@ -57,9 +58,9 @@ from models.scoring import (
     vlb_exact_bits_per_dim,
     vlb_mc_bits_per_dim,
 )
-from models.train import resolve_device
-from models.train_classifier import extract_features, hardware_description
-from models.vae import VAE
+from models.nn.classifier import FashionClassifier
+from models.training.classifier import extract_features, hardware_description
+from models.vae.model import VAE
 
 CALIBRATION_START = 5000  # test images from here on are held out for calibration
 REPORTED_FPRS = (0.01, 0.05)

@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from models.checkpoints import read_model_card
+from models.core.checkpoints import read_model_card
 
 OUTLIER_COLUMNS = ("digits", "gaussian_noise", "inverted", "blurred", "uniform_noise")
 

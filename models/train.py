@@ -27,18 +27,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.acceleration import Acceleration, accelerate, native_bf16_supported
-from models.checkpoints import save_checkpoint
-from models.config import (
+from models.core.checkpoints import save_checkpoint
+from models.core.config import (
     DDPMConfig,
     TrainConfig,
     VAEConfig,
     config_from_dict,
     config_to_dict,
 )
-from models.data import load_fashion_mnist, pixels_to_signed_unit
-from models.ddpm import DDPM
-from models.vae import VAE
+from models.core.device import resolve_device
+from models.core.pixels import pixels_to_signed_unit
+from models.data import load_fashion_mnist
+from models.diffusion.ddpm import DDPM
+from models.nn.acceleration import Acceleration, accelerate, native_bf16_supported
+from models.vae.model import VAE
 
 STATE_FILE = "state.pt"
 LOG_FILE = "train_log.jsonl"
@@ -102,14 +104,6 @@ class Experiment:
     @property
     def objective(self) -> Objective:
         return vae_objective if self.kind == "vae" else ddpm_objective
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: CUDA is not available on this machine")
-    return torch.device(name)
 
 
 def _same_trajectory(saved: dict[str, Any], current: dict[str, Any]) -> bool:

@@ -13,7 +13,7 @@ by the server's max_concurrency instead (BentoML answers 429 past it).
 
 Long work must not starve short work. Every item carries an estimated ``cost``; a lane that
 frees goes to the cheapest waiting batch (then the earliest), not to whichever asked first.
-A batch whose ``run`` returns a generator (a progressive loop, :mod:`models.progressive`)
+A batch whose ``run`` returns a generator (a progressive loop, :mod:`models.core.progressive`)
 runs one slice per ``next()``, one network call, and between slices hands its lane to any
 cheaper batch waiting for one, taking it back once that is done. So a cheap request waits at
 most for the network calls in progress, however long the work holding the lanes, and the

@@ -4,7 +4,7 @@ BentoML renders its own exceptions as a list around the message; ours are answer
 object, ``{"error": "<field>: <what was wrong and what is expected>", "field": "<field>"}``,
 alongside BentoML's own 400s for schema violations (``{"error": ..., "detail": [...]}``).
 
-A model result holding NaN or infinity (:class:`models.data.NonFiniteError`) is never sent as
+A model result holding NaN or infinity (:class:`models.core.pixels.NonFiniteError`) is never sent as
 an image or a number: the endpoint that can blame the request's values answers 422 naming
 them; anywhere else it is the server's fault, answered 500 with a message saying so.
 
@@ -83,7 +83,7 @@ def answers_request_errors(
             # The route of an API is its function's name (a task's: its submit/status/get).
             return error_response(error, f"/{endpoint.__name__}")
         except Exception as error:
-            from models.data import NonFiniteError  # imports torch: not when this module is
+            from models.core.pixels import NonFiniteError  # imports torch: not when this module is
 
             if not isinstance(error, NonFiniteError):
                 raise

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from models.data import image_grid
+from models.core.pixels import image_grid
 from service.errors import RequestError
 
 _PNG_MODES = {1: "L", 3: "RGB"}

@@ -3,16 +3,16 @@ generator, make one ``models`` call, split the result back per job.
 
 These functions hold no maths; they are what the batcher runs in its worker thread. Each job's
 rows share one generator seeded by that job alone, so a job's output does not depend on the
-other jobs in its batch (see :mod:`models.noise`).
+other jobs in its batch (see :mod:`models.core.noise`).
 
 No NaN or infinity leaves these functions: every output is checked per job, and a job with a
-non-finite value gets a :class:`~models.data.NonFiniteError` (rows counted within the job)
+non-finite value gets a :class:`~models.core.pixels.NonFiniteError` (rows counted within the job)
 instead of its result, which the batcher raises to that request alone.
 
 The long ones (bounds, DDPM sampling, encoding and decoding) are progressive
-(:mod:`models.progressive`): they yield after every network call, where the batcher may hand
+(:mod:`models.core.progressive`): they yield after every network call, where the batcher may hand
 the model lane to cheaper work, and return the per-job results; outside the batcher, run
-them with :func:`models.progressive.run_to_end`.
+them with :func:`models.core.progressive.run_to_end`.
 """
 
 from __future__ import annotations
@@ -22,25 +22,25 @@ from dataclasses import dataclass
 
 import torch
 
-from models.batch_invariance import FixedChunkDenoiser
-from models.data import (
+from models.core.noise import seeded_generator
+from models.core.pixels import (
     NonFiniteError,
     pixels_to_signed_unit,
     require_finite,
     signed_unit_to_pixels,
 )
-from models.ddpm import DDPM
-from models.diffusion_bound import vlb_exact_progressive, vlb_monte_carlo_progressive
-from models.noise import seeded_generator
-from models.progressive import Progressive, reported
-from models.samplers import (
+from models.core.progressive import Progressive, reported
+from models.diffusion.bound import vlb_exact_progressive, vlb_monte_carlo_progressive
+from models.diffusion.ddpm import DDPM
+from models.diffusion.samplers import (
     Denoiser,
     ddim_decode_progressive,
     ddim_invert_progressive,
     ddim_sample_progressive,
     ddpm_ancestral_sample_progressive,
 )
-from models.vae import VAE
+from models.nn.batch_invariance import FixedChunkDenoiser
+from models.vae.model import VAE
 
 Progress = Callable[[int, int], None]
 Tensors = dict[str, torch.Tensor]

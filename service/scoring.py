@@ -1,6 +1,6 @@
 """Anomaly scores from likelihood bounds, judged against the model card's calibration.
 
-The thresholds and percentiles come from :class:`models.anomaly.Calibration`, built from the
+The thresholds and percentiles come from :class:`models.eval.anomaly.Calibration`, built from the
 held-out normal scores the evaluation CLI stored in the card, so the service flags exactly
 what the evaluation measured.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim
+from models.eval.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim
 from service.errors import MissingCalibrationError, RequestError
 
 # correction -> the score kind the card calibrates

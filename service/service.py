@@ -103,8 +103,8 @@ class ElboServe:
         # set PROMETHEUS_MULTIPROC_DIR.
         import torch
 
-        from models.acceleration import Acceleration, accelerate
-        from models.checkpoints import load_checkpoint, require_model_card
+        from models.core.checkpoints import load_checkpoint, require_model_card
+        from models.nn.acceleration import Acceleration, accelerate
         from service import metrics, runners
         from service.batching import KeyedBatcher
         from service.costs import ModelCosts
@@ -249,7 +249,7 @@ class ElboServe:
     @answers_request_errors
     async def decode(self, **fields: Any) -> DecodeResponse:
         """Latents (VAE z, or DDPM x_T from /encode) -> images."""
-        from models.data import NonFiniteError
+        from models.core.pixels import NonFiniteError
         from service.imaging import decode_latents, images_payload
 
         request = DecodeRequest.model_construct(**fields)
@@ -284,7 +284,7 @@ class ElboServe:
     @bentoml.api
     async def models(self) -> ModelsResponse:
         """The loaded models: kind, checkpoint directory, device, config and model card."""
-        from models.config import config_to_dict
+        from models.core.config import config_to_dict
 
         return ModelsResponse(
             models={

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from models.acceleration import Acceleration
+    from models.nn.acceleration import Acceleration
 from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ class Settings:
     cuda_max_batch_images: int = 512
     # Images are drawn and decoded in network calls of exactly this many rows, so a seed gives
     # byte-identical images alone or batched (CPU kernels pick algorithms by batch size; see
-    # models/batch_invariance.py). 0 turns it off: faster for lone requests, not reproducible.
+    # models/nn/batch_invariance.py). 0 turns it off: faster for lone requests, not reproducible.
     # On a GPU, where a call of one row costs about as much as one of dozens, the chunk is
     # larger so that a batch of requests still shares few calls.
     image_chunk_rows: int = 4
@@ -126,7 +126,7 @@ class Settings:
     cuda_max_request_gflop: float = 1_000_000.0
     # Where long-running tasks record their progress (shared by all workers).
     progress_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-progress"))
-    # CPU speed modes of the networks (models.acceleration; measured side by side by
+    # CPU speed modes of the networks (models.nn.acceleration; measured side by side by
     # `python -m load_tests.bench_cpu_modes`, figures in the README). channels_last: about
     # 1.3x at the CPU batch of 64 and with 4-row chunks, bounds within 3e-6 bits/dim, images
     # still byte-identical alone or batched. torch.compile: minutes of compiling for little.
@@ -211,7 +211,7 @@ class Settings:
 
     def acceleration(self, device: str) -> Acceleration:
         """The CPU speed modes to apply to the networks on ``device`` (none on a GPU)."""
-        from models.acceleration import Acceleration, native_bf16_supported
+        from models.nn.acceleration import Acceleration, native_bf16_supported
 
         if device.startswith("cuda"):
             return Acceleration()

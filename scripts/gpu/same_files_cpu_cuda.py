@@ -3,9 +3,10 @@
 
 import torch
 
-from models.checkpoints import load_checkpoint
-from models.data import load_fashion_mnist, pixels_to_signed_unit
-from models.scoring import elbo_bits_per_dim, vlb_exact_bits_per_dim
+from models.core.checkpoints import load_checkpoint
+from models.core.pixels import pixels_to_signed_unit
+from models.data import load_fashion_mnist
+from models.eval.scoring import elbo_bits_per_dim, vlb_exact_bits_per_dim
 
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False

@@ -1,7 +1,7 @@
 import pytest
 
-from models.config import DiffusionConfig
-from models.diffusion import GaussianDiffusion
+from models.core.config import DiffusionConfig
+from models.diffusion.gaussian import GaussianDiffusion
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from models.diffusion import GaussianDiffusion
+from models.diffusion.gaussian import GaussianDiffusion
 
 
 class PointMassDenoiser:

@@ -3,11 +3,11 @@ import copy
 import pytest
 import torch
 
-from models.acceleration import Acceleration, accelerate, bf16_autocast_usable, networks
-from models.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
-from models.ddpm import DDPM
-from models.noise import seeded_generator
-from models.vae import VAE
+from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
+from models.core.noise import seeded_generator
+from models.diffusion.ddpm import DDPM
+from models.nn.acceleration import Acceleration, accelerate, bf16_autocast_usable, networks
+from models.vae.model import VAE
 
 
 def _tiny_ddpm() -> DDPM:

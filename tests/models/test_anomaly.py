@@ -3,7 +3,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from models.anomaly import (
+from models.eval.anomaly import (
     Calibration,
     auroc,
     calibrated_threshold,

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from models.baselines import (
+from models.eval.baselines import (
     lzma_bits_per_dim,
     per_pixel_categorical_bits_per_dim,
     png_bits_per_dim,

@@ -4,14 +4,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.acceleration import Acceleration, accelerate
-from models.batch_invariance import FixedChunkDenoiser, in_fixed_chunks
-from models.checkpoints import load_checkpoint
-from models.config import VAEConfig
-from models.ddpm import DDPM
-from models.layers import RowwiseLinear
-from models.noise import seeded_generator
-from models.vae import VAE
+from models.core.checkpoints import load_checkpoint
+from models.core.config import VAEConfig
+from models.core.noise import seeded_generator
+from models.diffusion.ddpm import DDPM
+from models.nn.acceleration import Acceleration, accelerate
+from models.nn.batch_invariance import FixedChunkDenoiser, in_fixed_chunks
+from models.nn.layers import RowwiseLinear
+from models.vae.model import VAE
 
 
 def _rows(n: int, *shape: int) -> torch.Tensor:

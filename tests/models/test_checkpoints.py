@@ -1,4 +1,4 @@
-"""Checkpoint directories (models/checkpoints.py): round trips, file formats, error messages."""
+"""Checkpoint directories (models/core/checkpoints.py): round trips, formats, error messages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from models.checkpoints import (
+from models.core.checkpoints import (
     CARD_FILE,
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -20,9 +20,9 @@ from models.checkpoints import (
     weights_sha256,
     write_model_card,
 )
-from models.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig, config_from_dict
-from models.ddpm import DDPM
-from models.vae import VAE
+from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig, config_from_dict
+from models.diffusion.ddpm import DDPM
+from models.vae.model import VAE
 
 TINY_VAE = VAEConfig(latent_dim=4, channels=(8, 16), num_res_blocks=1, num_mixtures=2)
 TINY_DDPM = DDPMConfig(
@@ -322,9 +322,9 @@ def test_invalid_config_value_is_named_in_error(vae_dir):
 
 
 def test_saving_new_weights_without_a_card_removes_the_stale_card(tmp_path):
-    from models.checkpoints import CARD_FILE, save_checkpoint
-    from models.config import VAEConfig
-    from models.vae import VAE
+    from models.core.checkpoints import CARD_FILE, save_checkpoint
+    from models.core.config import VAEConfig
+    from models.vae.model import VAE
 
     model = VAE(VAEConfig(latent_dim=4, channels=(8, 16)))
     save_checkpoint(tmp_path, model, card={"bits_per_dim": 3.9})

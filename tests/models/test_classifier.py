@@ -1,4 +1,4 @@
-"""Fashion-MNIST feature classifier (models/classifier.py, models/train_classifier.py)."""
+"""Fashion-MNIST feature classifier (models/nn/classifier.py, models/training/classifier.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import json
 import pytest
 import torch
 
-from models.checkpoints import CONFIG_FILE, load_checkpoint, save_checkpoint
-from models.classifier import FashionClassifier
-from models.config import ClassifierConfig, ClassifierTrainConfig, ConfigError
-from models.data import load_fashion_mnist, pixels_to_signed_unit
-from models.train_classifier import (
+from models.core.checkpoints import CONFIG_FILE, load_checkpoint, save_checkpoint
+from models.core.config import ClassifierConfig, ClassifierTrainConfig, ConfigError
+from models.core.pixels import pixels_to_signed_unit
+from models.data import load_fashion_mnist
+from models.nn.classifier import FashionClassifier
+from models.training.classifier import (
     accuracy,
     build_classifier,
     extract_features,

@@ -1,4 +1,4 @@
-"""Config dataclasses and their dict/JSON form (models/config.py)."""
+"""Config dataclasses and their dict/JSON form (models/core/config.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from models.config import (
+from models.core.config import (
     ConfigError,
     DDPMConfig,
     DiffusionConfig,

@@ -1,4 +1,4 @@
-"""Pixel <-> [-1, 1] maps, IDX reading, Fashion-MNIST loading and PNG folders (models/data.py)."""
+"""Pixel maps, IDX reading, Fashion-MNIST loading, PNG folders (models/data.py, core/pixels.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,18 @@ import pytest
 import torch
 from PIL import Image
 
+from models.core.pixels import (
+    NonFiniteError,
+    pixels_to_signed_unit,
+    require_finite,
+    signed_unit_to_pixels,
+)
 from models.data import (
     FASHION_MNIST_ENV,
     DataFormatError,
-    NonFiniteError,
     load_fashion_mnist,
     load_png_folder,
-    pixels_to_signed_unit,
     read_idx,
-    require_finite,
-    signed_unit_to_pixels,
 )
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -351,7 +353,7 @@ def test_missing_png_folder_is_named_in_the_error(tmp_path):
 
 
 def test_image_grid_places_images_row_by_row_with_padding():
-    from models.data import image_grid
+    from models.core.pixels import image_grid
 
     images = torch.stack([torch.full((1, 2, 3), v, dtype=torch.uint8) for v in (10, 20, 30)])
     grid = image_grid(images, columns=2, padding=1)

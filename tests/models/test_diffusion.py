@@ -6,8 +6,8 @@ import torch
 from scipy import stats
 from torch import nn
 
-from models.config import DiffusionConfig
-from models.diffusion import GaussianDiffusion, cosine_beta_schedule, linear_beta_schedule
+from models.core.config import DiffusionConfig
+from models.diffusion.gaussian import GaussianDiffusion, cosine_beta_schedule, linear_beta_schedule
 
 
 def _numpy_linear_schedule(num_timesteps: int) -> tuple[np.ndarray, np.ndarray]:

@@ -6,16 +6,16 @@ import torch
 from oracles import PointMassDenoiser
 from scipy import stats
 
-from models.config import DDPMConfig, DiffusionConfig, UNetConfig
-from models.data import pixels_to_signed_unit
-from models.ddpm import DDPM
-from models.diffusion import GaussianDiffusion
-from models.diffusion_bound import (
+from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig
+from models.core.noise import seeded_generator
+from models.core.pixels import pixels_to_signed_unit
+from models.diffusion.bound import (
     stratum_edges,
     vlb_exact,
     vlb_monte_carlo,
 )
-from models.noise import seeded_generator
+from models.diffusion.ddpm import DDPM
+from models.diffusion.gaussian import GaussianDiffusion
 
 
 def _point_mass_image() -> torch.Tensor:

@@ -4,13 +4,13 @@ import pytest
 import torch
 from PIL import Image
 
-from models.checkpoints import save_checkpoint
-from models.classifier import FashionClassifier
-from models.config import ClassifierConfig, DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
-from models.ddpm import DDPM
+from models.core.checkpoints import save_checkpoint
+from models.core.config import ClassifierConfig, DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
+from models.diffusion.ddpm import DDPM
 from models.evaluate import EvaluationSizes, main
+from models.nn.classifier import FashionClassifier
 from models.report import markdown
-from models.vae import VAE
+from models.vae.model import VAE
 
 OUTLIER_SETS = {"digits", "gaussian_noise", "inverted", "blurred", "uniform_noise"}
 TINY_SIZES = [

@@ -3,7 +3,7 @@ import pytest
 import torch
 from scipy import linalg
 
-from models.frechet import FeatureStatistics, frechet_distance
+from models.eval.frechet import FeatureStatistics, frechet_distance
 
 
 def test_one_dimensional_gaussians_have_the_closed_form_distance():

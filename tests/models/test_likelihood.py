@@ -1,4 +1,4 @@
-"""Likelihoods and KLs in models/likelihood.py, checked against scipy and torch.distributions."""
+"""Likelihoods and KLs (models/core/likelihood.py) checked against scipy, torch.distributions."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from scipy import integrate, special, stats
 from torch.distributions import Normal, kl_divergence
 
-from models.likelihood import (
+from models.core.likelihood import (
     DiscretizedLogisticMixture,
     discretized_gaussian_log_likelihood_nats,
     discretized_logistic_log_likelihood_nats,
@@ -20,7 +20,7 @@ from models.likelihood import (
     quantize_to_grid,
     standard_normal_kl_nats,
 )
-from models.noise import seeded_generator
+from models.core.noise import seeded_generator
 
 HALF_BIN = 1.0 / 255.0
 # k / 127.5 - 1 for k in 0..255, in float64 (the exact grid) for the scipy references.

@@ -1,11 +1,11 @@
-"""Seeded, batch-composition-invariant noise (models/noise.py)."""
+"""Seeded, batch-composition-invariant noise (models/core/noise.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from models.noise import rand_rows, randn_rows, seeded_generator
+from models.core.noise import rand_rows, randn_rows, seeded_generator
 
 
 def _reference_randn(seed: int, shape: tuple[int, ...]) -> torch.Tensor:

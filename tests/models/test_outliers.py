@@ -1,6 +1,6 @@
 import torch
 
-from models.outliers import (
+from models.eval.outliers import (
     GAUSSIAN_NOISE_STD_PIXELS,
     blurred,
     handwritten_digits,

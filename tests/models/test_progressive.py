@@ -4,17 +4,17 @@ give, and stop calling the network when closed."""
 import pytest
 import torch
 
-from models.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
-from models.ddpm import DDPM
-from models.diffusion_bound import (
+from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
+from models.core.noise import seeded_generator
+from models.core.progressive import reported, run_to_end
+from models.diffusion.bound import (
     vlb_exact,
     vlb_exact_progressive,
     vlb_monte_carlo,
     vlb_monte_carlo_progressive,
 )
-from models.noise import seeded_generator
-from models.progressive import reported, run_to_end
-from models.samplers import (
+from models.diffusion.ddpm import DDPM
+from models.diffusion.samplers import (
     ddim_decode,
     ddim_decode_progressive,
     ddim_invert,
@@ -24,7 +24,7 @@ from models.samplers import (
     ddpm_ancestral_sample,
     ddpm_ancestral_sample_progressive,
 )
-from models.vae import VAE
+from models.vae.model import VAE
 
 SHAPE = (3, 1, 8, 8)
 

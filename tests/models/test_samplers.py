@@ -2,11 +2,11 @@ import pytest
 import torch
 from oracles import GaussianDataDenoiser
 
-from models.config import DDPMConfig, DiffusionConfig, UNetConfig
-from models.ddpm import DDPM
-from models.diffusion import GaussianDiffusion
-from models.noise import seeded_generator
-from models.samplers import (
+from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig
+from models.core.noise import seeded_generator
+from models.diffusion.ddpm import DDPM
+from models.diffusion.gaussian import GaussianDiffusion
+from models.diffusion.samplers import (
     ddim_decode,
     ddim_invert,
     ddim_loop,

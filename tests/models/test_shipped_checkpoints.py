@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_card
+from models.core.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_card
+from models.core.noise import seeded_generator
 from models.data import load_fashion_mnist
-from models.ddpm import DDPM
-from models.noise import seeded_generator
-from models.outliers import uniform_noise
+from models.diffusion.ddpm import DDPM
+from models.diffusion.samplers import ddim_sample
+from models.eval.outliers import uniform_noise
+from models.eval.scoring import elbo_bits_per_dim, in_chunks, vlb_mc_bits_per_dim
 from models.report import markdown
-from models.samplers import ddim_sample
-from models.scoring import elbo_bits_per_dim, in_chunks, vlb_mc_bits_per_dim
-from models.vae import VAE
+from models.vae.model import VAE
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = ROOT / "checkpoints"

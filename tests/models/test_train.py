@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from models.checkpoints import load_checkpoint
-from models.config import DDPMConfig, DiffusionConfig, TrainConfig, UNetConfig, VAEConfig
+from models.core.checkpoints import load_checkpoint
+from models.core.config import DDPMConfig, DiffusionConfig, TrainConfig, UNetConfig, VAEConfig
 from models.train import LOG_FILE, Experiment, Trainer
 
 

@@ -1,4 +1,4 @@
-"""The convolutional VAE (models/vae.py): shapes, sampling, -ELBO term by term and the IWAE bound.
+"""The convolutional VAE (models/vae/model.py): shapes, sampling, -ELBO by term, the IWAE bound.
 
 Every expected number is computed independently of the code under test: KL with
 torch.distributions, discretized-logistic masses with scipy.stats.logistic, log-sum-exp with
@@ -19,11 +19,12 @@ import torch.nn.functional as F
 from scipy import special, stats
 from torch.distributions import Normal, kl_divergence
 
-from models.config import VAEConfig
-from models.data import load_fashion_mnist, pixels_to_signed_unit
-from models.likelihood import DiscretizedLogisticMixture, log_mean_exp_over_chunks
-from models.noise import seeded_generator
-from models.vae import VAE
+from models.core.config import VAEConfig
+from models.core.likelihood import DiscretizedLogisticMixture, log_mean_exp_over_chunks
+from models.core.noise import seeded_generator
+from models.core.pixels import pixels_to_signed_unit
+from models.data import load_fashion_mnist
+from models.vae.model import VAE
 
 LATENT_DIM = 4
 NUM_MIXTURES = 2

@@ -27,11 +27,12 @@ os.environ["ELBO_SERVE_PROGRESS_DIR"] = str(_SCRATCH / "progress")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from models.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim  # noqa: E402
-from models.checkpoints import load_checkpoint, read_model_card, write_model_card  # noqa: E402
-from models.data import load_fashion_mnist, pixels_to_signed_unit  # noqa: E402
-from models.diffusion_bound import vlb_monte_carlo  # noqa: E402
-from models.noise import seeded_generator  # noqa: E402
+from models.core.checkpoints import load_checkpoint, read_model_card, write_model_card  # noqa: E402
+from models.core.noise import seeded_generator  # noqa: E402
+from models.core.pixels import pixels_to_signed_unit  # noqa: E402
+from models.data import load_fashion_mnist  # noqa: E402
+from models.diffusion.bound import vlb_monte_carlo  # noqa: E402
+from models.eval.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 # k of the fixture calibrations: small, to keep the suite fast.

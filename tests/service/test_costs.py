@@ -40,7 +40,7 @@ def test_cost_is_network_evaluations_times_their_gflop(costs, work, evaluations)
 
 
 def test_gflop_per_evaluation_is_counted_on_the_served_networks(served_checkpoints):
-    from models.checkpoints import load_checkpoint
+    from models.core.checkpoints import load_checkpoint
 
     vae = ModelCosts.of("vae", load_checkpoint(served_checkpoints["vae"]).model)
     ddpm = ModelCosts.of("ddpm", load_checkpoint(served_checkpoints["ddpm"]).model)
@@ -68,7 +68,7 @@ def test_past_the_ceiling_the_error_names_the_cost_the_ceiling_and_the_way_out()
 
 @pytest.fixture(scope="module")
 def served_costs(served_checkpoints):
-    from models.checkpoints import load_checkpoint
+    from models.core.checkpoints import load_checkpoint
 
     return {
         name: ModelCosts.of(name, load_checkpoint(directory).model)

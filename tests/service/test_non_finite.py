@@ -8,8 +8,8 @@ import pytest
 import torch
 from service_testing import png_b64
 
-from models.data import NonFiniteError
-from models.vae import VAE
+from models.core.pixels import NonFiniteError
+from models.vae.model import VAE
 from service import runners
 from service.schemas import MAX_LATENT_ABS
 
@@ -110,7 +110,7 @@ def test_a_nan_bound_is_a_500_that_says_so_never_a_nan_in_the_body(client, nan_e
 
 
 def test_a_job_with_a_nan_result_fails_alone_in_its_batch(nan_decoder, served_checkpoints):
-    from models.checkpoints import load_checkpoint
+    from models.core.checkpoints import load_checkpoint
 
     vae = load_checkpoint(served_checkpoints["vae"]).model
     fine = runners.ImagesJob(torch.zeros(2, 32))

@@ -72,7 +72,7 @@ def test_the_default_body_limit_fits_the_largest_legitimate_request():
 
 
 def test_cpu_speed_modes_default_to_channels_last_and_parse_from_the_environment(monkeypatch):
-    from models.acceleration import Acceleration, native_bf16_supported
+    from models.nn.acceleration import Acceleration, native_bf16_supported
 
     assert Settings.from_env().acceleration("cpu") == Acceleration(channels_last=True)
     monkeypatch.setenv("ELBO_SERVE_CHANNELS_LAST", "false")

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from models.data import pixels_to_signed_unit, signed_unit_to_pixels
-from models.noise import Generators, rand_rows
+from models.core.noise import Generators, rand_rows
+from models.core.pixels import pixels_to_signed_unit, signed_unit_to_pixels
 
 # Floor on a bin's probability mass: keeps log() finite when a bin lies far in a tail.
 _MIN_MASS = 1e-30
@@ -189,7 +189,7 @@ def log_mean_exp_over_chunks(chunks: Iterable[torch.Tensor]) -> torch.Tensor:
 
 class RunningLogMeanExp:
     """:func:`log_mean_exp_over_chunks` one chunk at a time, for loops that pause between
-    chunks (:meth:`models.vae.VAE.iwae_bound_progressive`)."""
+    chunks (:meth:`models.vae.model.VAE.iwae_bound_progressive`)."""
 
     def __init__(self) -> None:
         self._log_sum: torch.Tensor | None = None

@@ -4,7 +4,7 @@ CPU kernels (oneDNN convolutions, GEMMs) choose their algorithm by batch size, s
 can come out a few ulps apart alone and inside a batch; over 50 denoising steps that flips
 pixels. Calling the network on chunks of exactly ``rows`` rows, the last one padded with copies
 of its first row, fixes the algorithm. Measured on the shipped VAE decoder and DDPM UNet on this
-CPU (with :class:`models.layers.RowwiseLinear` for the dense layers): with chunks of 4 or 8
+CPU (with :class:`models.nn.layers.RowwiseLinear` for the dense layers): with chunks of 4 or 8
 rows, a row's output is identical at every position and with any companions.
 """
 
@@ -38,7 +38,8 @@ def in_fixed_chunks(
 
 class FixedChunkDenoiser:
     """A denoiser (x_t (B, C, H, W), t (B,)) -> output evaluated in fixed-size chunks, for the
-    samplers in :mod:`models.samplers` when a seed must give the same image in any batch."""
+    samplers in :mod:`models.diffusion.samplers` when a seed must give the same image in any
+    batch."""
 
     def __init__(self, model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], rows: int):
         self.model, self.rows = model, rows

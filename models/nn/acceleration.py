@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.ddpm import DDPM
-from models.vae import VAE
+from models.diffusion.ddpm import DDPM
+from models.vae.model import VAE
 
 
 @dataclass(frozen=True)

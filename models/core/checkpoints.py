@@ -1,7 +1,7 @@
 """Checkpoints on disk: a directory with three files, none of which holds pickled code.
 
-config.json       {"format_version", "kind": "vae" | "ddpm" | "classifier", "config": {...}}:
-                  rebuilds the model
+config.json       {"format_version", "kind": a registered architecture (models.kinds),
+                  "config": {...}}: rebuilds the model
 model.safetensors the weights (safetensors: tensors only)
 model_card.json   measured numbers (written by the evaluation CLI; optional until then)
 """
@@ -13,42 +13,20 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import safetensors.torch
 import torch
 from safetensors import SafetensorError
 from torch import nn
 
-from models.classifier import FashionClassifier
-from models.config import (
-    ClassifierConfig,
-    ConfigError,
-    DDPMConfig,
-    VAEConfig,
-    config_from_dict,
-    config_to_dict,
-)
-from models.ddpm import DDPM
-from models.vae import VAE
+from models.core.config import ConfigError, config_from_dict, config_to_dict
+from models.kinds import KindError, architecture_of, architectures
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "model_card.json"
 FORMAT_VERSION = 1
-
-ModelKind = Literal["vae", "ddpm", "classifier"]
-CheckpointModel = VAE | DDPM | FashionClassifier
-_CONFIG_CLASSES: dict[str, type] = {
-    "vae": VAEConfig,
-    "ddpm": DDPMConfig,
-    "classifier": ClassifierConfig,
-}
-_MODEL_CLASSES: dict[str, type[nn.Module]] = {
-    "vae": VAE,
-    "ddpm": DDPM,
-    "classifier": FashionClassifier,
-}
 
 
 class CheckpointError(ValueError):
@@ -57,22 +35,22 @@ class CheckpointError(ValueError):
 
 @dataclass(frozen=True)
 class Checkpoint:
-    kind: ModelKind
-    model: CheckpointModel
+    kind: str  # the architecture's name in models.kinds
+    model: nn.Module
     directory: Path
     card: dict[str, Any] = field(default_factory=dict)
 
 
-def model_kind(model: nn.Module) -> ModelKind:
-    for kind, cls in _MODEL_CLASSES.items():
-        if isinstance(model, cls):
-            return kind  # type: ignore[return-value]
-    raise TypeError(f"not a checkpointable model: {type(model).__name__}")
+def model_kind(model: nn.Module) -> str:
+    try:
+        return architecture_of(model).name
+    except KindError as error:
+        raise TypeError(f"not a checkpointable model: {type(model).__name__}") from error
 
 
 def save_checkpoint(
     directory: str | os.PathLike[str],
-    model: CheckpointModel,
+    model: nn.Module,
     card: dict[str, Any] | None = None,
     parameter_dtype: torch.dtype | None = None,
 ) -> Path:
@@ -130,7 +108,7 @@ def load_checkpoint(
     weights that are not the ones the model card measured."""
     directory = Path(directory)
     kind, config = read_config(directory)
-    model = _MODEL_CLASSES[kind](config)
+    model = architecture_of(kind).build(config)
     state = _read_weights(directory / WEIGHTS_FILE)
     _check_state_matches(directory / WEIGHTS_FILE, model.state_dict(), state)
     card = read_model_card(directory)
@@ -167,19 +145,19 @@ def _check_card_measured_these_weights(path: Path, card: dict[str, Any]) -> None
         )
 
 
-def read_config(directory: Path) -> tuple[ModelKind, Any]:
+def read_config(directory: Path) -> tuple[str, Any]:
     path = directory / CONFIG_FILE
     header = _read_json(path)
     kind = header.get("kind")
-    if kind not in _CONFIG_CLASSES:
+    if kind not in architectures():
         raise CheckpointError(
-            f"{path}: 'kind' must be one of {sorted(_CONFIG_CLASSES)}, got {kind!r}"
+            f"{path}: 'kind' must be one of {sorted(architectures())}, got {kind!r}"
         )
     version = header.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{path}: format_version {version!r} is not {FORMAT_VERSION}")
     try:
-        config = config_from_dict(_CONFIG_CLASSES[kind], header.get("config"))
+        config = config_from_dict(architecture_of(kind).config_class, header.get("config"))
     except ConfigError as error:
         raise CheckpointError(f"{path}: invalid config: {error}") from error
     return kind, config

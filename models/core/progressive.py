@@ -40,3 +40,12 @@ def run_to_end(loop: Progressive[T], on_step: ProgressCallback | None = None) ->
             next(steps)
         except StopIteration as end:
             return end.value
+
+
+def single_step(compute: Callable[[], T]) -> Progressive[T]:
+    """Work that is one network call as a progressive loop: ``compute()``, then (1, 1).
+
+    Callers that pause or report between calls treat every operation alike this way."""
+    result = compute()
+    yield 1, 1
+    return result

@@ -4,7 +4,7 @@ Eq. 12) with any number of steps and any eta, and deterministic DDIM inversion x
 ``model`` is any callable (x_t (B, C, H, W), t (B,)) -> network output, e.g. a :class:`DDPM`.
 Images are (B, C, H, W) in [-1, 1]; ``on_step(done, total)`` reports progress. Each loop
 also has a ``*_progressive`` form that yields after every network call
-(:mod:`models.progressive`).
+(:mod:`models.core.progressive`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from models.diffusion import GaussianDiffusion
-from models.noise import Generators, randn_rows
-from models.progressive import ProgressCallback, Progressive, run_to_end
+from models.core.noise import Generators, randn_rows
+from models.core.progressive import ProgressCallback, Progressive, run_to_end
+from models.diffusion.gaussian import GaussianDiffusion
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

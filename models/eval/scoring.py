@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import torch
 
-from models.data import pixels_to_signed_unit
-from models.ddpm import DDPM
-from models.diffusion_bound import vlb_exact, vlb_monte_carlo
-from models.vae import VAE
+from models.core.pixels import pixels_to_signed_unit
+from models.diffusion.bound import vlb_exact, vlb_monte_carlo
+from models.diffusion.ddpm import DDPM
+from models.vae.model import VAE
 
 BoundFn = Callable[[torch.Tensor], torch.Tensor]  # x (B, C, H, W) in [-1, 1] -> (B,) bits/dim
 ProgressFn = Callable[[int], None]

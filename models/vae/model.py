@@ -16,18 +16,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.batch_invariance import in_fixed_chunks
-from models.config import VAEConfig
-from models.layers import Downsample, ResidualBlock, RowwiseLinear, Upsample, group_norm
-from models.likelihood import (
+from models.core.config import VAEConfig
+from models.core.likelihood import (
     DiscretizedLogisticMixture,
     RunningLogMeanExp,
     gaussian_log_density_nats,
     nats_to_bits_per_dim,
     standard_normal_kl_nats,
 )
-from models.noise import Generators, randn_rows
-from models.progressive import Progressive, run_to_end
+from models.core.noise import Generators, randn_rows
+from models.core.progressive import Progressive, run_to_end
+from models.nn.batch_invariance import in_fixed_chunks
+from models.nn.layers import Downsample, ResidualBlock, RowwiseLinear, Upsample, group_norm
 
 # Salimans et al. 2017 floor on the logistic log-scale: keeps bin masses from vanishing.
 _MIN_LOG_SCALE = -7.0
@@ -120,7 +120,7 @@ class VAE(nn.Module):
         """p(x|z): z (B, Z) -> per-pixel discretized logistic mixture over (B, C, H, W).
 
         ``chunk_rows`` runs the network in fixed-size chunks so that each row's distribution
-        is bit-identical in any batch (:func:`models.batch_invariance.in_fixed_chunks`).
+        is bit-identical in any batch (:func:`models.nn.batch_invariance.in_fixed_chunks`).
         """
         params = in_fixed_chunks(self._pixel_params, chunk_rows, z)  # (B, 3*K*C, H, W)
         b, _, height, width = params.shape

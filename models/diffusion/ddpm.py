@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import DDPMConfig
-from models.diffusion import GaussianDiffusion
-from models.unet import UNet
+from models.core.config import DDPMConfig
+from models.diffusion.gaussian import GaussianDiffusion
+from models.nn.unet import UNet
 
 
 class DDPM(nn.Module):

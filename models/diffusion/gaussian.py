@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.config import DiffusionConfig
-from models.likelihood import (
+from models.core.config import DiffusionConfig
+from models.core.likelihood import (
     discretized_gaussian_log_likelihood_nats,
     nats_to_bits_per_dim,
     normal_kl_nats,

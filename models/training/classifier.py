@@ -1,6 +1,6 @@
 """Train the Fashion-MNIST feature classifier, measure its test accuracy, save it with a card.
 
-    python -m models.train_classifier --out checkpoints/classifier --epochs 3 --threads 1
+    python -m models.training.classifier --out checkpoints/classifier --epochs 3 --threads 1
 
 Trains on the 60,000 training images, measures accuracy on all 10,000 test images, and writes
 ``OUT/{config.json, model.safetensors, model_card.json}``. Given the seed, the run is
@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.checkpoints import save_checkpoint
-from models.classifier import FashionClassifier
-from models.config import ClassifierConfig, ClassifierTrainConfig, config_to_dict
-from models.data import load_fashion_mnist, pixels_to_signed_unit
+from models.core.checkpoints import save_checkpoint
+from models.core.config import ClassifierConfig, ClassifierTrainConfig, config_to_dict
+from models.core.pixels import pixels_to_signed_unit
+from models.data import load_fashion_mnist
+from models.nn.classifier import FashionClassifier
 
 
 def build_classifier(config: ClassifierConfig, seed: int) -> FashionClassifier:

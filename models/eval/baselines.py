@@ -3,7 +3,7 @@
 Any model we ship must beat these clearly; they also sanity-check the unit conversion
 (a uniform model over 256 values is exactly 8 bits/dim).
 
-    python -m models.baselines [--root DIR] [--limit N] [--json PATH]
+    python -m models.eval.baselines [--root DIR] [--limit N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.core.likelihood import nats_to_bits_per_dim
 from models.data import load_fashion_mnist
-from models.likelihood import nats_to_bits_per_dim
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import nn
 
-from models.config import UNetConfig
-from models.layers import (
+from models.core.config import UNetConfig
+from models.nn.layers import (
     Downsample,
     ResidualBlock,
     RowwiseLinear,

@@ -11,7 +11,7 @@ is itself an expectation over x_t ~ q(x_t | x_0), estimated with one draw, so ev
 sum is random; it is exact in that no timestep is skipped. All values are codelengths in nats,
 summed over the D dimensions of an image; ``*_bits_per_dim`` divide by D ln 2. Each estimator
 also has a ``*_progressive`` form that yields after every network call
-(:mod:`models.progressive`).
+(:mod:`models.core.progressive`).
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
-from models.diffusion import GaussianDiffusion
-from models.likelihood import nats_to_bits_per_dim
-from models.noise import Generators, rand_rows, randn_rows
-from models.progressive import ProgressCallback, Progressive, run_to_end
-from models.samplers import Denoiser
+from models.core.likelihood import nats_to_bits_per_dim
+from models.core.noise import Generators, rand_rows, randn_rows
+from models.core.progressive import ProgressCallback, Progressive, run_to_end
+from models.diffusion.gaussian import GaussianDiffusion
+from models.diffusion.samplers import Denoiser
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.config import ClassifierConfig
+from models.core.config import ClassifierConfig
+from models.kinds import Architecture
 
 
 class FashionClassifier(nn.Module):
@@ -47,7 +48,7 @@ class FashionClassifier(nn.Module):
         if not x.is_floating_point():
             raise TypeError(
                 f"expected float images in [-1, 1], got {x.dtype} "
-                "(convert 8-bit pixels with models.data.pixels_to_signed_unit)"
+                "(convert 8-bit pixels with models.core.pixels.pixels_to_signed_unit)"
             )
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,3 +59,11 @@ class FashionClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [-1, 1] -> unnormalised class scores (B, num_classes)."""
         return self.head(self.features(x))
+
+
+class ClassifierArchitecture(Architecture):
+    """The classifier as a checkpoint architecture; it is not a served kind."""
+
+    name = "classifier"
+    config_class = ClassifierConfig
+    model_class = FashionClassifier

@@ -1,0 +1,231 @@
+"""The DDPM as a model kind: its bounds, samplers, DDIM latents, costs, loss and evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from models.core.config import DDPMConfig
+from models.core.flops import gflop_of
+from models.core.pixels import signed_unit_to_pixels
+from models.core.progressive import Progressive
+from models.diffusion.bound import (
+    DiffusionBound,
+    vlb_exact_progressive,
+    vlb_monte_carlo_progressive,
+)
+from models.diffusion.ddpm import DDPM
+from models.diffusion.samplers import (
+    Denoiser,
+    ddim_decode_progressive,
+    ddim_invert_progressive,
+    ddim_sample_progressive,
+    ddpm_ancestral_sample_progressive,
+)
+from models.kinds import (
+    BoundMethod,
+    Generators,
+    ImageShape,
+    ModelKind,
+    Option,
+    OptionError,
+    Terms,
+    Work,
+)
+from models.nn.batch_invariance import FixedChunkDenoiser
+
+if TYPE_CHECKING:
+    from models.eval.context import EvalContext, ScoreMethod
+
+DDIM_STEPS = Option(50, "DDIM steps, 1..T (more is slower and closer to the ODE)")
+
+
+def _terms(bound: DiffusionBound) -> Terms:
+    terms = {
+        "total_nats": bound.total_nats,
+        "total_bits_per_dim": bound.total_bits_per_dim,
+        "prior_nats": bound.prior_nats,
+        "denoising_nats": bound.denoising_nats,
+        "reconstruction_nats": bound.reconstruction_nats,
+    }
+    if bound.denoising_stderr_nats is not None:
+        # L_T and L_0 are computed exactly, so the total's error is the denoising sum's.
+        terms["stderr_nats"] = bound.denoising_stderr_nats
+    return terms
+
+
+def _vlb_exact(ddpm: DDPM, x: torch.Tensor, k: int | None, generators: Generators, max_batch: int):
+    """All T terms of the bound (Ho et al. 2020, Eq. 5): T network calls per image."""
+    bound = yield from vlb_exact_progressive(ddpm.diffusion, ddpm, x, generators, max_batch)
+    return _terms(bound)
+
+
+def _vlb_mc(ddpm: DDPM, x: torch.Tensor, k: int | None, generators: Generators, max_batch: int):
+    """Stratified k-timestep Monte-Carlo estimate of the same bound, with its standard error."""
+    assert k is not None, "vlb_mc needs k"
+    loop = vlb_monte_carlo_progressive(ddpm.diffusion, ddpm, x, k, generators, max_batch)
+    return _terms((yield from loop))
+
+
+def _denoiser(ddpm: DDPM, chunk_rows: int | None) -> Denoiser:
+    """The network as the samplers call it; in fixed-size chunks when images must not depend
+    on the batch they were drawn in."""
+    return ddpm if chunk_rows is None else FixedChunkDenoiser(ddpm, chunk_rows)
+
+
+class DDPMKind(ModelKind):
+    name = "ddpm"
+    config_class = DDPMConfig
+    model_class = DDPM
+    headline_method = "vlb_exact"
+    exports_ema = True
+    sample_options = {
+        "steps": DDIM_STEPS,
+        # 1 by default: with the bundled DDPM, DDIM-50 at eta 1 reaches a lower Fréchet
+        # distance than at eta 0 (model card, README).
+        "eta": Option(1.0, "DDIM noise: 0 is the deterministic ODE, 1 DDPM-like noise"),
+    }
+    encode_options = {"steps": Option(50, "DDIM inversion steps, 1..T (more is more exact)")}
+    decode_options = {"steps": Option(50, "DDIM decoding steps, 1..T")}
+    encode_pixels = ("reconstruction",)
+
+    def image_shape(self, config: DDPMConfig) -> ImageShape:
+        return (config.unet.image_channels, config.unet.image_size, config.unet.image_size)
+
+    def methods(self, model: nn.Module) -> dict[str, BoundMethod]:
+        k_max = 2 * (model.diffusion.num_timesteps - 1)  # two draws per stratum of T - 1 terms
+        return {
+            "vlb_mc": BoundMethod(
+                "vlb_mc",
+                "k stratified timesteps of the bound, with a standard error",
+                _vlb_mc,
+                (2, k_max),
+                min(20, k_max),
+            ),
+            "vlb_exact": BoundMethod(
+                "vlb_exact", "all T terms of the bound (T network calls per image)", _vlb_exact
+            ),
+        }
+
+    def samplers(self, model: nn.Module) -> tuple[str, ...]:
+        return ("ddim", "ancestral")
+
+    def check_sample_options(
+        self, model: nn.Module, options: dict[str, Any], given: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Ancestral sampling always runs all T steps (Ho et al. 2020, Algorithm 2)."""
+        if options["sampler"] == "ancestral":
+            if "steps" in given:
+                raise OptionError(
+                    "steps", "ancestral sampling always runs all T steps; leave it out"
+                )
+            return {**options, "steps": model.diffusion.num_timesteps}
+        return self.check_codec_options(model, options)
+
+    def check_codec_options(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        num_timesteps = model.diffusion.num_timesteps
+        if not 1 <= options["steps"] <= num_timesteps:
+            raise OptionError(
+                "steps", f"this model takes 1..{num_timesteps} steps, got {options['steps']}"
+            )
+        return options
+
+    def sample(
+        self,
+        model: nn.Module,
+        generators: Sequence[torch.Generator],
+        options: Mapping[str, Any],
+        chunk_rows: int | None,
+    ) -> Progressive[torch.Tensor]:
+        """DDIM (Song et al. 2020, Eq. 12) at ``steps`` and ``eta``, or ancestral sampling."""
+        shape = (len(generators), *model.image_shape)
+        net = _denoiser(model, chunk_rows)
+        if options["sampler"] == "ancestral":
+            return ddpm_ancestral_sample_progressive(model.diffusion, net, shape, generators)
+        return ddim_sample_progressive(
+            model.diffusion, net, shape, options["steps"], generators, options["eta"]
+        )
+
+    def latent_shape(self, model: nn.Module) -> tuple[int, ...]:
+        return model.image_shape
+
+    def encode(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        options: Mapping[str, Any],
+        chunk_rows: int | None,
+    ) -> Progressive[Terms]:
+        """The DDIM-inverted ``latents`` x_T (B, C, H, W), their decoding back
+        (``reconstruction``), its RMS error on the [-1, 1] scale and its largest error in
+        8-bit levels."""
+        steps = options["steps"]
+        net = _denoiser(model, chunk_rows)
+        latent = yield from ddim_invert_progressive(model.diffusion, net, x, steps)
+        decoded = yield from ddim_decode_progressive(model.diffusion, net, latent, steps)
+        level_errors = signed_unit_to_pixels(decoded).int() - signed_unit_to_pixels(x).int()
+        return {
+            "latents": latent,
+            "reconstruction": decoded,
+            "reconstruction_rmse": (decoded - x).pow(2).flatten(1).mean(dim=1).sqrt(),
+            "reconstruction_max_pixel_error": level_errors.abs().flatten(1).amax(dim=1),
+        }
+
+    def decode(
+        self, model: nn.Module, z: torch.Tensor, options: Mapping[str, Any], chunk_rows: int | None
+    ) -> Progressive[torch.Tensor]:
+        """x_T (B, C, H, W) -> images by deterministic DDIM (eta = 0)."""
+        net = _denoiser(model, chunk_rows)
+        return ddim_decode_progressive(model.diffusion, net, z, options["steps"])
+
+    def networks_gflop(self, model: nn.Module) -> dict[str, float]:
+        device = next(model.parameters()).device
+        x = torch.zeros(1, *model.image_shape, device=device)
+        return {"unet": gflop_of(model, x, torch.zeros(1, dtype=torch.long, device=device))}
+
+    def evaluations(self, model: nn.Module, work: Work) -> dict[str, int]:
+        """Per image: one UNet call per timestep evaluated or step taken."""
+        num_timesteps = model.diffusion.num_timesteps
+        if work.operation == "likelihood" and work.method == "vlb_exact":
+            return {"unet": num_timesteps}
+        if work.operation == "likelihood":  # vlb_mc: L_0 and k timesteps
+            assert work.k is not None, "vlb_mc needs k"
+            return {"unet": work.k + 1}
+        return {"unet": self.denoising_steps(model, work)}
+
+    def denoising_steps(self, model: nn.Module, work: Work) -> int:
+        options = work.options or {}
+        if work.operation == "sample" and options.get("sampler") == "ancestral":
+            return model.diffusion.num_timesteps
+        steps = options.get("steps", 0) if work.operation != "likelihood" else 0
+        return 2 * steps if work.operation == "encode" else steps  # invert, then decode back
+
+    def training_loss(self, model: nn.Module, x: torch.Tensor, generator: torch.Generator):
+        """L_simple or L_hybrid at t ~ U{0..T-1} (Ho et al. 2020, Algorithm 1)."""
+        diffusion = model.diffusion
+        t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), generator=generator)
+        noise = torch.randn(x.shape, generator=generator)
+        losses = diffusion.training_losses(model, x, t.to(x.device), noise.to(x.device))
+        return losses.loss.mean(), {
+            "mse": losses.mse.mean().detach(),
+            "vlb_bits_per_dim": losses.vlb_bits_per_dim.mean().detach(),
+        }
+
+    def likelihood_report(self, model: nn.Module, ctx: EvalContext):
+        from models.diffusion.evaluation import likelihood_report
+
+        return likelihood_report(model, ctx)
+
+    def evaluation_samplers(self, model: nn.Module, ctx: EvalContext):
+        from models.diffusion.evaluation import evaluation_samplers
+
+        return evaluation_samplers(model, ctx)
+
+    def score_methods(self, model: nn.Module, ctx: EvalContext) -> list[ScoreMethod]:
+        from models.diffusion.evaluation import score_methods
+
+        return score_methods(model, ctx)

@@ -1,0 +1,314 @@
+"""The registry of model kinds: the one place that knows what a VAE or a DDPM is.
+
+A :class:`ModelKind` says, for one kind of checkpoint: its config class and how to build the
+network, the image shape a config gives, its likelihood bounds (name -> :class:`BoundMethod`),
+its samplers and their options, how it encodes and decodes, what each operation costs in
+network evaluations, its training objective and which weights it exports, and how the
+evaluation measures it. Training, evaluation, the checkpoint loader and the service all
+dispatch through :func:`kind_of` / :data:`KINDS`; none of them compares kind names.
+
+Adding a third kind is one module that subclasses :class:`ModelKind` plus one line in
+:data:`KINDS`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import torch
+from torch import nn
+
+from models.core.progressive import Progressive
+
+if TYPE_CHECKING:
+    from models.eval.context import EvalContext, ScoreMethod
+
+Generators = torch.Generator | Sequence[torch.Generator]
+Terms = dict[str, torch.Tensor]  # term name -> (B,) values; "total_bits_per_dim" always
+Operation = Literal["sample", "likelihood", "encode", "decode"]
+ImageShape = tuple[int, int, int]  # (C, H, W)
+
+# The sizes a servable config may give its images: small enough that a CPU serves them, large
+# enough for anything that is still an 8-bit image in the usual sense.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 64
+IMAGE_CHANNELS = (1, 3)  # grayscale ('L') or RGB
+
+
+class OptionError(ValueError):
+    """A request option this model cannot honour; ``field`` names the option."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field, self.message = field, message
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one request asks of a model, as far as its cost goes."""
+
+    operation: Operation
+    images: int  # images in, latents in, or images drawn
+    method: str | None = None  # likelihood bound
+    k: int | None = None
+    options: Mapping[str, Any] | None = None  # the kind's sample/encode/decode options
+
+
+@dataclass(frozen=True)
+class BoundMethod:
+    """One bound on -log p(x): ``run(model, x, k, generators, max_batch)`` yields progress
+    and returns its :data:`Terms` (B,) for x (B, C, H, W) in [-1, 1]."""
+
+    name: str
+    description: str
+    run: Callable[[nn.Module, torch.Tensor, int | None, Generators, int], Progressive[Terms]]
+    k_range: tuple[int, int] | None = None  # None: the method takes no k
+    default_k: int | None = None
+
+
+@dataclass(frozen=True)
+class Option:
+    """A request option of a kind's operation: its default and how to check a value."""
+
+    default: Any
+    description: str
+
+
+class Architecture:
+    """What a checkpoint file needs: the 'kind' in config.json, its config class, its network."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    model_class: ClassVar[type[nn.Module]]
+
+    def build(self, config: Any) -> nn.Module:
+        return self.model_class(config)
+
+
+class ModelKind(Architecture, ABC):
+    """Everything the rest of the code needs to know about one kind of servable model."""
+
+    # Options of sampling, encoding and decoding requests (request field -> default); a
+    # request that sets another field to a non-default value is refused.
+    sample_options: ClassVar[Mapping[str, Option]] = {}
+    encode_options: ClassVar[Mapping[str, Option]] = {}
+    decode_options: ClassVar[Mapping[str, Option]] = {}
+
+    @abstractmethod
+    def image_shape(self, config: Any) -> ImageShape:
+        """(C, H, W) of the images the config's model reads and writes."""
+
+    # Likelihood ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def methods(self, model: nn.Module) -> dict[str, BoundMethod]:
+        """The bounds this model offers; the first is the default. k ranges may depend on
+        the model (a DDPM's stratified bound takes up to 2 (T - 1) timesteps)."""
+
+    # Sampling, encoding, decoding --------------------------------------------------------
+
+    @abstractmethod
+    def samplers(self, model: nn.Module) -> tuple[str, ...]:
+        """Names of the samplers; the first is the default."""
+
+    def sample_options_for(
+        self, model: nn.Module, sampler: str | None, given: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """The sampler (default: the first) and its options as they will run: ``given`` (the
+        options a request set) checked, the rest defaulted. Raises :class:`OptionError`."""
+        samplers = self.samplers(model)
+        if sampler is None:
+            sampler = samplers[0]
+        elif sampler not in samplers:
+            raise OptionError("sampler", f"{self._offers(samplers)}, got {sampler!r}")
+        options = _with_defaults(self.sample_options, given, f"sampling a {self.name}")
+        return self.check_sample_options(model, {"sampler": sampler, **options}, given)
+
+    def check_sample_options(
+        self, model: nn.Module, options: dict[str, Any], given: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """Kind-specific checks of :meth:`sample_options_for`; options as they will run."""
+        return options
+
+    def encode_options_for(self, model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
+        options = _with_defaults(self.encode_options, given, f"encoding with a {self.name}")
+        return self.check_codec_options(model, options)
+
+    def decode_options_for(self, model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
+        options = _with_defaults(self.decode_options, given, f"decoding with a {self.name}")
+        return self.check_codec_options(model, options)
+
+    def check_codec_options(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
+        """Kind-specific checks of encoding and decoding options."""
+        return options
+
+    def method_for(self, model: nn.Module, method: str | None) -> BoundMethod:
+        """The bound called ``method`` (default: the first); OptionError for another name."""
+        methods = self.methods(model)
+        if method is None:
+            return next(iter(methods.values()))
+        if method not in methods:
+            raise OptionError("method", f"{self._offers(methods)}, got {method!r}")
+        return methods[method]
+
+    def _offers(self, names: Sequence[str] | Mapping[str, Any]) -> str:
+        return f"a {self.name} model offers " + " or ".join(repr(n) for n in names)
+
+    @abstractmethod
+    def sample(
+        self,
+        model: nn.Module,
+        generators: Sequence[torch.Generator],
+        options: Mapping[str, Any],
+        chunk_rows: int | None,
+    ) -> Progressive[torch.Tensor]:
+        """len(generators) images (B, C, H, W) in [-1, 1], row i drawn with generators[i]."""
+
+    @abstractmethod
+    def latent_shape(self, model: nn.Module) -> tuple[int, ...]:
+        """Shape of one latent, as :meth:`encode` returns it and :meth:`decode` reads it."""
+
+    @abstractmethod
+    def encode(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        options: Mapping[str, Any],
+        chunk_rows: int | None,
+    ) -> Progressive[Terms]:
+        """x (B, C, H, W) in [-1, 1] -> named (B, ...) outputs; names in :attr:`encode_pixels`
+        are images in [-1, 1]."""
+
+    encode_pixels: ClassVar[tuple[str, ...]] = ()
+
+    @abstractmethod
+    def decode(
+        self,
+        model: nn.Module,
+        z: torch.Tensor,
+        options: Mapping[str, Any],
+        chunk_rows: int | None,
+    ) -> Progressive[torch.Tensor]:
+        """Latents (B, *latent_shape) -> images (B, C, H, W) in [-1, 1]."""
+
+    # Cost ------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def networks_gflop(self, model: nn.Module) -> dict[str, float]:
+        """GFLOP of one evaluation of each network on one image."""
+
+    @abstractmethod
+    def evaluations(self, model: nn.Module, work: Work) -> dict[str, int]:
+        """Evaluations of each network per image for ``work``."""
+
+    def denoising_steps(self, model: nn.Module, work: Work) -> int:
+        """Network steps of one sampling/encoding/decoding loop, for the metrics (0: none)."""
+        return 0
+
+    # Training --------------------------------------------------------------------------------
+
+    # Whether the exported weights are the exponential moving average or the raw ones.
+    exports_ema: ClassVar[bool] = False
+
+    @abstractmethod
+    def training_loss(
+        self, model: nn.Module, x: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(scalar loss, 0-d tensors to log) on a batch x (B, C, H, W) in [-1, 1]."""
+
+    # Evaluation ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def likelihood_report(
+        self, model: nn.Module, ctx: EvalContext
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """The card's likelihood section and the per-image headline bound (N,) bits/dim."""
+
+    @abstractmethod
+    def evaluation_samplers(
+        self, model: nn.Module, ctx: EvalContext
+    ) -> dict[str, tuple[int, Callable[[int], torch.Tensor]]]:
+        """name -> (samples to draw, n -> uint8 images (n, C, H, W)) for sample quality."""
+
+    @abstractmethod
+    def score_methods(self, model: nn.Module, ctx: EvalContext) -> list[ScoreMethod]:
+        """The bounds the evaluation measures and calibrates as anomaly scores."""
+
+    # The headline bound of likelihood_report, reused as that method's anomaly scores.
+    headline_method: ClassVar[str]
+
+
+def _with_defaults(
+    options: Mapping[str, Option], given: Mapping[str, Any], what: str
+) -> dict[str, Any]:
+    """``given`` over the options' defaults; an option the operation does not take is refused
+    rather than ignored, so a misplaced option never changes nothing silently."""
+    for name in given:
+        if name not in options:
+            takes = ", ".join(options) or "no options"
+            raise OptionError(name, f"{what} takes {takes}; leave {name} out")
+    return {name: given.get(name, option.default) for name, option in options.items()}
+
+
+def check_k(method: BoundMethod, k: int | None) -> int | None:
+    """The k a bound will run with: the method's default when None; OptionError when the
+    method takes none or ``k`` is outside its range."""
+    if method.k_range is None:
+        if k is not None:
+            raise OptionError("k", f"{method.name!r} takes no k; leave it out")
+        return None
+    low, high = method.k_range
+    if k is None:
+        return method.default_k
+    if not low <= k <= high:
+        raise OptionError("k", f"{method.name} takes k in {low}..{high}, got {k}")
+    return k
+
+
+class KindError(ValueError):
+    """A checkpoint names a kind the registry does not know."""
+
+
+_REGISTRY: dict[str, Architecture] = {}
+
+
+def architectures() -> dict[str, Architecture]:
+    """Every checkpointable architecture by name: the servable kinds and the classifier.
+
+    Built on first use, so that importing this module does not import every network."""
+    if not _REGISTRY:
+        from models.diffusion.kind import DDPMKind
+        from models.nn.classifier import ClassifierArchitecture
+        from models.vae.kind import VAEKind
+
+        for architecture in (VAEKind(), DDPMKind(), ClassifierArchitecture()):
+            _REGISTRY[architecture.name] = architecture
+    return _REGISTRY
+
+
+def architecture_of(name_or_model: str | nn.Module) -> Architecture:
+    """The architecture called ``name``, or the one whose network class ``model`` is."""
+    registered = architectures()
+    if isinstance(name_or_model, str):
+        if name_or_model not in registered:
+            raise KindError(f"unknown model kind {name_or_model!r}; known: {sorted(registered)}")
+        return registered[name_or_model]
+    for architecture in registered.values():
+        if isinstance(name_or_model, architecture.model_class):
+            return architecture
+    raise KindError(f"not a registered model: {type(name_or_model).__name__}")
+
+
+def kind_of(name_or_model: str | nn.Module) -> ModelKind:
+    """The servable kind called ``name``, or of ``model``; KindError for anything else."""
+    architecture = architecture_of(name_or_model)
+    if not isinstance(architecture, ModelKind):
+        raise KindError(f"{architecture.name!r} models are not servable")
+    return architecture
+
+
+def servable_kinds() -> list[str]:
+    return sorted(n for n, a in architectures().items() if isinstance(a, ModelKind))
