@@ -16,18 +16,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch stays unimported until a kind is used: the service's arbiter is lean
+    import torch
+    from torch import nn
 
-from models.core.progressive import Progressive
-
-if TYPE_CHECKING:
+    from models.core.progressive import Progressive
     from models.eval.context import EvalContext, ScoreMethod
 
-Generators = torch.Generator | Sequence[torch.Generator]
-Terms = dict[str, torch.Tensor]  # term name -> (B,) values; "total_bits_per_dim" always
+    Generators: TypeAlias = torch.Generator | Sequence[torch.Generator]
+    # term name -> (B,) values; "total_bits_per_dim" always among them
+    Terms: TypeAlias = dict[str, torch.Tensor]
 Operation = Literal["sample", "likelihood", "encode", "decode"]
 ImageShape = tuple[int, int, int]  # (C, H, W)
 

@@ -27,18 +27,17 @@ from models.diffusion.samplers import (
 )
 from models.kinds import (
     BoundMethod,
-    Generators,
     ImageShape,
     ModelKind,
     Option,
     OptionError,
-    Terms,
     Work,
 )
 from models.nn.batch_invariance import FixedChunkDenoiser
 
 if TYPE_CHECKING:
     from models.eval.context import EvalContext, ScoreMethod
+    from models.kinds import Generators, Terms
 
 DDIM_STEPS = Option(50, "DDIM steps, 1..T (more is slower and closer to the ODE)")
 

@@ -11,11 +11,12 @@ from torch import nn
 from models.core.config import VAEConfig
 from models.core.flops import gflop_of
 from models.core.progressive import Progressive, single_step
-from models.kinds import BoundMethod, Generators, ImageShape, ModelKind, Option, Terms, Work
+from models.kinds import BoundMethod, ImageShape, ModelKind, Option, Work
 from models.vae.model import VAE
 
 if TYPE_CHECKING:
     from models.eval.context import EvalContext, ScoreMethod
+    from models.kinds import Generators, Terms
 
 IWAE_K_RANGE = (1, 5000)  # importance samples: the cost grows linearly, memory stays bounded
 
