@@ -144,6 +144,10 @@ class ModelKind(Architecture, ABC):
         """Kind-specific checks of encoding and decoding options."""
         return options
 
+    def option_limits(self, model: nn.Module) -> dict[str, tuple[int, int]]:
+        """Inclusive ranges of the options whose limits depend on the model."""
+        return {}
+
     def method_for(self, model: nn.Module, method: str | None) -> BoundMethod:
         """The bound called ``method`` (default: the first); OptionError for another name."""
         methods = self.methods(model)

@@ -84,6 +84,12 @@ def answers_request_errors(
             return error_response(error, f"/{endpoint.__name__}")
         except Exception as error:
             from models.core.pixels import NonFiniteError  # imports torch: not when this module is
+            from models.kinds import OptionError
+
+            if isinstance(error, OptionError):  # an option the served model cannot honour
+                _set_context_status(kwargs.values(), 400)
+                request_error = RequestError(error.field, error.message)
+                return error_response(request_error, f"/{endpoint.__name__}")
 
             if not isinstance(error, NonFiniteError):
                 raise

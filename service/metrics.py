@@ -31,8 +31,8 @@ BATCH_ITEMS = Histogram(
 )
 DENOISING_STEPS = Counter(
     PREFIX + "denoising_steps_total",
-    "Denoising network steps run by DDPM sampling, inversion and decoding loops.",
-    ["operation"],
+    "Denoising network steps run by diffusion sampling, inversion and decoding loops.",
+    ["model", "operation"],
 )
 LIKELIHOOD_BITS_PER_DIM = Histogram(
     PREFIX + "likelihood_bits_per_dim",

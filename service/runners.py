@@ -1,5 +1,6 @@
 """Batched calls into :mod:`models`: concatenate the jobs' rows, give every row its job's
-generator, make one ``models`` call, split the result back per job.
+generator, make one call of the model's kind (:mod:`models.kinds`), split the result back
+per job.
 
 These functions hold no maths; they are what the batcher runs in its worker thread. Each job's
 rows share one generator seeded by that job alone, so a job's output does not depend on the
@@ -9,18 +10,19 @@ No NaN or infinity leaves these functions: every output is checked per job, and 
 non-finite value gets a :class:`~models.core.pixels.NonFiniteError` (rows counted within the job)
 instead of its result, which the batcher raises to that request alone.
 
-The long ones (bounds, DDPM sampling, encoding and decoding) are progressive
-(:mod:`models.core.progressive`): they yield after every network call, where the batcher may hand
-the model lane to cheaper work, and return the per-job results; outside the batcher, run
-them with :func:`models.core.progressive.run_to_end`.
+All four are progressive (:mod:`models.core.progressive`): they yield after every network
+call, where the batcher may hand the model lane to cheaper work, and return the per-job
+results; outside the batcher, run them with :func:`models.core.progressive.run_to_end`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from models.core.noise import seeded_generator
 from models.core.pixels import (
@@ -30,17 +32,7 @@ from models.core.pixels import (
     signed_unit_to_pixels,
 )
 from models.core.progressive import Progressive, reported
-from models.diffusion.bound import vlb_exact_progressive, vlb_monte_carlo_progressive
-from models.diffusion.ddpm import DDPM
-from models.diffusion.samplers import (
-    Denoiser,
-    ddim_decode_progressive,
-    ddim_invert_progressive,
-    ddim_sample_progressive,
-    ddpm_ancestral_sample_progressive,
-)
-from models.nn.batch_invariance import FixedChunkDenoiser
-from models.vae.model import VAE
+from models.kinds import BoundMethod, ModelKind
 
 Progress = Callable[[int, int], None]
 Tensors = dict[str, torch.Tensor]
@@ -130,147 +122,66 @@ def _signed_unit(jobs: Sequence[ImagesJob], device: torch.device) -> torch.Tenso
     return pixels_to_signed_unit(torch.cat([job.inputs for job in jobs])).to(device)
 
 
-# Sampling ---------------------------------------------------------------------------------
+# The four operations, for any kind ---------------------------------------------------------
 
 
-def vae_sample(
-    vae: VAE,
+@torch.no_grad()
+def sample(
+    kind: ModelKind,
+    model: nn.Module,
     jobs: Sequence[SampleJob],
-    temperature: float,
-    sample_pixels: bool,
-    chunk_rows: int | None = None,
-) -> PerJob:
-    """Per job, uint8 (n, C, H, W)."""
-    generators = _row_generators([(job.seed, job.n) for job in jobs])
-    images = vae.sample(len(generators), generators, temperature, sample_pixels, chunk_rows)
-    return _pixels(images, [job.n for job in jobs])
-
-
-def _denoiser(ddpm: DDPM, chunk_rows: int | None) -> Denoiser:
-    """The network as the samplers call it; in fixed-size chunks when images must not depend
-    on the batch they were drawn in."""
-    return ddpm if chunk_rows is None else FixedChunkDenoiser(ddpm, chunk_rows)
-
-
-def ddpm_sample(
-    ddpm: DDPM,
-    jobs: Sequence[SampleJob],
-    sampler: str,
-    steps: int,
-    eta: float,
+    options: Mapping[str, Any],
     chunk_rows: int | None = None,
 ) -> Progressive[PerJob]:
-    """Per job, uint8 (n, C, H, W), from DDIM (``steps``, ``eta``) or the ancestral sampler."""
+    """Per job, uint8 (n, C, H, W) drawn by the kind's sampler with ``options``."""
     generators = _row_generators([(job.seed, job.n) for job in jobs])
-    shape = (len(generators), *ddpm.image_shape)
-    net, diffusion = _denoiser(ddpm, chunk_rows), ddpm.diffusion
-    if sampler == "ancestral":
-        loop = ddpm_ancestral_sample_progressive(diffusion, net, shape, generators)
-    else:
-        loop = ddim_sample_progressive(diffusion, net, shape, steps, generators, eta)
+    loop = kind.sample(model, generators, options, chunk_rows)
     x = yield from reported(loop, _report(jobs))
     return _pixels(x, [job.n for job in jobs])
 
 
-# Likelihood bounds ------------------------------------------------------------------------
-
-
 @torch.no_grad()
-def vae_bound(
-    vae: VAE, jobs: Sequence[ImagesJob], method: str, k: int | None, max_batch: int
+def bound(
+    method: BoundMethod,
+    model: nn.Module,
+    jobs: Sequence[ImagesJob],
+    k: int | None,
+    max_batch: int,
 ) -> Progressive[list[Tensors | NonFiniteError]]:
-    """Per job, {term name: (B,) float64}: nats terms and total_bits_per_dim. IWAE decodes
-    about ``max_batch`` images per network call."""
-    x = _signed_unit(jobs, _device(vae))
+    """Per job, {term name: (B,) float64}: the bound's terms in nats and total_bits_per_dim;
+    about ``max_batch`` rows per network call."""
+    x = _signed_unit(jobs, _device(model))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
-    if method == "iwae":
-        assert k is not None
-        loop = vae.iwae_bound_progressive(x, k, generators, max_batch)
-        bound = yield from reported(loop, _report(jobs))
-        terms = {"total_nats": bound.total_nats, "total_bits_per_dim": bound.total_bits_per_dim}
-    else:
-        elbo = vae.negative_elbo(x, generators)
-        terms = {
-            "total_nats": elbo.total_nats,
-            "total_bits_per_dim": elbo.total_bits_per_dim,
-            "reconstruction_nats": elbo.reconstruction_nats,
-            "kl_nats": elbo.kl_nats,
-        }
+    terms = yield from reported(method.run(model, x, k, generators, max_batch), _report(jobs))
     return _checked({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
 
 
 @torch.no_grad()
-def ddpm_bound(
-    ddpm: DDPM, jobs: Sequence[ImagesJob], method: str, k: int | None, max_batch: int
+def encode(
+    kind: ModelKind,
+    model: nn.Module,
+    jobs: Sequence[ImagesJob],
+    options: Mapping[str, Any],
+    chunk_rows: int | None = None,
 ) -> Progressive[list[Tensors | NonFiniteError]]:
-    """Per job, {term name: (B,) float64}: L_T, the denoising sum, L_0, total, stderr."""
-    x = _signed_unit(jobs, _device(ddpm))
+    """Per job, the kind's named encodings (B, ...); its image outputs as uint8."""
+    x = _signed_unit(jobs, _device(model))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
-    if method == "vlb_exact":
-        loop = vlb_exact_progressive(ddpm.diffusion, ddpm, x, generators, max_batch)
-    else:
-        assert k is not None
-        loop = vlb_monte_carlo_progressive(ddpm.diffusion, ddpm, x, k, generators, max_batch)
-    bound = yield from reported(loop, _report(jobs))
-    terms = {
-        "total_nats": bound.total_nats,
-        "total_bits_per_dim": bound.total_bits_per_dim,
-        "prior_nats": bound.prior_nats,
-        "denoising_nats": bound.denoising_nats,
-        "reconstruction_nats": bound.reconstruction_nats,
-    }
-    if bound.denoising_stderr_nats is not None:
-        # L_T and L_0 are computed exactly, so the total's error is the denoising sum's.
-        terms["stderr_nats"] = bound.denoising_stderr_nats
-    return _checked({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
-
-
-# Encoding and decoding --------------------------------------------------------------------
+    loop = kind.encode(model, x, generators, options, chunk_rows)
+    out = yield from reported(loop, _report(jobs))
+    return _checked(out, [job.rows for job in jobs], pixels=kind.encode_pixels)
 
 
 @torch.no_grad()
-def vae_encode(
-    vae: VAE, jobs: Sequence[ImagesJob], draw_sample: bool
-) -> list[Tensors | NonFiniteError]:
-    """Per job, posterior ``mean`` and ``logvar`` (B, Z), and a ``sample`` z if asked."""
-    posterior = vae.encode(_signed_unit(jobs, _device(vae)))
-    out = {"mean": posterior.mean, "logvar": posterior.logvar}
-    if draw_sample:
-        generators = _row_generators([(job.seed, job.rows) for job in jobs])
-        out["sample"] = posterior.rsample(generators)[0]
-    return _checked(out, [job.rows for job in jobs])
-
-
-def ddpm_encode(
-    ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
-) -> Progressive[list[Tensors | NonFiniteError]]:
-    """Per job, the DDIM-inverted ``latent`` x_T (B, C, H, W) and its decoded
-    ``reconstruction`` as uint8 (B, C, H, W)."""
-    x = _signed_unit(jobs, _device(ddpm))
-    net = _denoiser(ddpm, chunk_rows)
-    latent = yield from ddim_invert_progressive(ddpm.diffusion, net, x, steps)
-    decoded = yield from ddim_decode_progressive(ddpm.diffusion, net, latent, steps)
-    out = {
-        "latent": latent,
-        "reconstruction": decoded,
-        "rmse": (decoded - x).pow(2).flatten(1).mean(dim=1).sqrt(),
-    }
-    return _checked(out, [job.rows for job in jobs], pixels=("reconstruction",))
-
-
-@torch.no_grad()
-def vae_decode(vae: VAE, jobs: Sequence[ImagesJob], chunk_rows: int | None = None) -> PerJob:
-    """Latents z (B, Z) -> per job uint8 (B, C, H, W), the decoder's mean image."""
-    z = torch.cat([job.inputs for job in jobs]).to(_device(vae))
-    return _pixels(vae.decode(z, chunk_rows).mean_image(), [job.rows for job in jobs])
-
-
-def ddpm_decode(
-    ddpm: DDPM, jobs: Sequence[ImagesJob], steps: int, chunk_rows: int | None = None
+def decode(
+    kind: ModelKind,
+    model: nn.Module,
+    jobs: Sequence[ImagesJob],
+    options: Mapping[str, Any],
+    chunk_rows: int | None = None,
 ) -> Progressive[PerJob]:
-    """Latents x_T (B, C, H, W) -> per job uint8 (B, C, H, W) by deterministic DDIM."""
-    x_T = torch.cat([job.inputs for job in jobs]).to(_device(ddpm))
-    net = _denoiser(ddpm, chunk_rows)
-    loop = ddim_decode_progressive(ddpm.diffusion, net, x_T, steps)
+    """Latents (B, *latent_shape) -> per job uint8 (B, C, H, W)."""
+    z = torch.cat([job.inputs for job in jobs]).to(_device(model))
+    loop = kind.decode(model, z, options, chunk_rows)
     images = yield from reported(loop, _report(jobs))
     return _pixels(images, [job.rows for job in jobs])

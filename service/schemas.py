@@ -1,30 +1,38 @@
 """Every request and response body of the service, with bounds and descriptions.
 
-Requests are flat JSON objects. Field bounds that depend on another field (a method only one
-model has, a k range per method) are checked by model validators whose messages start with the
+Requests are flat JSON objects. ``model`` is any served model's name (GET /models lists them
+with their image shape, methods, samplers and option limits). Bounds that depend on the model
+(its methods and their k, its samplers, a diffusion model's T for ``steps``, its image shape)
+are checked by the served model once the name is resolved, with messages that start with the
 field's name, so a 400 always says which field was wrong and what is expected.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode
 
+from models.core.repository import MODEL_NAME_PATTERN
 from service.openapi import OpenAPI30JsonSchema
 
-ModelName = Literal["vae", "ddpm"]
-Method = Literal["elbo", "iwae", "vlb_exact", "vlb_mc"]
+ModelName = Annotated[
+    str,
+    Field(
+        pattern=MODEL_NAME_PATTERN,
+        description="A served model's name (GET /models lists them; the bundled ones are "
+        "'vae' and 'ddpm').",
+    ),
+]
+MethodName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
 OutputFormat = Literal["grid", "png", "array"]
 Correction = Literal["none", "png"]
-
-METHODS: dict[str, tuple[str, ...]] = {"vae": ("elbo", "iwae"), "ddpm": ("vlb_exact", "vlb_mc")}
-DEFAULT_METHOD = {"vae": "elbo", "ddpm": "vlb_mc"}
-# Sample-count bounds per method: IWAE importance samples; stratified VLB timesteps
-# (two draws per stratum over the T - 1 = 999 denoising terms).
-K_RANGE = {"iwae": (1, 5000), "vlb_mc": (2, 1998)}
-DEFAULT_K = {"iwae": 100, "vlb_mc": 20}
+# Request fields that are options of a model kind's operation (models.kinds): each kind takes
+# some of them, and a request setting one its model does not take is a 400.
+SAMPLE_OPTIONS = ("steps", "eta", "temperature", "sample_pixels")
+ENCODE_OPTIONS = ("steps", "sample")
+DECODE_OPTIONS = ("steps",)
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 256
 # Largest |value| accepted in a latent. Real latents are a few units: posterior means of the
@@ -35,10 +43,11 @@ MAX_IMAGES = 256
 MAX_LATENT_ABS = 1000.0
 
 _IMAGES_DESCRIPTION = (
-    "Images, each a base64-encoded PNG (8-bit grayscale, 28x28 for the bundled checkpoints; "
-    "a 'data:image/png;base64,' prefix is allowed) or a nested array of integers 0..255 of "
-    "shape (H, W) or (C, H, W). A multipart/form-data request may instead upload PNG files, "
-    "one 'images' part per image, with the other fields as form fields."
+    "Images, each a base64-encoded 8-bit PNG in the model's mode and size (GET /models: 'L' "
+    "grayscale or 'RGB', H x W; the bundled checkpoints take 28x28 L; a "
+    "'data:image/png;base64,' prefix is allowed) or a nested array of integers 0..255 of "
+    "shape (C, H, W), or (H, W) for grayscale. A multipart/form-data request may instead "
+    "upload PNG files, one 'images' part per image, with the other fields as form fields."
 )
 
 
@@ -62,30 +71,8 @@ class _Request(_Schema):
     model_config = ConfigDict(extra="forbid")
 
 
-def _check_method(model: str, method: str | None) -> str:
-    if method is None:
-        return DEFAULT_METHOD[model]
-    if method not in METHODS[model]:
-        allowed = " or ".join(repr(m) for m in METHODS[model])
-        raise ValueError(f"method: the {model} offers {allowed}, got {method!r}")
-    return method
-
-
-def _check_k(method: str, k: int | None) -> int | None:
-    if method not in K_RANGE:
-        if k is not None:
-            raise ValueError(f"k: only 'iwae' and 'vlb_mc' take k, not {method!r}")
-        return None
-    low, high = K_RANGE[method]
-    if k is None:
-        return DEFAULT_K[method]
-    if not low <= k <= high:
-        raise ValueError(f"k: {method} needs k in {low}..{high}, got {k}")
-    return k
-
-
 class SampleRequest(_Request):
-    model: ModelName = Field(description="Which model draws the images.")
+    model: ModelName
     n: int = Field(1, ge=1, le=64, description="How many images to draw.")
     seed: int | None = Field(
         None,
@@ -94,45 +81,42 @@ class SampleRequest(_Request):
         description="Random seed: the same seed gives the same images, whatever other "
         "requests share the batch. Omitted: a random seed, returned in the response.",
     )
-    sampler: Literal["ddim", "ancestral"] = Field(
-        "ddim",
-        description="DDPM only: 'ddim' (Song et al. 2020, `steps` steps) or 'ancestral' "
-        "(Ho et al. 2020, all T steps; slow on CPU, prefer /sample_task).",
+    sampler: str | None = Field(
+        None,
+        max_length=32,
+        description="One of the model's samplers (GET /models); default: its first. DDPMs: "
+        "'ddim' (Song et al. 2020, `steps` steps) or 'ancestral' (Ho et al. 2020, all T "
+        "steps; slow on CPU, prefer /sample_task). VAEs: 'prior'.",
     )
-    steps: int = Field(50, ge=1, le=1000, description="DDPM DDIM only: number of denoising steps.")
-    # 1 by default: with the bundled DDPM, 50 steps at eta 1 reach a Fréchet distance of 145
-    # against 250 at eta 0 and 155 for ancestral sampling (200 images each; README).
-    eta: float = Field(
-        1.0,
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="Diffusion models, DDIM: denoising steps, 1..T of the model (GET /models "
+        "gives each model's range; default 50).",
+    )
+    eta: float | None = Field(
+        None,
         ge=0.0,
         le=1.0,
-        description="DDPM DDIM only: 0 is the deterministic ODE, 1 (default) DDPM-like noise "
-        "at each step; the seed decides the images either way.",
+        description="Diffusion models, DDIM: 0 is the deterministic ODE, 1 (default) DDPM-like "
+        "noise at each step; the seed decides the images either way.",
     )
-    temperature: float = Field(
-        1.0, gt=0.0, le=2.0, description="VAE only: prior scale, z ~ N(0, temperature^2 I)."
+    temperature: float | None = Field(
+        None,
+        gt=0.0,
+        le=2.0,
+        description="VAEs: prior scale, z ~ N(0, temperature^2 I) (default 1).",
     )
-    sample_pixels: bool = Field(
-        False,
-        description="VAE only: draw pixels from p(x|z) instead of returning the decoder mean.",
+    sample_pixels: bool | None = Field(
+        None,
+        description="VAEs: draw pixels from p(x|z) instead of returning the decoder mean "
+        "(default false).",
     )
     output: OutputFormat = Field(
         "png",
         description="'png': a list of base64 PNGs; 'grid': one base64 PNG tiling all images; "
         "'array': nested (C, H, W) lists of integers 0..255.",
     )
-
-    @model_validator(mode="after")
-    def _options_fit_model(self) -> SampleRequest:
-        if self.model == "vae" and self.sampler != "ddim":
-            raise ValueError("sampler: the vae has no sampler option; leave it out")
-        if (
-            self.model == "ddpm"
-            and self.sampler == "ancestral"
-            and "steps" in self.model_fields_set
-        ):
-            raise ValueError("steps: ancestral sampling always runs all T steps; leave steps out")
-        return self
 
 
 class ImagesPayload(_Schema):
@@ -150,40 +134,37 @@ class ImagesPayload(_Schema):
 
 
 class SampleResponse(ImagesPayload):
-    model: ModelName
+    model: str
     n: int
     seed: int = Field(description="The seed that drew these images (pass it to redraw them).")
-    sampler: str | None = Field(None, description="DDPM sampler used; null for the VAE.")
-    steps: int | None = Field(None, description="Denoising steps run; null for the VAE.")
+    sampler: str = Field(description="The sampler that drew them.")
+    steps: int | None = Field(
+        None, description="Denoising steps run; null for models that take no steps."
+    )
 
 
 class LikelihoodRequest(_Request):
-    model: ModelName = Field(description="Which model's bound to evaluate.")
+    model: ModelName
     images: list[str | list[Any]] = Field(
         min_length=1, max_length=MAX_IMAGES, description=_IMAGES_DESCRIPTION
     )
-    method: Method | None = Field(
+    method: MethodName | None = Field(
         None,
-        description="VAE: 'elbo' (default) or 'iwae' (with k). DDPM: 'vlb_mc' (default, k "
-        "stratified timesteps, with a standard error) or 'vlb_exact' (all T terms, T network "
-        "calls per image; use /likelihood_task for many images).",
+        description="One of the model's bounds (GET /models); default: its first. VAEs: "
+        "'elbo' (default) or 'iwae' (with k). DDPMs: 'vlb_mc' (default, k stratified "
+        "timesteps, with a standard error) or 'vlb_exact' (all T terms, T network calls per "
+        "image; use /likelihood_task for many images).",
     )
     k: int | None = Field(
         None,
         ge=1,
-        le=5000,
-        description="iwae: importance samples, 1..5000 (default 100); vlb_mc: timesteps, "
-        "2..1998 (default 20). Not used by the other methods.",
+        description="Samples of the methods that take k, in the range GET /models gives: "
+        "iwae importance samples (1..5000, default 100); vlb_mc timesteps (2..2(T-1), default "
+        "20). Not used by the other methods.",
     )
     seed: int = Field(
         0, ge=0, le=MAX_SEED, description="Seed of the bound's Monte-Carlo draws (reproducible)."
     )
-
-    @model_validator(mode="after")
-    def _method_fits_model(self) -> LikelihoodRequest:
-        self.method = _check_method(self.model, self.method)  # type: ignore[assignment]
-        self.k = _check_k(self.method, self.k)
-        return self
 
 
 class ImageBound(_Schema):
@@ -206,8 +187,8 @@ class ImageBound(_Schema):
 
 
 class LikelihoodResponse(_Schema):
-    model: ModelName
-    method: Method
+    model: str
+    method: str
     k: int | None
     seed: int
     results: list[ImageBound]
@@ -217,7 +198,6 @@ class ScoreRequest(LikelihoodRequest):
     k: int | None = Field(
         None,
         ge=1,
-        le=5000,
         description="Defaults to the k the model card's calibration used; another k would "
         "make scores incomparable with the calibrated thresholds.",
     )
@@ -234,13 +214,6 @@ class ScoreRequest(LikelihoodRequest):
         "an image is.",
     )
 
-    @model_validator(mode="after")
-    def _method_fits_model(self) -> ScoreRequest:
-        self.method = _check_method(self.model, self.method)  # type: ignore[assignment]
-        if self.k is not None:
-            _check_k(self.method, self.k)
-        return self
-
 
 class ImageScore(_Schema):
     score: float = Field(description="Anomaly score in bits/dim (higher is more anomalous).")
@@ -253,8 +226,8 @@ class ImageScore(_Schema):
 
 
 class ScoreResponse(_Schema):
-    model: ModelName
-    method: Method
+    model: str
+    method: str
     k: int | None
     correction: Correction
     fpr: float
@@ -269,15 +242,20 @@ class EncodeRequest(_Request):
     images: list[str | list[Any]] = Field(
         min_length=1, max_length=MAX_IMAGES, description=_IMAGES_DESCRIPTION
     )
-    steps: int = Field(
-        50, ge=1, le=1000, description="DDPM only: DDIM inversion steps (more is more exact)."
+    steps: int | None = Field(
+        None,
+        ge=1,
+        description="Diffusion models: DDIM inversion steps, 1..T (default 50; more is more "
+        "exact).",
     )
-    sample: bool = Field(False, description="VAE only: also return one draw z ~ q(z|x).")
-    seed: int = Field(0, ge=0, le=MAX_SEED, description="VAE only: seed of that draw.")
+    sample: bool | None = Field(
+        None, description="VAEs: also return one draw z ~ q(z|x) (default false)."
+    )
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seed of any random draw (VAE: z).")
 
 
 class EncodeResponse(_Schema):
-    model: ModelName
+    model: str
     means: list[list[float]] = Field(
         default_factory=list, description="VAE: posterior means (B, Z)."
     )
@@ -304,23 +282,52 @@ class DecodeRequest(_Request):
     latents: list[list[Any]] = Field(
         min_length=1,
         max_length=MAX_IMAGES,
-        description="VAE: a list of latent vectors (Z floats each, Z = the model's latent_dim); "
-        "DDPM: a list of x_T arrays of shape (C, H, W), e.g. from /encode. Every value must be "
+        description="Latents of the model's latent_shape (GET /models). VAE: latent vectors "
+        "(Z floats each); DDPM: x_T arrays of shape (C, H, W), e.g. from /encode. Every value "
+        "must be "
         f"a finite number with |value| <= {MAX_LATENT_ABS:g} (real latents are a few units): "
         "anything else is a 400 naming its position, e.g. 'latents[0][3]'.",
     )
-    steps: int = Field(50, ge=1, le=1000, description="DDPM only: DDIM decoding steps.")
+    steps: int | None = Field(
+        None, ge=1, description="Diffusion models: DDIM decoding steps, 1..T (default 50)."
+    )
     output: OutputFormat = Field("png", description="As for /sample.")
 
 
 class DecodeResponse(ImagesPayload):
-    model: ModelName
+    model: str
+
+
+class ImageInfo(_Schema):
+    channels: int
+    height: int
+    width: int
+    mode: str = Field(description="The PNG mode of its images: 'L' (grayscale) or 'RGB'.")
+
+
+class MethodInfo(_Schema):
+    description: str
+    k_range: list[int] | None = Field(description="Inclusive k range; null: takes no k.")
+    default_k: int | None
+
+
+class OptionInfo(_Schema):
+    default: Any
+    description: str
+    range: list[int] | None = Field(None, description="Inclusive range, where the model sets one.")
 
 
 class ModelInfo(_Schema):
     kind: str
     checkpoint: str
     device: str
+    image: ImageInfo
+    latent_shape: list[int] = Field(description="Shape of one latent from /encode for /decode.")
+    methods: dict[str, MethodInfo] = Field(description="Its bounds; the first is the default.")
+    samplers: list[str] = Field(description="Its samplers; the first is the default.")
+    options: dict[str, dict[str, OptionInfo]] = Field(
+        description="Per operation (sample, encode, decode), the options it takes."
+    )
     config: dict[str, Any]
     card: dict[str, Any] = Field(description="The checkpoint's model card (measured numbers).")
 

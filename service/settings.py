@@ -59,10 +59,37 @@ def read_api_keys(inline: str, file: str) -> tuple[str, ...]:
     return tuple(key for key in keys if key)
 
 
+def read_named_paths(text: str, variable: str) -> tuple[tuple[str, Path], ...]:
+    """'name=path,name=path' -> ((name, path), ...); a ValueError names the bad entry."""
+    pairs = []
+    for entry in (part.strip() for part in text.split(",")):
+        if not entry:
+            continue
+        name, separator, path = entry.partition("=")
+        if not separator or not name.strip() or not path.strip():
+            raise ValueError(f"{variable}: expected name=path entries, got {entry!r}")
+        pairs.append((name.strip(), Path(path.strip())))
+    return tuple(pairs)
+
+
+def _legacy_checkpoints() -> tuple[tuple[str, Path], ...]:
+    """ELBO_SERVE_VAE_CHECKPOINT / ELBO_SERVE_DDPM_CHECKPOINT, from before the repository."""
+    return tuple(
+        (name, Path(os.environ[ENV_PREFIX + variable]))
+        for name, variable in (("vae", "VAE_CHECKPOINT"), ("ddpm", "DDPM_CHECKPOINT"))
+        if os.environ.get(ENV_PREFIX + variable)
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
-    vae_checkpoint: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints" / "vae")
-    ddpm_checkpoint: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints" / "ddpm")
+    # The model repository: every servable checkpoint directory in it is served under the
+    # directory's name (models/core/repository.py); the bundled ones are 'vae' and 'ddpm'.
+    model_dir: Path = field(default_factory=lambda: REPO_ROOT / "checkpoints")
+    # More models, or other directories for names in the repository: (name, directory).
+    # ELBO_SERVE_MODELS=name=dir,...; the older ELBO_SERVE_VAE_CHECKPOINT and
+    # ELBO_SERVE_DDPM_CHECKPOINT still work, as the directories of 'vae' and 'ddpm'.
+    extra_models: tuple[tuple[str, Path], ...] = ()
     # "auto" picks CUDA when available, else CPU.
     device: str = "auto"
     # Most images one batched model call carries, per device kind (CPU memory and latency
@@ -140,8 +167,9 @@ class Settings:
     def from_env(cls) -> Settings:
         defaults = cls()
         return cls(
-            vae_checkpoint=Path(_env("VAE_CHECKPOINT", str(defaults.vae_checkpoint))),
-            ddpm_checkpoint=Path(_env("DDPM_CHECKPOINT", str(defaults.ddpm_checkpoint))),
+            model_dir=Path(_env("MODEL_DIR", str(defaults.model_dir))),
+            extra_models=_legacy_checkpoints()
+            + read_named_paths(_env("MODELS", ""), ENV_PREFIX + "MODELS"),
             device=_env("DEVICE", defaults.device),
             cpu_max_batch_images=int(
                 _env("CPU_MAX_BATCH_IMAGES", str(defaults.cpu_max_batch_images))
@@ -179,6 +207,19 @@ class Settings:
                 _env("CUDA_MAX_REQUEST_GFLOP", str(defaults.cuda_max_request_gflop))
             ),
         )
+
+    def served_directories(self) -> dict[str, Path]:
+        """name -> checkpoint directory of every model to serve."""
+        from models.core.repository import check_model_name, servable_checkpoints
+
+        served = servable_checkpoints(self.model_dir)
+        served.update((check_model_name(name), path) for name, path in self.extra_models)
+        if not served:
+            raise ValueError(
+                f"no servable checkpoints in {self.model_dir} ({ENV_PREFIX}MODEL_DIR) and none "
+                f"in {ENV_PREFIX}MODELS"
+            )
+        return served
 
     def resolve_device(self) -> str:
         import torch

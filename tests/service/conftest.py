@@ -1,10 +1,10 @@
 """Service fixtures: the served checkpoints (with a model card that has calibrations), an
 in-process HTTP client, and image helpers.
 
-The service serves what ``Settings`` points at: the committed ``checkpoints/{vae,ddpm}`` by
-default, or ``ELBO_SERVE_VAE_CHECKPOINT`` / ``ELBO_SERVE_DDPM_CHECKPOINT``. A checkpoint whose
-card has no calibration yet is copied and given one measured here on a few test images, so
-/score can be exercised before the evaluation CLI has run.
+The service serves what ``Settings`` points at: the model repository ``checkpoints/`` (the
+committed ``vae`` and ``ddpm``) by default, or ``ELBO_SERVE_MODEL_DIR`` / ``ELBO_SERVE_MODELS``.
+A checkpoint whose card has no calibration yet is copied and given one measured here on a few
+test images, so /score can be exercised before the evaluation CLI has run.
 """
 
 from __future__ import annotations
@@ -30,14 +30,14 @@ import torch  # noqa: E402
 from models.core.checkpoints import load_checkpoint, read_model_card, write_model_card  # noqa: E402
 from models.core.noise import seeded_generator  # noqa: E402
 from models.core.pixels import pixels_to_signed_unit  # noqa: E402
+from models.core.progressive import run_to_end  # noqa: E402
 from models.data import load_fashion_mnist  # noqa: E402
-from models.diffusion.bound import vlb_monte_carlo  # noqa: E402
 from models.eval.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim  # noqa: E402
+from models.kinds import kind_of  # noqa: E402
 from service.settings import Settings  # noqa: E402
 
 # k of the fixture calibrations: small, to keep the suite fast.
 FIXTURE_K = {"iwae": 8, "vlb_mc": 4}
-ENV_NAMES = {"vae": "ELBO_SERVE_VAE_CHECKPOINT", "ddpm": "ELBO_SERVE_DDPM_CHECKPOINT"}
 
 
 @pytest.fixture(scope="session")
@@ -48,30 +48,25 @@ def test_images() -> torch.Tensor:
 
 
 def _fixture_calibration(directory: Path, images: torch.Tensor) -> dict:
-    """Calibrations measured on a few images, in the model card's format."""
+    """Calibrations of every bound of the model, measured on a few images, in the model
+    card's format."""
     checkpoint = load_checkpoint(directory)
-    x = pixels_to_signed_unit(images)
-    png = png_bits_per_dim(images)
-    bounds = {}
-    with torch.no_grad():
-        if checkpoint.kind == "vae":
-            bounds["elbo"] = checkpoint.model.negative_elbo(x, seeded_generator(0))
-            bounds["iwae"] = checkpoint.model.iwae_bound(x, FIXTURE_K["iwae"], seeded_generator(0))
-        else:
-            ddpm = checkpoint.model
-            bounds["vlb_mc"] = vlb_monte_carlo(
-                ddpm.diffusion, ddpm, x[:8], FIXTURE_K["vlb_mc"], seeded_generator(0)
-            )
+    kind = kind_of(checkpoint.kind)
+    x = pixels_to_signed_unit(images[:8])
+    png = png_bits_per_dim(images[:8])
     calibration = {}
-    for method, bound in bounds.items():
-        bpd = bound.total_bits_per_dim
+    for method in kind.methods(checkpoint.model).values():
+        k = FIXTURE_K.get(method.name) if method.k_range else None
+        with torch.no_grad():
+            terms = run_to_end(method.run(checkpoint.model, x, k, seeded_generator(0), 64))
+        bpd = terms["total_bits_per_dim"]
         kinds = {
             "bits_per_dim": bpd,
-            "bits_per_dim_minus_png": complexity_corrected_score(bpd, png[: len(bpd)]),
+            "bits_per_dim_minus_png": complexity_corrected_score(bpd, png),
         }
         source = f"test fixture: {len(bpd)} test images"
-        calibration[method] = {
-            "k": FIXTURE_K.get(method),
+        calibration[method.name] = {
+            "k": k,
             "scores": {
                 kind: Calibration.of(values, source).to_dict((0.25,))
                 for kind, values in kinds.items()
@@ -82,12 +77,9 @@ def _fixture_calibration(directory: Path, images: torch.Tensor) -> dict:
 
 @pytest.fixture(scope="session")
 def served_checkpoints(test_images: torch.Tensor) -> dict[str, Path]:
-    """Point the service at checkpoints with calibrated model cards."""
-    settings = Settings.from_env()
+    """Point the service at checkpoints with calibrated model cards (name -> directory)."""
     served = {}
-    for name, directory in (("vae", settings.vae_checkpoint), ("ddpm", settings.ddpm_checkpoint)):
-        if not (directory / "config.json").is_file():
-            pytest.fail(f"no {name} checkpoint at {directory}: commit one or set {ENV_NAMES[name]}")
+    for name, directory in Settings.from_env().served_directories().items():
         card = read_model_card(directory)
         if "calibration" not in card:
             copy = _SCRATCH / "checkpoints" / name
@@ -96,7 +88,7 @@ def served_checkpoints(test_images: torch.Tensor) -> dict[str, Path]:
             write_model_card(copy, card)
             directory = copy
         served[name] = directory
-        os.environ[ENV_NAMES[name]] = str(directory)
+    os.environ["ELBO_SERVE_MODELS"] = ",".join(f"{n}={d}" for n, d in served.items())
     return served
 
 

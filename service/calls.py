@@ -1,0 +1,320 @@
+"""The work behind the endpoints, for any served model.
+
+Each call resolves the request's model by name, lets the model's kind check and complete the
+request's options, estimates the cost (refusing work past the synchronous ceiling with a 413
+where asked), hands one job to the batcher, which runs it with concurrent jobs of the same
+key in one call (:mod:`service.runners`), and converts the result into the response. Nothing
+here knows which kinds exist.
+"""
+
+from __future__ import annotations
+
+import functools
+import secrets
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from models.kinds import Work, check_k
+from service.costs import Cost, refuse_past_ceiling
+from service.errors import NonFiniteResultError, RequestError
+from service.repository import Repository, ServedModel
+from service.schemas import (
+    DECODE_OPTIONS,
+    ENCODE_OPTIONS,
+    MAX_LATENT_ABS,
+    SAMPLE_OPTIONS,
+    DecodeRequest,
+    DecodeResponse,
+    EncodeRequest,
+    EncodeResponse,
+    ImageBound,
+    ImageScore,
+    LikelihoodRequest,
+    LikelihoodResponse,
+    ModelInfo,
+    ModelsResponse,
+    SampleRequest,
+    SampleResponse,
+    ScoreRequest,
+    ScoreResponse,
+)
+from service.settings import Ceiling
+
+Progress = Callable[[int, int], None]
+FEWER_IMAGES = "send fewer images (or fewer steps) per request: the cost grows with each"
+SCORE_INSTEAD = (
+    "score fewer images per request (the cost grows with each), or get the bound alone from "
+    "POST /likelihood_task/submit, which runs it in the background"
+)
+
+
+def as_task(task: str) -> str:
+    """Where work past the synchronous ceiling goes instead."""
+    return (
+        f"submit it to POST /{task}/submit instead, which runs it in the background "
+        f"without holding up cheaper requests (then GET /{task}/status?task_id=... and "
+        f"GET /{task}/get?task_id=...; progress at POST /task_progress)"
+    )
+
+
+class BatchKey(NamedTuple):
+    """Everything a batched model call depends on besides its inputs."""
+
+    model: str
+    operation: str
+    options: tuple[Any, ...] = ()
+    denoising_steps: int = 0  # network steps of one loop, for the metric
+
+
+def _given(request: Any, names: tuple[str, ...]) -> dict[str, Any]:
+    """The options among ``names`` that the request set."""
+    return {name: value for name in names if (value := getattr(request, name)) is not None}
+
+
+def _key_options(options: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(sorted(options.items()))
+
+
+class ModelCalls:
+    def __init__(
+        self,
+        repository: Repository,
+        batcher: Any,
+        metrics: Any,
+        runners: Any,
+        ceiling: Ceiling,
+        chunk_rows: int | None,
+        bound_call_rows: int,
+    ) -> None:
+        self.repository, self.batcher, self.metrics = repository, batcher, metrics
+        self.runners, self.ceiling = runners, ceiling
+        self.chunk_rows, self.bound_call_rows = chunk_rows, bound_call_rows
+        self._calibrations: dict[tuple[str, str, str], tuple[dict, Any]] = {}
+
+    def served(self, name: str) -> ServedModel:
+        return self.repository.get_served(name)
+
+    def _cost(self, served: ServedModel, work: Work, field: str | None, instead: str) -> Cost:
+        """The work's cost; past the ceiling a 413 naming ``field`` and ``instead``, unless
+        ``field`` is None (tasks, which run in the background)."""
+        cost = served.cost(work)
+        if field is not None:
+            refuse_past_ceiling(cost, self.ceiling, field, instead)
+        return cost
+
+    def _images(self, served: ServedModel, items: list[Any]):
+        from service.imaging import decode_images
+
+        return decode_images(items, served.image_shape)
+
+    # Sampling ------------------------------------------------------------------------------
+
+    async def sample(
+        self, request: SampleRequest, progress: Progress | None = None, synchronous: bool = True
+    ) -> SampleResponse:
+        from service.imaging import images_payload
+
+        served = self.served(request.model)
+        given = _given(request, SAMPLE_OPTIONS)
+        options = served.kind.sample_options_for(served.model, request.sampler, given)
+        work = Work("sample", request.n, options=options)
+        field = "n" if synchronous else None
+        cost = self._cost(served, work, field, as_task("sample_task"))
+        seed = request.seed if request.seed is not None else secrets.randbits(63)
+        job = self.runners.SampleJob(request.n, seed, progress)
+        steps = served.kind.denoising_steps(served.model, work)
+        key = BatchKey(served.name, "sample", _key_options(options), steps)
+        run = functools.partial(
+            self.runners.sample,
+            served.kind,
+            served.model,
+            options=options,
+            chunk_rows=self.chunk_rows,
+        )
+        images = await self.batcher.submit(key, run, job, request.n, cost.gflop)
+        self.metrics.IMAGES_GENERATED.labels(served.name, options["sampler"]).inc(request.n)
+        return SampleResponse(
+            model=served.name,
+            n=request.n,
+            seed=seed,
+            sampler=options["sampler"],
+            steps=options.get("steps"),
+            **images_payload(images, request.output),
+        )
+
+    # Bounds and scores -------------------------------------------------------------------
+
+    async def _bound(self, served: ServedModel, method: str, k: int | None, job) -> dict:
+        key = BatchKey(served.name, f"likelihood_{method}", (k,))
+        run = functools.partial(
+            self.runners.bound,
+            served.method(method),
+            served.model,
+            k=k,
+            max_batch=self.bound_call_rows,
+        )
+        cost = served.cost(Work("likelihood", job.rows, method, k))
+        terms = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
+        for value in terms["total_bits_per_dim"].tolist():
+            self.metrics.LIKELIHOOD_BITS_PER_DIM.labels(served.name, method).observe(value)
+        return terms
+
+    async def likelihood(
+        self,
+        request: LikelihoodRequest,
+        progress: Progress | None = None,
+        synchronous: bool = True,
+    ) -> LikelihoodResponse:
+        served = self.served(request.model)
+        method = served.method(request.method)
+        k = check_k(method, request.k)
+        work = Work("likelihood", len(request.images), method.name, k)
+        self._cost(served, work, "images" if synchronous else None, as_task("likelihood_task"))
+        x = self._images(served, request.images)
+        job = self.runners.ImagesJob(x, request.seed, progress)
+        terms = await self._bound(served, method.name, k, job)
+        names = [name for name in ImageBound.model_fields if name in terms]
+        columns = {name: terms[name].tolist() for name in names}
+        results = [
+            ImageBound(**{name: columns[name][i] for name in names}) for i in range(job.rows)
+        ]
+        return LikelihoodResponse(
+            model=served.name, method=method.name, k=k, seed=request.seed, results=results
+        )
+
+    async def score(self, request: ScoreRequest) -> ScoreResponse:
+        from service.scoring import scores, threshold_for
+
+        served = self.served(request.model)
+        method = served.method(request.method)
+        calibrated = self._calibration(served, method.name, request.correction)
+        k = self._score_k(method, request.k, calibrated.k)
+        work = Work("likelihood", len(request.images), method.name, k)
+        self._cost(served, work, "images", SCORE_INSTEAD)
+        threshold = threshold_for(calibrated.calibration, request.fpr)
+        x = self._images(served, request.images)
+        terms = await self._bound(served, method.name, k, self.runners.ImagesJob(x, request.seed))
+        score, png = scores(terms["total_bits_per_dim"], x, request.correction)
+        flagged = score > threshold
+        percentiles = calibrated.calibration.percentile(score)
+        self.metrics.IMAGES_SCORED.labels(served.name, method.name).inc(len(score))
+        self.metrics.ANOMALIES_FLAGGED.labels(served.name, method.name).inc(int(flagged.sum()))
+        results = [
+            ImageScore(
+                score=score[i],
+                bits_per_dim=float(terms["total_bits_per_dim"][i]),
+                png_bits_per_dim=png[i],
+                is_anomaly=bool(flagged[i]),
+                percentile=percentiles[i],
+            )
+            for i in range(len(score))
+        ]
+        return ScoreResponse(
+            model=served.name,
+            method=method.name,
+            k=k,
+            correction=request.correction,
+            fpr=request.fpr,
+            threshold=threshold,
+            calibration_source=calibrated.calibration.source,
+            calibration_images=len(calibrated.calibration.normal_scores),
+            results=results,
+        )
+
+    def _calibration(self, served: ServedModel, method: str, correction: str):
+        """The card's calibration, built once per card rather than per request."""
+        from service.scoring import calibration_for
+
+        card = served.checkpoint.card
+        key = (served.name, method, correction)
+        cached_card, calibrated = self._calibrations.get(key, (None, None))
+        if cached_card is not card:
+            calibrated = calibration_for(card, served.name, method, correction)
+            self._calibrations[key] = (card, calibrated)
+        return calibrated
+
+    @staticmethod
+    def _score_k(method, requested_k: int | None, calibrated_k: int | None) -> int | None:
+        """The k the calibration used: scores with another k are not comparable."""
+        if method.k_range is None:
+            return check_k(method, requested_k)
+        k = calibrated_k if calibrated_k is not None else method.default_k
+        if requested_k is not None and requested_k != k:
+            raise RequestError(
+                "k", f"the {method.name} calibration used k={k}; leave k out or pass {k}"
+            )
+        return k
+
+    # Encoding and decoding ---------------------------------------------------------------
+
+    async def encode(self, request: EncodeRequest) -> EncodeResponse:
+        served = self.served(request.model)
+        options = served.kind.encode_options_for(served.model, _given(request, ENCODE_OPTIONS))
+        work = Work("encode", len(request.images), options=options)
+        cost = self._cost(served, work, "images", FEWER_IMAGES)
+        x = self._images(served, request.images)
+        job = self.runners.ImagesJob(x, request.seed)
+        steps = served.kind.denoising_steps(served.model, work)
+        key = BatchKey(served.name, "encode", _key_options(options), steps)
+        run = functools.partial(
+            self.runners.encode,
+            served.kind,
+            served.model,
+            options=options,
+            chunk_rows=self.chunk_rows,
+        )
+        out = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
+        fields = {n: v.tolist() for n, v in out.items() if n in EncodeResponse.model_fields}
+        return EncodeResponse(model=served.name, steps=options.get("steps"), **fields)
+
+    async def decode(self, request: DecodeRequest) -> DecodeResponse:
+        from models.core.pixels import NonFiniteError
+        from service.imaging import decode_latents, images_payload
+
+        served = self.served(request.model)
+        options = served.kind.decode_options_for(served.model, _given(request, DECODE_OPTIONS))
+        work = Work("decode", len(request.latents), options=options)
+        cost = self._cost(served, work, "latents", FEWER_IMAGES)
+        z = decode_latents(request.latents, served.latent_shape, MAX_LATENT_ABS)
+        steps = served.kind.denoising_steps(served.model, work)
+        key = BatchKey(served.name, "decode", _key_options(options), steps)
+        run = functools.partial(
+            self.runners.decode,
+            served.kind,
+            served.model,
+            options=options,
+            chunk_rows=self.chunk_rows,
+        )
+        try:
+            images = await self.batcher.submit(
+                key, run, self.runners.ImagesJob(z), len(z), cost.gflop
+            )
+        except NonFiniteError as error:
+            # Each image is a deterministic function of its latent alone, and these passed
+            # validation: the client's values are to blame, so a 4xx that names them.
+            raise NonFiniteResultError(
+                f"latents[{error.rows[0]}]",
+                "decoding this latent gave NaN or infinite pixel values; the model cannot "
+                "decode it (latents from /encode or N(0, I) draws decode)",
+            ) from error
+        self.metrics.IMAGES_GENERATED.labels(served.name, "decode").inc(len(images))
+        return DecodeResponse(model=served.name, **images_payload(images, request.output))
+
+    # Listing -------------------------------------------------------------------------------
+
+    def models(self, device: str) -> ModelsResponse:
+        from models.core.config import config_to_dict
+
+        return ModelsResponse(
+            models={
+                name: ModelInfo(
+                    kind=served.kind.name,
+                    checkpoint=str(served.checkpoint.directory),
+                    device=device,
+                    config=config_to_dict(served.model.config),
+                    card=served.checkpoint.card,
+                    **served.describe(),
+                )
+                for name, served in self.repository.items()
+            }
+        )

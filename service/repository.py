@@ -1,0 +1,133 @@
+"""The served models, loaded from the model repository and looked up by name.
+
+A :class:`ServedModel` is one loaded checkpoint with its kind (:mod:`models.kinds`) and its
+costs; the endpoints ask it for a bound, a sampler's options, a latent shape, and never ask
+which kind it is. An unknown name is a 400 that lists the served ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from service.costs import Cost, ModelCosts
+from service.errors import RequestError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from models.core.checkpoints import Checkpoint
+    from models.kinds import BoundMethod, ModelKind, Work
+
+logger = logging.getLogger("elbo_serve")
+_PNG_MODES = {1: "L", 3: "RGB"}
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    name: str
+    kind: ModelKind
+    checkpoint: Checkpoint
+    costs: ModelCosts
+
+    @property
+    def model(self) -> nn.Module:
+        return self.checkpoint.model
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images this model reads and writes."""
+        return self.kind.image_shape(self.model.config)
+
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.kind.latent_shape(self.model)
+
+    def method(self, name: str | None) -> BoundMethod:
+        return self.kind.method_for(self.model, name)
+
+    def cost(self, work: Work) -> Cost:
+        return self.costs.estimate(work)
+
+    def describe(self) -> dict[str, Any]:
+        """What a client needs to call this model: shapes, methods with their k, samplers
+        and the options of each operation with their defaults and limits."""
+        channels, height, width = self.image_shape
+        methods = {
+            name: {"description": m.description, "k_range": m.k_range, "default_k": m.default_k}
+            for name, m in self.kind.methods(self.model).items()
+        }
+        limits = self.kind.option_limits(self.model)
+        options = {
+            operation: {
+                name: {"default": option.default, "description": option.description}
+                | ({"range": limits[name]} if name in limits else {})
+                for name, option in declared.items()
+            }
+            for operation, declared in (
+                ("sample", self.kind.sample_options),
+                ("encode", self.kind.encode_options),
+                ("decode", self.kind.decode_options),
+            )
+        }
+        return {
+            "image": {
+                "channels": channels,
+                "height": height,
+                "width": width,
+                "mode": _PNG_MODES.get(channels, f"{channels} channels"),
+            },
+            "latent_shape": list(self.latent_shape),
+            "methods": methods,
+            "samplers": list(self.kind.samplers(self.model)),
+            "options": options,
+        }
+
+
+class Repository(Mapping[str, ServedModel]):
+    """The served models by name."""
+
+    def __init__(self, served: Mapping[str, ServedModel]) -> None:
+        self._served = dict(served)
+
+    def __getitem__(self, name: str) -> ServedModel:
+        return self._served[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._served)
+
+    def __len__(self) -> int:
+        return len(self._served)
+
+    def get_served(self, name: str) -> ServedModel:
+        """The model called ``name``; a 400 naming the served ones for any other name."""
+        if name not in self._served:
+            served = ", ".join(repr(n) for n in self._served)
+            raise RequestError("model", f"no model is served as {name!r}; served: {served}")
+        return self._served[name]
+
+
+def load_repository(directories: Mapping[str, Path], device: str, on_loaded=None) -> Repository:
+    """Load every checkpoint (with its model card, which serving needs) onto ``device``;
+    ``on_loaded(name, seconds)`` after each."""
+    from models.core.checkpoints import load_checkpoint, require_model_card
+    from models.kinds import kind_of
+
+    served = {}
+    for name, directory in directories.items():
+        start = time.perf_counter()
+        checkpoint = require_model_card(load_checkpoint(directory, device))
+        kind = kind_of(checkpoint.kind)
+        costs = ModelCosts(
+            kind.networks_gflop(checkpoint.model),
+            lambda work, kind=kind, model=checkpoint.model: kind.evaluations(model, work),
+        )
+        served[name] = ServedModel(name, kind, checkpoint, costs)
+        if on_loaded is not None:
+            on_loaded(name, time.perf_counter() - start)
+        logger.info("loaded %s (%s) from %s on %s", name, kind.name, directory, device)
+    return Repository(served)
