@@ -6,7 +6,8 @@ import torch
 
 from models.core.checkpoints import load_checkpoint
 from models.core.config import DDPMConfig, DiffusionConfig, TrainConfig, UNetConfig, VAEConfig
-from models.train import LOG_FILE, Experiment, Trainer
+from models.training.experiment import Experiment
+from models.training.trainer import LOG_FILE, Trainer
 
 
 def _images(n: int = 32) -> torch.Tensor:
