@@ -40,7 +40,8 @@ from models.nn.acceleration import (
     bf16_autocast_usable,
     native_bf16_supported,
 )
-from models.train import Experiment, Trainer
+from models.training.experiment import Experiment
+from models.training.trainer import Trainer
 from service import runners
 from service.settings import REPO_ROOT
 

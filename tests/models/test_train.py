@@ -6,12 +6,14 @@ import torch
 
 from models.core.checkpoints import load_checkpoint
 from models.core.config import DDPMConfig, DiffusionConfig, TrainConfig, UNetConfig, VAEConfig
-from models.train import LOG_FILE, Experiment, Trainer
+from models.kinds import KindError, kind_of
+from models.training.experiment import Experiment
+from models.training.trainer import LOG_FILE, Trainer
 
 
-def _images(n: int = 32) -> torch.Tensor:
+def _images(n: int = 32, shape: tuple[int, int, int] = (1, 28, 28)) -> torch.Tensor:
     return torch.randint(
-        0, 256, (n, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
+        0, 256, (n, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.uint8
     )
 
 
@@ -165,3 +167,59 @@ def test_bf16_autocast_training_takes_finite_steps(tmp_path):
     assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in log)
     assert any(not torch.equal(before[n], t) for n, t in trainer.model.state_dict().items())
     assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+
+
+def _rgb16_experiments() -> dict[str, Experiment]:
+    vae = VAEConfig(image_channels=3, image_size=16, latent_dim=4, channels=(8, 16))
+    unet = UNetConfig(
+        image_channels=3,
+        image_size=16,
+        base_channels=8,
+        channel_mults=(1, 2),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        num_heads=1,
+    )
+    ddpm = DDPMConfig(unet, DiffusionConfig(num_timesteps=10))
+    train = _train_config(steps=3)
+    return {"vae": Experiment("vae", vae, train), "ddpm": Experiment("ddpm", ddpm, train)}
+
+
+@pytest.mark.parametrize("kind", ["vae", "ddpm"])
+def test_an_rgb_16x16_model_trains_exports_and_reloads(tmp_path, kind):
+    experiment = _rgb16_experiments()[kind]
+    trainer = Trainer(experiment, tmp_path, torch.device("cpu"))
+    trainer.run(_images(16, (3, 16, 16)))
+    assert trainer.step == 3
+
+    loaded = load_checkpoint(tmp_path / "checkpoint")
+    assert loaded.kind == kind
+    assert kind_of(loaded.model).image_shape(loaded.model.config) == (3, 16, 16)
+    exported = trainer.ema if kind_of(kind).exports_ema else trainer.model
+    for name, tensor in exported.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[name], tensor), name
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    loss, _ = kind_of(kind).training_loss(loaded.model, x, torch.Generator().manual_seed(2))
+    assert torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("kind", ["vae", "ddpm"])
+def test_training_refuses_images_of_another_shape_naming_both(tmp_path, kind):
+    trainer = Trainer(_rgb16_experiments()[kind], tmp_path, torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"\(3, 16, 16\).*\(1, 28, 28\)"):
+        trainer.run(_images(8))
+    assert trainer.step == 0 and not (tmp_path / LOG_FILE).exists()
+
+
+def test_training_refuses_images_that_are_not_uint8(tmp_path):
+    trainer = Trainer(_experiments()["vae"], tmp_path, torch.device("cpu"))
+    with pytest.raises(ValueError, match="uint8"):
+        trainer.run(_images().float())
+
+
+def test_an_experiment_refuses_an_unknown_kind_or_another_kinds_config():
+    experiments = _experiments()
+    with pytest.raises(KindError, match="unknown model kind"):
+        Experiment("gan", experiments["vae"].model_config, _train_config())
+    with pytest.raises(TypeError, match="needs a DDPMConfig, got VAEConfig"):
+        Experiment("ddpm", experiments["vae"].model_config, _train_config())
