@@ -32,8 +32,8 @@ def run_part(part: str, args: Any, results: dict[str, Any], scratch: Path) -> di
 def _checkpoints(device: str):
     settings = Settings.from_env()
     return (
-        load_checkpoint(settings.vae_checkpoint, device),
-        load_checkpoint(settings.ddpm_checkpoint, device),
+        load_checkpoint(settings.served_directories()["vae"], device),
+        load_checkpoint(settings.served_directories()["ddpm"], device),
     )
 
 

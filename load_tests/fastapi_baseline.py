@@ -23,8 +23,10 @@ from service.settings import Settings
 settings = Settings.from_env()
 if settings.torch_threads > 0:
     torch.set_num_threads(settings.torch_threads)
-vae = load_checkpoint(settings.vae_checkpoint).model.eval()
-_ddpm_checkpoint = load_checkpoint(settings.ddpm_checkpoint)
+# The baseline a user would write for the two bundled models, by their names.
+_served = settings.served_directories()
+vae = load_checkpoint(_served["vae"]).model.eval()
+_ddpm_checkpoint = load_checkpoint(_served["ddpm"])
 ddpm = _ddpm_checkpoint.model.eval()
 # The k the service scores with: the one the model card's calibration used.
 vlb_mc_k = _ddpm_checkpoint.card["calibration"]["vlb_mc"]["k"]

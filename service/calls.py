@@ -10,6 +10,7 @@ here knows which kinds exist.
 from __future__ import annotations
 
 import functools
+import logging
 import secrets
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -38,8 +39,9 @@ from service.schemas import (
     ScoreRequest,
     ScoreResponse,
 )
-from service.settings import Ceiling
+from service.settings import Ceiling, Settings
 
+logger = logging.getLogger("elbo_serve")
 Progress = Callable[[int, int], None]
 FEWER_IMAGES = "send fewer images (or fewer steps) per request: the cost grows with each"
 SCORE_INSTEAD = (
@@ -90,6 +92,53 @@ class ModelCalls:
         self.runners, self.ceiling = runners, ceiling
         self.chunk_rows, self.bound_call_rows = chunk_rows, bound_call_rows
         self._calibrations: dict[tuple[str, str, str], tuple[dict, Any]] = {}
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, device: str, metrics: Any, observe: Callable[..., None]
+    ) -> ModelCalls:
+        """Load the repository onto ``device`` (with the CPU speed modes settings ask for),
+        and a batcher that reports each executed batch to ``observe(key, items, seconds)``."""
+        import torch
+
+        from models.nn.acceleration import Acceleration, accelerate
+        from service import runners
+        from service.batching import KeyedBatcher
+        from service.repository import load_repository
+
+        if (threads := settings.threads_per_call(device)) is not None:
+            torch.set_num_threads(threads)
+        repository = load_repository(
+            settings.served_directories(),
+            device,
+            lambda name, seconds: metrics.CHECKPOINT_LOAD_SECONDS.labels(name).set(seconds),
+        )
+        if (acceleration := settings.acceleration(device)) != Acceleration():
+            for served in repository.values():
+                accelerate(served.model, acceleration)
+            logger.info("networks run with %s", acceleration.name)
+        ceiling = settings.request_ceiling(device)
+        logger.info(
+            "GFLOP per image and network evaluation: %s; synchronous requests up to %s GFLOP",
+            {name: served.costs.gflop_per_evaluation for name, served in repository.items()},
+            f"{ceiling.gflop:,.0f}" if ceiling.gflop else "any",
+        )
+        lanes = settings.lanes(device)
+        if settings.batching:
+            max_batch, wait_s = settings.max_batch_images(device), settings.batch_wait_ms / 1000
+        else:  # one request per model call, sent at once
+            max_batch, wait_s = 1, 0.0
+        batcher = KeyedBatcher(max_batch, wait_s, observe, lanes)
+        logger.info("%d model lanes, %d torch threads each", lanes, torch.get_num_threads())
+        return cls(
+            repository,
+            batcher,
+            metrics,
+            runners,
+            ceiling,
+            settings.chunk_rows(device),
+            settings.rows_per_bound_call(device),
+        )
 
     def served(self, name: str) -> ServedModel:
         return self.repository.get_served(name)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
@@ -97,9 +98,14 @@ def _error_response(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": reference}}}
 
 
-def published_document(generated: dict[str, Any]) -> dict[str, Any]:
-    """BentoML's generated document (``Service.openapi_spec.asdict()``), corrected."""
+def published_document(
+    generated: dict[str, Any], served: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """BentoML's generated document (``Service.openapi_spec.asdict()``), corrected; with
+    ``served`` (model name -> one-line summary), every request's ``model`` lists the names."""
     document = json.loads(json.dumps(generated))  # a copy, with status codes as strings
+    if served:
+        _document_served_models(document, served)
     schemas = document["components"]["schemas"]
     for name in ERROR_SCHEMAS:
         schemas[name]["properties"] = copy.deepcopy(ERROR_PROPERTIES)
@@ -134,6 +140,24 @@ def published_document(generated: dict[str, Any]) -> dict[str, Any]:
         listing["responses"].pop("413", None)
         paths["/models"]["get"] = listing
     return document
+
+
+def _document_served_models(node: Any, served: Mapping[str, str]) -> None:
+    """The ``model`` property of every request schema: an enum of the served names, whose
+    description says what each is (GET /models has their methods, samplers and limits)."""
+    if isinstance(node, list):
+        for item in node:
+            _document_served_models(item, served)
+        return
+    if not isinstance(node, dict):
+        return
+    model = node.get("properties", {}).get("model")
+    if isinstance(model, dict) and "pattern" in model:
+        model["enum"] = list(served)
+        listing = "; ".join(f"{name!r}: {summary}" for name, summary in served.items())
+        model["description"] = f"A served model's name. Served here: {listing}."
+    for value in node.values():
+        _document_served_models(value, served)
 
 
 def _add_uploads(operation: dict[str, Any]) -> None:

@@ -111,6 +111,20 @@ class Repository(Mapping[str, ServedModel]):
         return self._served[name]
 
 
+def summaries(directories: Mapping[str, Path]) -> dict[str, str]:
+    """name -> "kind, WxH mode" from each checkpoint's config alone (no weights loaded)."""
+    from models.core.checkpoints import read_config
+    from models.kinds import kind_of
+
+    described = {}
+    for name, directory in directories.items():
+        kind_name, config = read_config(directory)
+        channels, height, width = kind_of(kind_name).image_shape(config)
+        mode = _PNG_MODES.get(channels, f"{channels} channels")
+        described[name] = f"{kind_name}, {width}x{height} {mode}"
+    return described
+
+
 def load_repository(directories: Mapping[str, Path], device: str, on_loaded=None) -> Repository:
     """Load every checkpoint (with its model card, which serving needs) onto ``device``;
     ``on_loaded(name, seconds)`` after each."""

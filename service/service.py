@@ -21,16 +21,8 @@ from typing import Any
 
 import bentoml
 
-from service.auth import HEALTH_PATHS, ApiKeys
-from service.errors import RequestError, answers_request_errors, use_one_line_client_error_logs
-from service.http_adapters import (
-    BodySizeLimit,
-    GetModels,
-    MultipartImages,
-    PublishedContract,
-    use_leak_free_timeout,
-)
-from service.openapi import published_document
+from service.errors import RequestError, answers_request_errors
+from service.http_adapters import install_http_adapters
 from service.schemas import (
     DecodeRequest,
     DecodeResponse,
@@ -64,55 +56,15 @@ class ElboServe:
         # Heavy imports here so that importing the module (bentoml build, the arbiter) stays
         # cheap, and prometheus_client is first imported inside a worker, where BentoML has
         # set PROMETHEUS_MULTIPROC_DIR.
-        import torch
-
-        from models.nn.acceleration import Acceleration, accelerate
-        from service import metrics, runners
-        from service.batching import KeyedBatcher
+        from service import metrics
         from service.calls import ModelCalls
         from service.progress import ProgressStore
-        from service.repository import load_repository
 
         # Read again here (not only at import) so each new instance sees the environment.
         settings = Settings.from_env()
         self.device = settings.resolve_device()
-        if (threads := settings.threads_per_call(self.device)) is not None:
-            torch.set_num_threads(threads)
         self.metrics = metrics
-        repository = load_repository(
-            settings.served_directories(),
-            self.device,
-            lambda name, seconds: metrics.CHECKPOINT_LOAD_SECONDS.labels(name).set(seconds),
-        )
-        if (acceleration := settings.acceleration(self.device)) != Acceleration():
-            for served in repository.values():
-                accelerate(served.model, acceleration)
-            logger.info("networks run with %s", acceleration.name)
-        ceiling = settings.request_ceiling(self.device)
-        logger.info(
-            "GFLOP per image and network evaluation: %s; synchronous requests up to %s GFLOP",
-            {name: served.costs.gflop_per_evaluation for name, served in repository.items()},
-            f"{ceiling.gflop:,.0f}" if ceiling.gflop else "any",
-        )
-        lanes = settings.lanes(self.device)
-        if settings.batching:
-            max_batch, wait_s = (
-                settings.max_batch_images(self.device),
-                settings.batch_wait_ms / 1000,
-            )
-        else:  # one request per model call, sent at once
-            max_batch, wait_s = 1, 0.0
-        batcher = KeyedBatcher(max_batch, wait_s, self._observe, lanes)
-        logger.info("%d model lanes, %d torch threads each", lanes, torch.get_num_threads())
-        self.calls = ModelCalls(
-            repository,
-            batcher,
-            metrics,
-            runners,
-            ceiling,
-            settings.chunk_rows(self.device),
-            settings.rows_per_bound_call(self.device),
-        )
+        self.calls = ModelCalls.from_settings(settings, self.device, metrics, self._observe)
         self.progress = ProgressStore(settings.progress_dir)
         self._ready = False
 
@@ -232,23 +184,6 @@ class ElboServe:
         self.metrics.observe_cuda_memory(self.device)
 
 
-# Added first, so it runs first: without a valid key (when keys are set) nothing else runs.
-ElboServe.add_asgi_middleware(
-    ApiKeys,
-    keys=SETTINGS.api_keys,
-    open_paths=() if SETTINGS.auth_health else HEALTH_PATHS,
-)
-# A body over the limit is refused before anything reads it.
-ElboServe.add_asgi_middleware(BodySizeLimit, max_bytes=SETTINGS.max_body_bytes)
-# Uploaded PNG files and GET /models, translated before BentoML parses the request.
-ElboServe.add_asgi_middleware(MultipartImages)
-ElboServe.add_asgi_middleware(GetModels)
-# /docs.json: BentoML's OpenAPI document, corrected to what the service answers.
-ElboServe.add_asgi_middleware(
-    PublishedContract, document=lambda: published_document(ElboServe.openapi_spec.asdict())
-)
-# BentoML 1.4.39's timeout middleware keeps every answered request's context for the whole
-# timeout (RSS 478 -> 970 MiB in a 10-minute soak); ours releases it.
-use_leak_free_timeout()
-# BentoML logs its own 400s (schema violations) at ERROR with a traceback; ours are one line.
-use_one_line_client_error_logs()
+# API keys, body limit, PNG uploads, GET /models, the corrected /docs.json, the leak-free
+# timeout and one-line client-error logs (service/http_adapters.py).
+install_http_adapters(ElboServe, SETTINGS)

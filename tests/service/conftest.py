@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import time
 from pathlib import Path
 
 # Before bentoml or prometheus_client are imported anywhere: keep BentoML off the network and
@@ -26,18 +25,11 @@ os.environ["ELBO_SERVE_PROGRESS_DIR"] = str(_SCRATCH / "progress")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from service_testing import fixture_calibration, wait_ready  # noqa: E402
 
-from models.core.checkpoints import load_checkpoint, read_model_card, write_model_card  # noqa: E402
-from models.core.noise import seeded_generator  # noqa: E402
-from models.core.pixels import pixels_to_signed_unit  # noqa: E402
-from models.core.progressive import run_to_end  # noqa: E402
+from models.core.checkpoints import read_model_card, write_model_card  # noqa: E402
 from models.data import load_fashion_mnist  # noqa: E402
-from models.eval.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim  # noqa: E402
-from models.kinds import kind_of  # noqa: E402
 from service.settings import Settings  # noqa: E402
-
-# k of the fixture calibrations: small, to keep the suite fast.
-FIXTURE_K = {"iwae": 8, "vlb_mc": 4}
 
 
 @pytest.fixture(scope="session")
@@ -45,34 +37,6 @@ def test_images() -> torch.Tensor:
     """Real Fashion-MNIST test images, uint8 (N, 1, 28, 28)."""
     images, _ = load_fashion_mnist("test")
     return images[:64]
-
-
-def _fixture_calibration(directory: Path, images: torch.Tensor) -> dict:
-    """Calibrations of every bound of the model, measured on a few images, in the model
-    card's format."""
-    checkpoint = load_checkpoint(directory)
-    kind = kind_of(checkpoint.kind)
-    x = pixels_to_signed_unit(images[:8])
-    png = png_bits_per_dim(images[:8])
-    calibration = {}
-    for method in kind.methods(checkpoint.model).values():
-        k = FIXTURE_K.get(method.name) if method.k_range else None
-        with torch.no_grad():
-            terms = run_to_end(method.run(checkpoint.model, x, k, seeded_generator(0), 64))
-        bpd = terms["total_bits_per_dim"]
-        kinds = {
-            "bits_per_dim": bpd,
-            "bits_per_dim_minus_png": complexity_corrected_score(bpd, png),
-        }
-        source = f"test fixture: {len(bpd)} test images"
-        calibration[method.name] = {
-            "k": k,
-            "scores": {
-                kind: Calibration.of(values, source).to_dict((0.25,))
-                for kind, values in kinds.items()
-            },
-        }
-    return calibration
 
 
 @pytest.fixture(scope="session")
@@ -84,21 +48,12 @@ def served_checkpoints(test_images: torch.Tensor) -> dict[str, Path]:
         if "calibration" not in card:
             copy = _SCRATCH / "checkpoints" / name
             shutil.copytree(directory, copy)
-            card["calibration"] = _fixture_calibration(copy, test_images)
+            card["calibration"] = fixture_calibration(copy, test_images)
             write_model_card(copy, card)
             directory = copy
         served[name] = directory
     os.environ["ELBO_SERVE_MODELS"] = ",".join(f"{n}={d}" for n, d in served.items())
     return served
-
-
-def wait_ready(get, timeout_s: float = 60.0) -> None:
-    """Poll /readyz until 200; ``get(path)`` returns a status code."""
-    deadline = time.monotonic() + timeout_s
-    while get("/readyz") != 200:
-        if time.monotonic() > deadline:
-            raise TimeoutError("service not ready")
-        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

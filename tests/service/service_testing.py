@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -74,3 +76,51 @@ def concurrently(calls):
 
     with ThreadPoolExecutor(max_workers=len(calls)) as pool:
         return list(pool.map(lambda call: call(), calls))
+
+
+# k of the fixture calibrations: small, to keep the suite fast.
+FIXTURE_K = {"iwae": 8, "vlb_mc": 4}
+
+
+def fixture_calibration(directory: Path, images: torch.Tensor) -> dict:
+    """Calibrations of every bound of the model, measured on a few images, in the model
+    card's format."""
+    from models.core.checkpoints import load_checkpoint
+    from models.core.noise import seeded_generator
+    from models.core.pixels import pixels_to_signed_unit
+    from models.core.progressive import run_to_end
+    from models.eval.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim
+    from models.kinds import kind_of
+
+    checkpoint = load_checkpoint(directory)
+    kind = kind_of(checkpoint.kind)
+    x = pixels_to_signed_unit(images[:8])
+    png = png_bits_per_dim(images[:8])
+    calibration = {}
+    for method in kind.methods(checkpoint.model).values():
+        k = FIXTURE_K.get(method.name) if method.k_range else None
+        with torch.no_grad():
+            terms = run_to_end(method.run(checkpoint.model, x, k, seeded_generator(0), 64))
+        bpd = terms["total_bits_per_dim"]
+        kinds = {
+            "bits_per_dim": bpd,
+            "bits_per_dim_minus_png": complexity_corrected_score(bpd, png),
+        }
+        source = f"test fixture: {len(bpd)} test images"
+        calibration[method.name] = {
+            "k": k,
+            "scores": {
+                kind: Calibration.of(values, source).to_dict((0.25,))
+                for kind, values in kinds.items()
+            },
+        }
+    return calibration
+
+
+def wait_ready(get, timeout_s: float = 60.0) -> None:
+    """Poll /readyz until 200; ``get(path)`` returns a status code."""
+    deadline = time.monotonic() + timeout_s
+    while get("/readyz") != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError("service not ready")
+        time.sleep(0.2)

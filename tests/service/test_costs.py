@@ -1,19 +1,26 @@
 """Request cost estimates: network evaluations per kind, GFLOP counted on the networks, and the
 synchronous ceiling's defaults against the requests people are told to send."""
 
+from types import SimpleNamespace
+
 import pytest
 
-from service.costs import (
-    Cost,
-    ModelCosts,
-    RequestTooCostlyError,
-    Work,
-    refuse_past_ceiling,
-)
+from models.kinds import Work, kind_of
+from service.costs import Cost, ModelCosts, RequestTooCostlyError, refuse_past_ceiling
 from service.settings import Ceiling, Settings
 
-VAE = ModelCosts("vae", {"encoder": 0.5, "decoder": 2.0})
-DDPM = ModelCosts("ddpm", {"unet": 3.0}, num_timesteps=1000)
+
+def _costs(kind_name: str, gflop: dict[str, float], num_timesteps: int = 0) -> ModelCosts:
+    """A model's costs from its kind's evaluation counts, with made-up GFLOP per network (a
+    stand-in model: the counts need only its T)."""
+    kind = kind_of(kind_name)
+    model = SimpleNamespace(diffusion=SimpleNamespace(num_timesteps=num_timesteps))
+    return ModelCosts(gflop, lambda work: kind.evaluations(model, work))
+
+
+VAE = _costs("vae", {"encoder": 0.5, "decoder": 2.0})
+DDPM = _costs("ddpm", {"unet": 3.0}, num_timesteps=1000)
+DDIM_50 = {"sampler": "ddim", "steps": 50, "eta": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -21,15 +28,15 @@ DDPM = ModelCosts("ddpm", {"unet": 3.0}, num_timesteps=1000)
     [
         (VAE, Work("likelihood", 8, "iwae", 5000), {"encoder": 8, "decoder": 40_000}),
         (VAE, Work("likelihood", 3, "elbo"), {"encoder": 3, "decoder": 3}),
-        (VAE, Work("sample", 4, steps=50, sampler="ddim"), {"decoder": 4}),
-        (VAE, Work("encode", 2), {"encoder": 2}),
-        (VAE, Work("decode", 5), {"decoder": 5}),
+        (VAE, Work("sample", 4, options={"sampler": "prior"}), {"decoder": 4}),
+        (VAE, Work("encode", 2, options={"sample": False}), {"encoder": 2}),
+        (VAE, Work("decode", 5, options={}), {"decoder": 5}),
         (DDPM, Work("likelihood", 2, "vlb_exact"), {"unet": 2000}),
         (DDPM, Work("likelihood", 2, "vlb_mc", 20), {"unet": 42}),  # L_0 and k timesteps
-        (DDPM, Work("sample", 16, steps=50, sampler="ddim"), {"unet": 800}),
-        (DDPM, Work("sample", 4, steps=50, sampler="ancestral"), {"unet": 4000}),
-        (DDPM, Work("encode", 3, steps=20), {"unet": 120}),  # invert, then decode back
-        (DDPM, Work("decode", 3, steps=20), {"unet": 60}),
+        (DDPM, Work("sample", 16, options=DDIM_50), {"unet": 800}),
+        (DDPM, Work("sample", 4, options={"sampler": "ancestral", "steps": 1000}), {"unet": 4000}),
+        (DDPM, Work("encode", 3, options={"steps": 20}), {"unet": 120}),  # invert, decode back
+        (DDPM, Work("decode", 3, options={"steps": 20}), {"unet": 60}),
     ],
 )
 def test_cost_is_network_evaluations_times_their_gflop(costs, work, evaluations):
@@ -39,14 +46,19 @@ def test_cost_is_network_evaluations_times_their_gflop(costs, work, evaluations)
     assert cost.gflop == pytest.approx(expected)
 
 
-def test_gflop_per_evaluation_is_counted_on_the_served_networks(served_checkpoints):
-    from models.core.checkpoints import load_checkpoint
+@pytest.fixture(scope="module")
+def served_costs(served_checkpoints):
+    from service.repository import load_repository
 
-    vae = ModelCosts.of("vae", load_checkpoint(served_checkpoints["vae"]).model)
-    ddpm = ModelCosts.of("ddpm", load_checkpoint(served_checkpoints["ddpm"]).model)
+    repository = load_repository(served_checkpoints, "cpu")
+    return {name: served.costs for name, served in repository.items()}
+
+
+def test_gflop_per_evaluation_is_counted_on_the_served_networks(served_costs):
+    vae, ddpm = served_costs["vae"], served_costs["ddpm"]
     assert set(vae.gflop_per_evaluation) == {"encoder", "decoder"}
     assert all(gflop > 0 for gflop in vae.gflop_per_evaluation.values())
-    assert ddpm.num_timesteps == 1000
+    assert ddpm.estimate(Work("likelihood", 1, "vlb_exact")).evaluations == {"unet": 1000}
     # The UNet is the dearer network (it keeps full resolution and has attention).
     assert ddpm.gflop_per_evaluation["unet"] > vae.gflop_per_evaluation["decoder"]
 
@@ -66,27 +78,17 @@ def test_past_the_ceiling_the_error_names_the_cost_the_ceiling_and_the_way_out()
     refuse_past_ceiling(cost, Ceiling(0.0, "X"), "images", "")  # 0: no ceiling
 
 
-@pytest.fixture(scope="module")
-def served_costs(served_checkpoints):
-    from models.core.checkpoints import load_checkpoint
-
-    return {
-        name: ModelCosts.of(name, load_checkpoint(directory).model)
-        for name, directory in served_checkpoints.items()
-    }
-
-
 # The largest synchronous requests of the README's examples, the load tests and the suite.
 ADMITTED = [
-    ("ddpm", Work("sample", 16, steps=50, sampler="ddim")),  # README curl and Python: grid
+    ("ddpm", Work("sample", 16, options=DDIM_50)),  # README curl and Python: grid
     ("ddpm", Work("likelihood", 4, "vlb_mc", 20)),  # README Python
-    ("ddpm", Work("encode", 1, steps=20)),  # README Python
+    ("ddpm", Work("encode", 1, options={"steps": 20})),  # README Python
     ("vae", Work("likelihood", 1, "iwae", 100)),  # README curl
     ("vae", Work("likelihood", 64, "elbo")),  # Locust and the benchmark: /score of 64 images
     ("ddpm", Work("likelihood", 1, "vlb_mc", 10)),  # Locust: DDPM /score at the card's k
-    ("ddpm", Work("sample", 1, steps=50, sampler="ddim")),  # the benchmark's DDIM-50
+    ("ddpm", Work("sample", 1, options=DDIM_50)),  # the benchmark's DDIM-50
     ("ddpm", Work("likelihood", 1, "vlb_exact")),  # tests: the exact bound of one image
-    ("ddpm", Work("sample", 64, steps=50, sampler="ddim")),  # the most /sample takes at 50
+    ("ddpm", Work("sample", 64, options=DDIM_50)),  # the most /sample takes at 50
 ]
 
 
