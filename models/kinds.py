@@ -21,6 +21,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import nn
 
+# The images a servable config may describe, checked by the configs themselves; re-exported.
+from models.core.config import IMAGE_CHANNELS as IMAGE_CHANNELS
+from models.core.config import MAX_IMAGE_SIZE as MAX_IMAGE_SIZE
+from models.core.config import MIN_IMAGE_SIZE as MIN_IMAGE_SIZE
 from models.core.progressive import Progressive
 
 if TYPE_CHECKING:
@@ -30,11 +34,6 @@ Generators = torch.Generator | Sequence[torch.Generator]
 Terms = dict[str, torch.Tensor]  # term name -> (B,) values; "total_bits_per_dim" always
 Operation = Literal["sample", "likelihood", "encode", "decode"]
 ImageShape = tuple[int, int, int]  # (C, H, W)
-
-# The sizes a servable config may give its images: small enough that a CPU serves them, large
-# enough for anything that is still an 8-bit image in the usual sense.
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 64
-IMAGE_CHANNELS = (1, 3)  # grayscale ('L') or RGB
 
 
 class OptionError(ValueError):
