@@ -31,11 +31,6 @@ if TYPE_CHECKING:  # torch stays unimported until a kind is used: the service's 
 Operation = Literal["sample", "likelihood", "encode", "decode"]
 ImageShape = tuple[int, int, int]  # (C, H, W)
 
-# The sizes a servable config may give its images: small enough that a CPU serves them, large
-# enough for anything that is still an 8-bit image in the usual sense.
-MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 64
-IMAGE_CHANNELS = (1, 3)  # grayscale ('L') or RGB
-
 
 class OptionError(ValueError):
     """A request option this model cannot honour; ``field`` names the option."""

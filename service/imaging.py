@@ -22,7 +22,9 @@ from PIL import Image, UnidentifiedImageError
 from models.core.pixels import image_grid
 from service.errors import RequestError
 
-_PNG_MODES = {1: "L", 3: "RGB"}
+_PNG_MODES = {1: "L", 3: "RGB"}  # channels -> the 8-bit PNG mode that holds them
+# IHDR colour type -> Pillow's mode name (PNG spec, Sec. 11.2.2).
+_PNG_COLOUR_TYPES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
 _DATA_URL_PREFIX = "data:image/png;base64,"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -30,7 +32,10 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def decode_images(
     items: Sequence[str | list[Any]], shape: tuple[int, int, int], field: str = "images"
 ) -> torch.Tensor:
-    """Base64 PNG strings or nested arrays -> uint8 (B, C, H, W) of the model's ``shape``."""
+    """Base64 PNG strings or nested arrays -> uint8 (B, C, H, W) of the model's ``shape``.
+
+    PNGs must be 8-bit L for C = 1 and 8-bit RGB for C = 3; arrays (H, W) or (1, H, W) for
+    C = 1 and (C, H, W), channels first, for C = 3."""
     decoded = []
     for i, item in enumerate(items):
         where = f"{field}[{i}]"
@@ -42,21 +47,24 @@ def decode_images(
 
 
 def png_to_array(data: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
-    """PNG bytes -> uint8 (C, H, W); 8-bit grayscale for C = 1 (RGB for C = 3).
+    """PNG bytes -> uint8 (C, H, W): an 8-bit grayscale ('L') PNG for C = 1, RGB for C = 3.
 
-    Format, size and mode are checked from the header before any pixel is decoded, so a
-    small file that inflates to gigabytes (a 0.87 MB PNG of 30000x30000 zeros) costs nothing.
+    Format, size, bit depth and colour type are checked from the header before any pixel is
+    decoded, so a small file that inflates to gigabytes (a 0.87 MB PNG of 30000x30000 zeros)
+    costs nothing. The error says both: "expected a 32x32 RGB image, got 28x28 L".
     """
     c, h, w = shape
-    header_size = _png_header_size(data)
-    if header_size is not None and header_size != (w, h):
-        raise RequestError(where, f"expected a {w}x{h} image, got {_size(header_size)}")
+    header = _png_header(data)
+    if header is not None and header != ((w, h), _PNG_MODES[c]):
+        raise RequestError(
+            where, f"expected {_describe(shape)}, got {_size(header[0])} {header[1]}"
+        )
     try:
         image = Image.open(io.BytesIO(data))  # reads the header only
         _check_header(image, shape, where)
         image.load()
     except Image.DecompressionBombError as error:  # another format's header: too large
-        raise RequestError(where, f"expected a {w}x{h} image ({error})") from error
+        raise RequestError(where, f"expected {_describe(shape)} ({error})") from error
     except UnidentifiedImageError as error:  # its message holds an object's address
         raise RequestError(where, "not a readable PNG image (unrecognised data)") from error
     # Pillow reports broken files as SyntaxError ("broken PNG file"), truncated ones as OSError.
@@ -66,24 +74,33 @@ def png_to_array(data: bytes, shape: tuple[int, int, int], where: str) -> np.nda
     return array[None] if c == 1 else array.transpose(2, 0, 1)
 
 
-def _png_header_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from the IHDR chunk, which a PNG must start with (after its 8-byte
-    signature); None when the bytes do not start like a PNG (Pillow then says what they are)."""
-    if len(data) < 24 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
+def _png_header(data: bytes) -> tuple[tuple[int, int], str] | None:
+    """((width, height), mode) from the IHDR chunk, which a PNG must start with (after its
+    8-byte signature); None when the bytes do not start like a PNG (Pillow then says what they
+    are). The mode is Pillow's name for the colour type, with the bit depth when it is not 8."""
+    if len(data) < 26 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         return None
-    return struct.unpack(">II", data[16:24])
+    width, height, depth, colour_type = struct.unpack(">IIBB", data[16:26])
+    mode = _PNG_COLOUR_TYPES.get(colour_type, f"colour type {colour_type}")
+    return (width, height), mode if depth == 8 else f"{mode} ({depth}-bit)"
 
 
 def _check_header(image: Image.Image, shape: tuple[int, int, int], where: str) -> None:
     c, h, w = shape
     if image.format != "PNG":
         raise RequestError(where, f"expected a PNG image, got {image.format}")
-    if image.size != (w, h):
-        raise RequestError(where, f"expected a {w}x{h} image, got {_size(image.size)}")
-    if image.mode != _PNG_MODES.get(c):
+    if image.size != (w, h) or image.mode != _PNG_MODES[c]:
         raise RequestError(
-            where, f"expected an 8-bit {_PNG_MODES.get(c, '?')} PNG, got mode {image.mode!r}"
+            where, f"expected {_describe(shape)}, got {_size(image.size)} {image.mode}"
         )
+
+
+def _describe(shape: tuple[int, int, int]) -> str:
+    """(C, H, W) -> 'a 28x28 L image' (the PNG mode: L for grayscale, RGB for colour)."""
+    c, h, w = shape
+    if c not in _PNG_MODES:
+        raise ValueError(f"images have 1 (L) or 3 (RGB) channels, not {c}")
+    return f"a {w}x{h} {_PNG_MODES[c]} image"
 
 
 def _size(width_height: tuple[int, int]) -> str:
@@ -106,7 +123,10 @@ def _array_to_pixels(item: Any, shape: tuple[int, int, int], where: str) -> np.n
     if c == 1 and array.shape == (h, w):
         array = array[None]
     if array.shape != (c, h, w):
-        raise RequestError(where, f"expected shape {expected}, got {array.shape}")
+        hint = ""
+        if c > 1 and array.shape == (h, w, c):
+            hint = " (channels last: send (C, H, W), channels first)"
+        raise RequestError(where, f"expected shape {expected}, got {array.shape}{hint}")
     if not np.all(array == np.round(array)) or array.min() < 0 or array.max() > 255:
         raise RequestError(where, "expected integers 0..255")
     return array.astype(np.uint8)
@@ -150,7 +170,9 @@ def decode_latents(
 
 
 def encode_png(image: torch.Tensor) -> bytes:
-    """uint8 (C, H, W) -> PNG bytes."""
+    """uint8 (C, H, W) -> PNG bytes: mode L for C = 1, RGB for C = 3."""
+    if image.ndim != 3 or image.dtype != torch.uint8 or image.shape[0] not in _PNG_MODES:
+        raise ValueError(f"need uint8 (C, H, W) with C = 1 or 3, got {tuple(image.shape)}")
     array = image.cpu().numpy()
     c = array.shape[0]
     pixels = array[0] if c == 1 else array.transpose(1, 2, 0)

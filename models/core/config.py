@@ -15,6 +15,12 @@ ScheduleName = Literal["linear", "cosine"]
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
 ExportDType = Literal["float32", "float16"]
 
+# The images a servable model (VAE, DDPM) may read and write: grayscale ('L') or RGB, square,
+# from 8x8 (small enough that a CPU serves them) to 64x64 (still an 8-bit image in the usual
+# sense). Bounds are summed over D = C*H*W dimensions; bits/dim divide by that D.
+IMAGE_CHANNELS = (1, 3)
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 64
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -30,8 +36,7 @@ class VAEConfig:
     num_mixtures: int = 1
 
     def __post_init__(self) -> None:
-        _require(self.image_channels >= 1, "image_channels must be >= 1")
-        _require(self.image_size >= 1, "image_size must be >= 1")
+        _require_servable_image(self.image_channels, self.image_size)
         _require(self.latent_dim >= 1, "latent_dim must be >= 1")
         _require(len(self.channels) >= 1, "channels must name at least one level")
         _require(all(c >= 1 for c in self.channels), "channels must all be >= 1")
@@ -52,14 +57,14 @@ class UNetConfig:
     base_channels: int = 32
     channel_mults: tuple[int, ...] = (1, 2, 2)
     num_res_blocks: int = 2
-    # Feature-map sizes (in pixels) at which self-attention blocks are inserted.
+    # Feature-map sizes (in pixels) at which self-attention blocks are inserted; each must be
+    # one of ``resolutions`` (a size the network never reaches is a ConfigError, not a no-op).
     attention_resolutions: tuple[int, ...] = (7,)
     num_heads: int = 4
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(self.image_channels >= 1, "image_channels must be >= 1")
-        _require(self.image_size >= 1, "image_size must be >= 1")
+        _require_servable_image(self.image_channels, self.image_size)
         _require(self.base_channels >= 1, "base_channels must be >= 1")
         _require(len(self.channel_mults) >= 1, "channel_mults must name at least one level")
         _require(all(m >= 1 for m in self.channel_mults), "channel_mults must all be >= 1")
@@ -74,6 +79,19 @@ class UNetConfig:
             self.image_size % 2 ** (len(self.channel_mults) - 1) == 0,
             f"image_size {self.image_size} must be divisible by 2**(levels-1)",
         )
+        reached = self.resolutions
+        never = [r for r in self.attention_resolutions if r not in reached]
+        _require(
+            not never,
+            f"attention_resolutions {never} are never reached: a {self.image_size}x"
+            f"{self.image_size} UNet with {len(self.channel_mults)} levels runs at "
+            f"{list(reached)} (the middle block always attends); name some of those, or ()",
+        )
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map sizes of the levels, from the input's down to the middle block's."""
+        return tuple(self.image_size // 2**level for level in range(len(self.channel_mults)))
 
 
 @dataclass(frozen=True)
@@ -196,6 +214,17 @@ class ConfigError(ValueError):
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
+
+
+def _require_servable_image(channels: int, size: int) -> None:
+    _require(
+        channels in IMAGE_CHANNELS,
+        f"image_channels must be 1 (grayscale) or 3 (RGB), got {channels}",
+    )
+    _require(
+        MIN_IMAGE_SIZE <= size <= MAX_IMAGE_SIZE,
+        f"image_size must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, got {size}",
+    )
 
 
 ConfigT = TypeVar("ConfigT")

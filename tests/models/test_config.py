@@ -88,6 +88,49 @@ def test_invalid_value_raises_config_error_naming_the_field(build, field):
         build()
 
 
+@pytest.mark.parametrize("cls", [VAEConfig, UNetConfig])
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"image_channels": 2}, r"image_channels must be 1 \(grayscale\) or 3 \(RGB\), got 2"),
+        ({"image_channels": 4}, r"image_channels must be 1 \(grayscale\) or 3 \(RGB\), got 4"),
+        ({"image_size": 4}, r"image_size must be in 8\.\.64, got 4"),
+        ({"image_size": 128}, r"image_size must be in 8\.\.64, got 128"),
+    ],
+)
+def test_servable_configs_refuse_images_outside_grayscale_or_rgb_8_to_64(cls, fields, message):
+    with pytest.raises(ConfigError, match=message):
+        cls(**fields)
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(cls, fields)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("size", [8, 16, 28, 32, 64])
+def test_servable_configs_accept_grayscale_and_rgb_from_8_to_64(
+    channels, size, tiny_vae_config, tiny_unet_config
+):
+    assert tiny_vae_config(channels, size).image_channels == channels
+    assert tiny_unet_config(channels, size, attention_resolutions=(size // 2,)).image_size == size
+
+
+def test_unet_resolutions_run_from_the_image_size_down_to_the_middle_block():
+    assert UNetConfig().resolutions == (28, 14, 7)
+    wide = UNetConfig(image_size=64, channel_mults=(1, 2, 2, 2), attention_resolutions=(8,))
+    assert wide.resolutions == (64, 32, 16, 8)
+
+
+def test_attention_at_a_resolution_the_unet_never_reaches_is_a_config_error():
+    # The default attends at 7x7, which a 16x16 UNet (16, 8, 4) never reaches: silently no
+    # attention at all was the old behaviour.
+    with pytest.raises(
+        ConfigError, match=r"attention_resolutions \[7\] are never reached.*\[16, 8, 4\]"
+    ):
+        UNetConfig(image_channels=3, image_size=16)
+    assert UNetConfig(image_size=16, attention_resolutions=(8,)).attention_resolutions == (8,)
+    assert UNetConfig(image_size=16, attention_resolutions=()).attention_resolutions == ()
+
+
 @pytest.mark.parametrize(
     "cls, data, field",
     [

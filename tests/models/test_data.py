@@ -312,6 +312,48 @@ def test_png_folder_loads_grayscale_and_rgb_sorted_by_name(tmp_path):
     assert np.abs(x[3, 0].numpy().astype(int) - 60).max() <= 1
 
 
+def test_png_folder_loads_rgb_channels_first_when_asked_for_three_channels(tmp_path):
+    rng = np.random.default_rng(2)
+    colour = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
+    gray = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
+    rgba = np.concatenate([colour, np.full((16, 16, 1), 7, np.uint8)], axis=-1)
+    save_png(tmp_path / "a.png", colour)
+    save_png(tmp_path / "b.png", gray)
+    save_png(tmp_path / "c.png", rgba)
+
+    x, _ = load_png_folder(tmp_path, image_size=16, channels=3)
+
+    assert x.dtype == torch.uint8 and x.shape == (3, 3, 16, 16) and x.is_contiguous()
+    np.testing.assert_array_equal(x[0].numpy(), colour.transpose(2, 0, 1))
+    assert all(np.array_equal(x[1, c].numpy(), gray) for c in range(3))  # grey in every channel
+    np.testing.assert_array_equal(x[2].numpy(), colour.transpose(2, 0, 1))  # alpha dropped
+
+
+@pytest.mark.parametrize("size", [8, 64])
+def test_png_folder_loads_grayscale_of_any_size_by_default(tmp_path, size):
+    pixels = np.random.default_rng(3).integers(0, 256, size=(size, size), dtype=np.uint8)
+    save_png(tmp_path / "a.png", pixels)
+    x, _ = load_png_folder(tmp_path, image_size=size)
+    assert x.shape == (1, 1, size, size)
+    np.testing.assert_array_equal(x[0, 0].numpy(), pixels)
+
+
+def test_png_folder_of_rgb_images_of_different_sizes_names_the_file(tmp_path):
+    save_png(tmp_path / "a.png", np.zeros((16, 16, 3), dtype=np.uint8))
+    save_png(tmp_path / "b.png", np.zeros((8, 16, 3), dtype=np.uint8))
+    with pytest.raises(DataFormatError, match=r"b\.png: image is 16x8, expected 16x16"):
+        load_png_folder(tmp_path, channels=3)
+
+
+@pytest.mark.parametrize("channels", [0, 2, 4])
+def test_png_folder_takes_one_or_three_channels(tmp_path, channels):
+    save_png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint8))
+    with pytest.raises(
+        ValueError, match=f"channels must be 1 \\(grayscale\\) or 3 \\(RGB\\), got {channels}"
+    ):
+        load_png_folder(tmp_path, channels=channels)
+
+
 def test_png_folder_accepts_images_of_the_requested_size(tmp_path):
     save_png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint8))
     x, _ = load_png_folder(tmp_path, image_size=8)
@@ -360,3 +402,15 @@ def test_image_grid_places_images_row_by_row_with_padding():
     assert grid.shape == (1, 2 * 3 + 1, 2 * 4 + 1)
     assert grid[0, 1, 1] == 10 and grid[0, 1, 5] == 20 and grid[0, 4, 1] == 30
     assert grid[0, 4, 5] == 0 and grid[0, 0].sum() == 0  # empty slot and padding are black
+
+
+def test_image_grid_tiles_rgb_images_keeping_each_channel():
+    from models.core.pixels import image_grid
+
+    images = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
+    for i in range(3):
+        images[i, i] = 255  # red, green, blue
+    grid = image_grid(images, columns=3, padding=2)
+    assert grid.shape == (3, 8 + 4, 3 * 10 + 2)
+    assert grid[:, 2, 2].tolist() == [255, 0, 0]
+    assert grid[:, 2, 12].tolist() == [0, 255, 0] and grid[:, 2, 22].tolist() == [0, 0, 255]

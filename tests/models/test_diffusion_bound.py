@@ -6,7 +6,7 @@ import torch
 from oracles import PointMassDenoiser
 from scipy import stats
 
-from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig
+from models.core.config import DiffusionConfig
 from models.core.noise import seeded_generator
 from models.core.pixels import pixels_to_signed_unit
 from models.diffusion.bound import (
@@ -149,19 +149,9 @@ def test_monte_carlo_with_one_stratum_per_timestep_has_no_timestep_noise(linear_
     assert mc.denoising_stderr_nats.item() < 3 * exact.std().item()
 
 
-def test_same_seed_gives_same_bound_and_batch_composition_does_not_matter():
+def test_same_seed_gives_same_bound_and_batch_composition_does_not_matter(tiny_ddpm_config):
     torch.manual_seed(0)
-    config = DDPMConfig(
-        UNetConfig(
-            base_channels=8,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_resolutions=(),
-            image_size=8,
-        ),
-        DiffusionConfig(num_timesteps=50, variance="learned_range"),
-    )
-    model = DDPM(config).eval()
+    model = DDPM(tiny_ddpm_config(num_timesteps=50, num_heads=4)).eval()
     x = torch.round((torch.rand(3, 1, 8, 8) * 2 - 1) * 127.5) / 127.5
     other = torch.round((torch.rand(2, 1, 8, 8) * 2 - 1) * 127.5) / 127.5
     alone = vlb_monte_carlo(model.diffusion, model, x, 10, [seeded_generator(5)] * 3)

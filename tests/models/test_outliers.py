@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from models.eval.outliers import (
@@ -64,3 +65,23 @@ def test_outlier_sets_match_the_normal_batch_in_size_and_are_reproducible():
     for name, images in first.items():
         assert images.shape == normal.shape and images.dtype == torch.uint8, name
         assert torch.equal(images, again[name]), name
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 16, 16), (1, 64, 64), (3, 32, 32)])
+def test_every_outlier_set_has_the_shape_of_the_normal_images(shape):
+    normal = torch.randint(0, 256, (5, *shape), dtype=torch.uint8)
+    sets = outlier_sets(normal, torch.Generator().manual_seed(0))
+    for name, images in sets.items():
+        assert images.shape == normal.shape and images.dtype == torch.uint8, name
+
+
+def test_rgb_digits_are_the_grey_digits_in_every_channel():
+    grey, rgb = handwritten_digits(16), handwritten_digits(16, channels=3)
+    assert rgb.shape == (1797, 3, 16, 16)
+    assert all(torch.equal(rgb[:, c : c + 1], grey) for c in range(3))
+
+
+def test_blur_treats_each_channel_on_its_own():
+    x = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    per_channel = torch.cat([blurred(x[:, c : c + 1]) for c in range(3)], dim=1)
+    assert torch.equal(blurred(x), per_channel)

@@ -4,7 +4,6 @@ give, and stop calling the network when closed."""
 import pytest
 import torch
 
-from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
 from models.core.noise import seeded_generator
 from models.core.progressive import reported, run_to_end
 from models.diffusion.bound import (
@@ -41,11 +40,10 @@ class CountingNetwork:
 
 
 @pytest.fixture(scope="module")
-def tiny_ddpm() -> DDPM:
+def tiny_ddpm(tiny_ddpm_config) -> DDPM:
     torch.manual_seed(0)
-    unet = UNetConfig(image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1)
-    config = DDPMConfig(unet, DiffusionConfig(num_timesteps=20, variance="learned_range"))
-    model = DDPM(config).eval()
+    # The middle block attends with 4 heads; no other stage does.
+    model = DDPM(tiny_ddpm_config(num_heads=4)).eval()
     with torch.no_grad():  # the output layer starts at zero: make the output depend on x
         for parameter in model.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
@@ -53,10 +51,9 @@ def tiny_ddpm() -> DDPM:
 
 
 @pytest.fixture(scope="module")
-def tiny_vae() -> VAE:
+def tiny_vae(tiny_vae_config) -> VAE:
     torch.manual_seed(0)
-    config = VAEConfig(image_size=8, latent_dim=4, channels=(8, 16), num_res_blocks=1)
-    return VAE(config).eval()
+    return VAE(tiny_vae_config(size=8, num_mixtures=1)).eval()
 
 
 def _drive(loop):

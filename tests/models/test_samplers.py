@@ -2,7 +2,7 @@ import pytest
 import torch
 from oracles import GaussianDataDenoiser
 
-from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig
+from models.core.config import DiffusionConfig
 from models.core.noise import seeded_generator
 from models.diffusion.ddpm import DDPM
 from models.diffusion.gaussian import GaussianDiffusion
@@ -19,18 +19,10 @@ SHAPE = (3, 1, 8, 8)
 
 
 @pytest.fixture(scope="module")
-def tiny_ddpm() -> DDPM:
+def tiny_ddpm(tiny_ddpm_config) -> DDPM:
     torch.manual_seed(0)
-    config = DDPMConfig(
-        UNetConfig(
-            image_size=8,
-            base_channels=8,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_resolutions=(4,),
-            num_heads=2,
-        ),
-        DiffusionConfig(num_timesteps=50, variance="fixed_small"),
+    config = tiny_ddpm_config(
+        num_timesteps=50, variance="fixed_small", attention_resolutions=(4,), num_heads=2
     )
     model = DDPM(config).eval()
     # The output layer starts at zero; perturb it so the network's output depends on its input.
@@ -176,21 +168,10 @@ def _toy_images(n: int, generator: torch.Generator) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def trained_toy_ddpm() -> DDPM:
+def trained_toy_ddpm(tiny_ddpm_config) -> DDPM:
     """A tiny UNet trained for a few seconds with L_simple on the four-square toy data."""
     torch.manual_seed(0)
-    config = DDPMConfig(
-        UNetConfig(
-            image_size=8,
-            base_channels=16,
-            channel_mults=(1, 2),
-            num_res_blocks=1,
-            attention_resolutions=(),
-            num_heads=1,
-        ),
-        DiffusionConfig(num_timesteps=100),
-    )
-    model = DDPM(config)
+    model = DDPM(tiny_ddpm_config(num_timesteps=100, variance="fixed_small", base_channels=16))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     generator = seeded_generator(0)
     for _ in range(300):

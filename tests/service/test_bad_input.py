@@ -91,7 +91,7 @@ def test_a_png_decompression_bomb_is_a_400_naming_the_image(client, endpoint, up
         response = client.post(endpoint, data={"model": "vae"}, files=files)
     assert response.status_code == 400, response.text
     assert response.json() == {
-        "error": "images[1]: expected a 28x28 image, got 30000x30000",
+        "error": "images[1]: expected a 28x28 L image, got 30000x30000 L",
         "field": "images[1]",
     }
 

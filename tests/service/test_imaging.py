@@ -9,7 +9,15 @@ from PIL import Image, ImageFile
 from service_testing import png_bomb
 
 from service.errors import RequestError
-from service.imaging import decode_images, decode_latents, grid, images_payload, png_to_array
+from service.imaging import (
+    decode_images,
+    decode_latents,
+    encode_png,
+    grid,
+    images_payload,
+    png_to_array,
+    to_base64_png,
+)
 
 SHAPE = (1, 28, 28)
 
@@ -53,8 +61,8 @@ def test_grid_tiles_images_with_gaps():
     [
         ("not base64!", "not valid base64"),
         (base64.b64encode(b"hello").decode(), "not a readable PNG"),
-        (_png(np.zeros((28, 28, 3), np.uint8), mode="RGB"), "mode 'RGB'"),
-        (_png(np.zeros((27, 28), np.uint8)), "expected a 28x28 image, got 28x27"),
+        (_png(np.zeros((28, 28, 3), np.uint8), mode="RGB"), "a 28x28 L image, got 28x28 RGB"),
+        (_png(np.zeros((27, 28), np.uint8)), "expected a 28x28 L image, got 28x27 L"),
         (_png(np.zeros((28, 28), np.uint8), fmt="JPEG"), "expected a PNG image, got JPEG"),
         (np.zeros((28, 27)).tolist(), "expected shape (28, 28)"),
         ([[1, 2], [3]], "nested array of integers"),
@@ -87,7 +95,7 @@ def test_a_png_of_the_wrong_size_is_refused_from_its_header(no_pixel_decoding, w
     bomb = png_bomb(width, height)
     with pytest.raises(RequestError) as error:
         decode_images([base64.b64encode(bomb).decode()], SHAPE)
-    assert str(error.value) == f"images[0]: expected a 28x28 image, got {width}x{height}"
+    assert str(error.value) == f"images[0]: expected a 28x28 L image, got {width}x{height} L"
 
 
 def test_the_decompression_bomb_is_small():
@@ -98,7 +106,7 @@ def test_another_formats_oversized_header_is_refused_before_decoding(no_pixel_de
     # A BMP header claiming 20000x20000 (8-bit, palette): Pillow's DecompressionBombError.
     info = struct.pack("<IiiHHIIiiII", 40, 20000, 20000, 1, 8, 0, 0, 0, 0, 256, 0)
     bmp = b"BM" + struct.pack("<IHHI", 1078, 0, 0, 1078) + info + bytes(1024)
-    with pytest.raises(RequestError, match=r"images\[0\]: expected a 28x28 image \(Image size"):
+    with pytest.raises(RequestError, match=r"images\[0\]: expected a 28x28 L image \(Image size"):
         decode_images([base64.b64encode(bmp).decode()], SHAPE)
 
 
@@ -138,3 +146,113 @@ def test_latents_must_be_finite_and_bounded_and_the_error_names_the_value(value,
         decode_latents([[[10.0] * 3, [-10.0] * 3], bad], (2, 3), 10.0)
     assert str(error.value).startswith(f"latents[1][0][2]: {message}")
     assert error.value.field == "latents[1][0][2]"
+
+
+# Any image shape a servable model allows: L or RGB, 8x8 to 64x64 -----------------------------
+
+
+def _png_bytes(array: np.ndarray, mode: str, bits: int = 8) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array, mode=mode)
+    if bits == 16:  # 16-bit grayscale: Pillow's I;16
+        image = Image.fromarray(array.astype(np.uint16) * 257).convert("I;16")
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("shape", [(3, 16, 16), (1, 8, 8), (1, 64, 64), (3, 64, 64), (3, 8, 8)])
+def test_pngs_and_arrays_of_every_shape_round_trip_exactly(shape):
+    images = torch.randint(0, 256, (3, *shape), dtype=torch.uint8, generator=_seeded(0))
+    pngs = images_payload(images, "png")["images"]
+    assert torch.equal(decode_images(pngs, shape), images)
+    arrays = images_payload(images, "array")["arrays"]
+    assert torch.equal(decode_images(arrays, shape), images)
+    if shape[0] == 1:  # grayscale arrays may also leave the channel out: (H, W)
+        assert torch.equal(decode_images([a[0] for a in arrays], shape), images)
+
+
+def test_rgb_pngs_are_rgb_in_the_file_and_channels_first_in_the_tensor():
+    image = torch.zeros(3, 16, 16, dtype=torch.uint8)
+    image[0], image[2, :8] = 255, 128  # red everywhere, some blue in the top half
+    decoded = Image.open(io.BytesIO(base64.b64decode(to_base64_png(image))))
+    assert decoded.mode == "RGB" and decoded.size == (16, 16)
+    assert decoded.getpixel((0, 0)) == (255, 0, 128) and decoded.getpixel((0, 15)) == (255, 0, 0)
+
+
+def test_a_grid_of_rgb_images_keeps_their_colours():
+    images = torch.zeros(5, 3, 16, 16, dtype=torch.uint8)
+    images[:, 1] = 200  # green
+    tiled = grid(images)
+    assert tiled.shape == (3, 2 * 18 + 2, 3 * 18 + 2)  # 3 columns, 2 rows, 2-pixel gaps
+    assert tiled[:, 2, 2].tolist() == [0, 200, 0] and tiled[:, 0, 0].tolist() == [0, 0, 0]
+    png = base64.b64decode(images_payload(images, "grid")["grid"])
+    assert torch.equal(torch.from_numpy(png_to_array(png, (3, 38, 56), "grid").copy()), tiled)
+
+
+@pytest.mark.parametrize(
+    ("array", "mode", "shape", "message"),
+    [
+        (np.zeros((28, 28), np.uint8), "L", (3, 32, 32), "expected a 32x32 RGB image, got 28x28 L"),
+        (np.zeros((16, 16), np.uint8), "L", (3, 16, 16), "expected a 16x16 RGB image, got 16x16 L"),
+        (
+            np.zeros((16, 16, 3), np.uint8),
+            "RGB",
+            (1, 16, 16),
+            "expected a 16x16 L image, got 16x16 RGB",
+        ),
+        (
+            np.zeros((8, 8, 4), np.uint8),
+            "RGBA",
+            (3, 8, 8),
+            "expected a 8x8 RGB image, got 8x8 RGBA",
+        ),
+        (np.zeros((8, 8, 2), np.uint8), "LA", (1, 8, 8), "expected a 8x8 L image, got 8x8 LA"),
+        (np.zeros((64, 32), np.uint8), "L", (1, 64, 64), "expected a 64x64 L image, got 32x64 L"),
+        (np.zeros((8, 8), np.uint8), "P", (1, 8, 8), "expected a 8x8 L image, got 8x8 P (1-bit)"),
+    ],
+)
+def test_a_png_of_the_wrong_size_or_mode_names_both(no_pixel_decoding, array, mode, shape, message):
+    with pytest.raises(RequestError) as error:
+        png_to_array(_png_bytes(array, mode), shape, "images[0]")
+    assert str(error.value) == f"images[0]: {message}"
+
+
+def test_a_16_bit_png_is_refused_naming_its_depth(no_pixel_decoding):
+    png = _png_bytes(np.zeros((8, 8), np.uint8), "L", bits=16)
+    with pytest.raises(RequestError, match=r"expected a 8x8 L image, got 8x8 L \(16-bit\)$"):
+        png_to_array(png, (1, 8, 8), "images[0]")
+
+
+def test_a_bomb_is_refused_from_its_header_for_an_rgb_model_too(no_pixel_decoding):
+    with pytest.raises(RequestError) as error:
+        decode_images([base64.b64encode(png_bomb(30000, 30000)).decode()], (3, 16, 16))
+    assert str(error.value) == "images[0]: expected a 16x16 RGB image, got 30000x30000 L"
+
+
+@pytest.mark.parametrize(
+    ("array", "shape", "message"),
+    [
+        (np.zeros((16, 16)), (3, 16, 16), "expected shape (3, 16, 16), got (16, 16)"),
+        (
+            np.zeros((16, 16, 3)),
+            (3, 16, 16),
+            "expected shape (3, 16, 16), got (16, 16, 3) (channels last: send (C, H, W)",
+        ),
+        (np.zeros((1, 16, 16)), (3, 16, 16), "expected shape (3, 16, 16), got (1, 16, 16)"),
+        (np.zeros((3, 8, 8)), (1, 8, 8), "expected shape (8, 8), got (3, 8, 8)"),
+        (np.zeros((28, 28)), (1, 64, 64), "expected shape (64, 64), got (28, 28)"),
+    ],
+)
+def test_an_array_of_the_wrong_shape_says_what_was_expected_and_got(array, shape, message):
+    with pytest.raises(RequestError) as error:
+        decode_images([array.tolist()], shape)
+    assert str(error.value).startswith(f"images[0]: {message}")
+
+
+def test_only_grayscale_or_rgb_images_encode_to_png():
+    with pytest.raises(ValueError, match="C = 1 or 3"):
+        encode_png(torch.zeros(2, 8, 8, dtype=torch.uint8))
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
