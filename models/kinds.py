@@ -24,6 +24,7 @@ from torch import nn
 from models.core.progressive import Progressive
 
 if TYPE_CHECKING:
+    from models.core.card import Likelihood
     from models.eval.context import EvalContext, ScoreMethod
 
 Generators = torch.Generator | Sequence[torch.Generator]
@@ -224,7 +225,7 @@ class ModelKind(Architecture, ABC):
     @abstractmethod
     def likelihood_report(
         self, model: nn.Module, ctx: EvalContext
-    ) -> tuple[dict[str, Any], torch.Tensor]:
+    ) -> tuple[Likelihood, torch.Tensor]:
         """The card's likelihood section and the per-image headline bound (N,) bits/dim."""
 
     @abstractmethod

@@ -4,6 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
+from models.core.card import ModelCard
 from models.core.checkpoints import save_checkpoint
 from models.core.config import ClassifierConfig, DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
 from models.diffusion.ddpm import DDPM
@@ -68,11 +69,12 @@ def _check_common_sections(card, tmp_path, methods, samplers):
 def test_vae_card_holds_every_figure(tmp_path, classifier_dir, capsys):
     vae = VAE(VAEConfig(latent_dim=4, channels=(8, 16), num_mixtures=2))
     card, printed = _evaluate(vae, tmp_path, classifier_dir, capsys)
-    likelihood = card["likelihood"]
-    assert likelihood["test_images"] == 6
-    total = likelihood["reconstruction_bits_per_dim"] + likelihood["kl_bits_per_dim"]
-    assert likelihood["elbo_bits_per_dim"]["mean"] == pytest.approx(total, rel=1e-6)
-    assert likelihood["iwae"]["k"] == 4 and likelihood["iwae"]["test_images"] == 2
+    likelihood = ModelCard.from_dict(card).likelihood
+    elbo, (iwae,) = likelihood.headline, likelihood.others
+    assert elbo.method == "elbo" and elbo.test_images == 6
+    total = elbo.terms_bits_per_dim["reconstruction"] + elbo.terms_bits_per_dim["KL"]
+    assert elbo.bits_per_dim.mean == pytest.approx(total, rel=1e-6)
+    assert iwae.method == "iwae" and iwae.k == 4 and iwae.test_images == 2
     assert card["calibration"]["iwae"]["k"] == 2 and card["calibration"]["elbo"]["k"] is None
     _check_common_sections(card, tmp_path, ["elbo", "iwae"], ["decoder_mean", "pixel_sample"])
     assert "-ELBO, 6 test images" in printed
@@ -88,18 +90,18 @@ def test_ddpm_card_splits_the_exact_bound_into_its_terms(tmp_path, classifier_di
     )  # fmt: skip
     ddpm = DDPM(DDPMConfig(unet, DiffusionConfig(num_timesteps=10, variance="learned_range")))
     card, printed = _evaluate(ddpm, tmp_path, classifier_dir, capsys)
-    likelihood = card["likelihood"]
-    assert likelihood["num_timesteps"] == 10 and likelihood["test_images"] == 6
-    terms = sum(
-        likelihood[name]
-        for name in ("prior_bits_per_dim", "denoising_bits_per_dim", "reconstruction_bits_per_dim")
-    )
-    assert likelihood["vlb_bits_per_dim"]["mean"] == pytest.approx(terms, rel=1e-9)
+    likelihood = ModelCard.from_dict(card).likelihood
+    exact_bound = likelihood.headline
+    assert exact_bound.label == "exact VLB, T = 10" and exact_bound.test_images == 6
+    assert set(exact_bound.terms_bits_per_dim) == {"L_T", "sum of L_t", "L_0"}
+    terms = sum(exact_bound.terms_bits_per_dim.values())
+    assert exact_bound.bits_per_dim.mean == pytest.approx(terms, rel=1e-9)
+    assert likelihood.others == ()
     # The exact-bound anomaly scores of the first test images reuse the likelihood pass.
     exact = card["anomaly"]["methods"]["vlb_exact"]
     assert exact["normal_images"] == 4 and card["calibration"]["vlb_mc"]["k"] == 4
     _check_common_sections(card, tmp_path, ["vlb_exact", "vlb_mc"], ["ddim_3", "ancestral_10"])
-    assert "exact VLB (T=10)" in printed
+    assert "exact VLB, T = 10, 6 test images" in printed
 
 
 def test_evaluation_sizes_reject_negative_counts_and_overlap_with_the_calibration_half():
