@@ -227,6 +227,18 @@ class MethodCalibration(Record):
     scores: Mapping[str, ScoreCalibration]  # keys: SCORE_KINDS' values
 
 
+def calibrations_in(card: Mapping[str, Any]) -> dict[str, MethodCalibration]:
+    """The calibration section of a card as stored (method -> its calibration), read without
+    the other sections, so that a card holding only calibrations serves too."""
+    section = card.get("calibration", {})
+    if not isinstance(section, Mapping):
+        raise CardError("model card.calibration: expected an object")
+    return {
+        method: MethodCalibration.from_dict(entry, f"model card.calibration.{method}")
+        for method, entry in section.items()
+    }
+
+
 # Provenance ----------------------------------------------------------------------------------
 
 
