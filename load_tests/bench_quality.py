@@ -9,11 +9,13 @@ from typing import Any
 
 import torch
 
+from models.core.card import ClassifierInfo
 from models.core.checkpoints import Checkpoint, load_checkpoint
 from models.core.pixels import signed_unit_to_pixels
 from models.data import load_fashion_mnist
 from models.diffusion.samplers import ddim_sample, ddpm_ancestral_sample
-from models.evaluate import Context, EvaluationSizes, Sampler, sample_quality
+from models.eval.context import EvalContext, EvaluationSizes
+from models.eval.samples import Sampler, sample_quality
 
 
 def _samplers(ddpm: Checkpoint, steps: list[int], n: int, ancestral_n: int, generator, eta: float):
@@ -51,14 +53,17 @@ def ddim_steps_report(
     generator = torch.Generator().manual_seed(0)
     classifier = load_checkpoint(classifier_dir).model.eval()
     with tempfile.TemporaryDirectory() as grids:  # the section also saves sample grids
-        ctx = Context(
+        ctx = EvalContext(
             test,
             train,
             torch.device("cpu"),
             generator,
             EvaluationSizes(batch_size=batch_size),
             Path(grids),
+            ddim_eta=eta,
         )
+        info = ClassifierInfo(str(classifier_dir), None, classifier.config.feature_dim)
         with torch.no_grad():
             samplers = _samplers(ddpm, steps, samples, ancestral_samples, generator, eta)
-            return sample_quality(samplers, classifier, ctx)["samplers"]
+            quality = sample_quality(samplers, classifier, info, ctx)
+    return {name: figures.to_dict() for name, figures in quality.samplers.items()}

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # torch stays unimported until a kind is used: the service's 
     import torch
     from torch import nn
 
+    from models.core.card import Likelihood
     from models.core.progressive import Progressive
     from models.eval.context import EvalContext, ScoreMethod
 
@@ -223,7 +224,7 @@ class ModelKind(Architecture, ABC):
     @abstractmethod
     def likelihood_report(
         self, model: nn.Module, ctx: EvalContext
-    ) -> tuple[dict[str, Any], torch.Tensor]:
+    ) -> tuple[Likelihood, torch.Tensor]:
         """The card's likelihood section and the per-image headline bound (N,) bits/dim."""
 
     @abstractmethod

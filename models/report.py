@@ -7,12 +7,12 @@ the committed cards), so the numbers people read are the numbers the evaluation 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from models.core.card import OUTLIER_SETS, BoundFigure, Estimate, ModelCard
 from models.core.checkpoints import read_model_card
-
-OUTLIER_COLUMNS = ("digits", "gaussian_noise", "inverted", "blurred", "uniform_noise")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -21,84 +21,73 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def _pm(figure: dict[str, float]) -> str:
-    return f"{figure['mean']:.3f} ± {figure['stderr']:.3f}"
+def _pm(figure: Estimate) -> str:
+    return f"{figure.mean:.3f} ± {figure.stderr:.3f}"
 
 
-def likelihood_rows(name: str, card: dict[str, Any]) -> list[list[str]]:
-    lik = card["likelihood"]
-    if card["kind"] == "vae":
-        terms = (
-            f"reconstruction {lik['reconstruction_bits_per_dim']:.3f}, "
-            f"KL {lik['kl_bits_per_dim']:.3f}"
-        )
-        rows = [[name, "-ELBO", str(lik["test_images"]), _pm(lik["elbo_bits_per_dim"]), terms]]
-        if "iwae" in lik:
-            iwae = lik["iwae"]
-            same = _pm(iwae["elbo_bits_per_dim_same_images"])
-            rows.append(
-                [
-                    name,
-                    f"IWAE, k = {iwae['k']}",
-                    str(iwae["test_images"]),
-                    _pm(iwae["iwae_bits_per_dim"]),
-                    f"-ELBO on the same images {same}",
-                ]
-            )
-        return rows
-    terms = (
-        f"L_T {lik['prior_bits_per_dim']:.5f}, sum of L_t {lik['denoising_bits_per_dim']:.3f}, "
-        f"L_0 {lik['reconstruction_bits_per_dim']:.3f}"
-    )
-    bound = f"exact VLB, T = {lik['num_timesteps']}"
-    return [[name, bound, str(lik["test_images"]), _pm(lik["vlb_bits_per_dim"]), terms]]
+def _bits(value: float) -> str:
+    """Three decimals; five for a term too small to show in three (a DDPM's L_T)."""
+    return f"{value:.3f}" if abs(value) >= 5e-4 else f"{value:.5f}"
 
 
-def sample_rows(name: str, card: dict[str, Any]) -> list[list[str]]:
+def _bound_row(name: str, bound: BoundFigure, headline: BoundFigure) -> list[str]:
+    label = bound.label if bound.k is None else f"{bound.label}, k = {bound.k}"
+    notes = [f"{term} {_bits(v)}" for term, v in bound.terms_bits_per_dim.items()]
+    if bound.headline_same_images is not None:
+        same = _pm(bound.headline_same_images)
+        notes.append(f"{headline.label} on the same images {same}")
+    return [name, label, str(bound.test_images), _pm(bound.bits_per_dim), ", ".join(notes)]
+
+
+def likelihood_rows(name: str, card: ModelCard) -> list[list[str]]:
+    headline = card.likelihood.headline
+    bounds = (headline, *card.likelihood.others)
+    return [_bound_row(name, bound, headline) for bound in bounds]
+
+
+def sample_rows(name: str, card: ModelCard) -> list[list[str]]:
+    return [
+        [
+            name,
+            sampler,
+            str(s.num_samples),
+            f"{s.frechet_distance:.2f}",
+            f"{s.real_data_floor:.2f}",
+            f"{s.ratio_to_floor:.1f}x",
+            f"{s.seconds_per_image:.4f}",
+        ]
+        for sampler, s in card.sample_quality.samplers.items()
+    ]
+
+
+def anomaly_rows(name: str, card: ModelCard) -> list[list[str]]:
     rows = []
-    for sampler, s in card["sample_quality"]["samplers"].items():
-        rows.append(
-            [
-                name,
-                sampler,
-                str(s["num_samples"]),
-                f"{s['frechet_distance']:.2f}",
-                f"{s['real_data_floor']:.2f}",
-                f"{s['ratio_to_floor']:.1f}x",
-                f"{s['seconds_per_image']:.4f}",
-            ]
-        )
+    for method, m in card.anomaly.methods.items():
+        k = f" (k = {m.k})" if m.k else ""
+        for label, corrected in (("bits/dim", False), ("bits/dim - PNG", True)):
+            detections = [m.sets[s].minus_png if corrected else m.sets[s].raw for s in OUTLIER_SETS]
+            cells = [f"{d.auroc:.3f} / {d.fpr_at_95_tpr:.3f}" for d in detections]
+            rows.append([name, f"{method}{k}, {label}", str(m.normal_images), *cells])
     return rows
 
 
-def anomaly_rows(name: str, card: dict[str, Any]) -> list[list[str]]:
+def calibration_rows(name: str, card: ModelCard) -> list[list[str]]:
     rows = []
-    for method, m in card["anomaly"]["methods"].items():
-        k = f" (k = {m['k']})" if m["k"] else ""
-        for kind, label in (("raw", "bits/dim"), ("minus_png", "bits/dim - PNG")):
-            cells = [
-                f"{m['sets'][s][kind]['auroc']:.3f} / {m['sets'][s][kind]['fpr_at_95_tpr']:.3f}"
-                for s in OUTLIER_COLUMNS
-            ]
-            rows.append([name, f"{method}{k}, {label}", str(m["normal_images"]), *cells])
-    return rows
-
-
-def calibration_rows(name: str, card: dict[str, Any]) -> list[list[str]]:
-    rows = []
-    for method, c in card["calibration"].items():
-        for kind, entry in c["scores"].items():
-            observed = entry["observed_fpr_on_other_normal_images"]
+    for method, c in card.calibration.items():
+        for kind, entry in c.scores.items():
+            observed = entry.observed_fpr_on_other_normal_images
             thresholds = ", ".join(
                 f"{float(fpr):.0%}: {t:.3f} (observed {observed[fpr]:.1%})"
-                for fpr, t in entry["thresholds"].items()
+                for fpr, t in entry.thresholds.items()
             )
-            rows.append([name, f"{method}, {kind}", str(entry["num_images"]), thresholds or "-"])
+            rows.append([name, f"{method}, {kind}", str(entry.num_images), thresholds or "-"])
     return rows
 
 
-def markdown(cards: dict[str, dict[str, Any]]) -> str:
-    """Four tables (likelihood, samples, anomaly detection, thresholds) for the named cards."""
+def markdown(cards: Mapping[str, ModelCard | Mapping[str, Any]]) -> str:
+    """Four tables (likelihood, samples, anomaly detection, thresholds) for the named cards
+    (typed, or as the JSON objects they are stored as)."""
+    cards = {n: c if isinstance(c, ModelCard) else ModelCard.from_dict(c) for n, c in cards.items()}
     sections = [
         _table(
             ["model", "bound", "test images", "bits/dim", "terms (bits/dim)"],
@@ -109,7 +98,7 @@ def markdown(cards: dict[str, dict[str, Any]]) -> str:
             [r for n, c in cards.items() for r in sample_rows(n, c)],
         ),
         _table(
-            ["model", "score", "normal images", *[f"{s} AUROC / FPR95" for s in OUTLIER_COLUMNS]],
+            ["model", "score", "normal images", *[f"{s} AUROC / FPR95" for s in OUTLIER_SETS]],
             [r for n, c in cards.items() for r in anomaly_rows(n, c)],
         ),
         _table(

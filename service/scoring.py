@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.core.card import SCORE_KINDS, MethodCalibration, calibrations_in
 from models.eval.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim
 from service.errors import MissingCalibrationError, RequestError
 
-# correction -> the score kind the card calibrates
-SCORE_KINDS = {"none": "bits_per_dim", "png": "bits_per_dim_minus_png"}
+__all__ = ["SCORE_KINDS", "CalibratedScore", "calibration_for", "scores", "threshold_for"]
 
 
 @dataclass(frozen=True)
@@ -30,23 +30,21 @@ def calibration_for(
     card: dict[str, Any], model: str, method: str, correction: str
 ) -> CalibratedScore:
     """The card's calibration for ``method`` and ``correction``; 409 when it has none."""
-    entry = card.get("calibration", {}).get(method)
+    calibrations = calibrations_in(card)
+    entry = calibrations.get(method)
     kind = SCORE_KINDS[correction]
-    if not entry or kind not in entry.get("scores", {}):
+    if entry is None or kind not in entry.scores:
         raise MissingCalibrationError(
             "method",
             f"the {model} model card has no calibration for method {method!r} with "
-            f"correction {correction!r}; calibrated: {_calibrated(card)}",
+            f"correction {correction!r}; calibrated: {_calibrated(calibrations)}",
         )
-    return CalibratedScore(Calibration.from_dict(entry["scores"][kind]), entry.get("k"))
+    fitted = entry.scores[kind]
+    return CalibratedScore(Calibration.of(fitted.normal_scores, fitted.source), entry.k)
 
 
-def _calibrated(card: dict[str, Any]) -> str:
-    pairs = [
-        f"{method}/{kind}"
-        for method, entry in card.get("calibration", {}).items()
-        for kind in entry.get("scores", {})
-    ]
+def _calibrated(calibrations: dict[str, MethodCalibration]) -> str:
+    pairs = [f"{method}/{kind}" for method, entry in calibrations.items() for kind in entry.scores]
     return ", ".join(pairs) or "nothing"
 
 

@@ -1,18 +1,24 @@
+import ast
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
+from models.core.card import OUTLIER_SETS as CARD_OUTLIER_SETS
+from models.core.card import ModelCard
 from models.core.checkpoints import save_checkpoint
 from models.core.config import ClassifierConfig, DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
 from models.diffusion.ddpm import DDPM
 from models.evaluate import EvaluationSizes, main
+from models.kinds import kind_of
 from models.nn.classifier import FashionClassifier
 from models.report import markdown
 from models.vae.model import VAE
 
-OUTLIER_SETS = {"digits", "gaussian_noise", "inverted", "blurred", "uniform_noise"}
+OUTLIER_SETS = set(CARD_OUTLIER_SETS)
+ROOT = Path(__file__).resolve().parents[2]
 TINY_SIZES = [
     "--likelihood-images", "6", "--iwae-images", "2", "--iwae-k", "4", "--score-iwae-k", "2",
     "--score-mc-k", "4", "--fd-samples", "12", "--ddim-steps", "3", "--ancestral-samples", "3",
@@ -68,11 +74,12 @@ def _check_common_sections(card, tmp_path, methods, samplers):
 def test_vae_card_holds_every_figure(tmp_path, classifier_dir, capsys):
     vae = VAE(VAEConfig(latent_dim=4, channels=(8, 16), num_mixtures=2))
     card, printed = _evaluate(vae, tmp_path, classifier_dir, capsys)
-    likelihood = card["likelihood"]
-    assert likelihood["test_images"] == 6
-    total = likelihood["reconstruction_bits_per_dim"] + likelihood["kl_bits_per_dim"]
-    assert likelihood["elbo_bits_per_dim"]["mean"] == pytest.approx(total, rel=1e-6)
-    assert likelihood["iwae"]["k"] == 4 and likelihood["iwae"]["test_images"] == 2
+    likelihood = ModelCard.from_dict(card).likelihood
+    elbo, (iwae,) = likelihood.headline, likelihood.others
+    assert elbo.method == "elbo" and elbo.test_images == 6
+    total = elbo.terms_bits_per_dim["reconstruction"] + elbo.terms_bits_per_dim["KL"]
+    assert elbo.bits_per_dim.mean == pytest.approx(total, rel=1e-6)
+    assert iwae.method == "iwae" and iwae.k == 4 and iwae.test_images == 2
     assert card["calibration"]["iwae"]["k"] == 2 and card["calibration"]["elbo"]["k"] is None
     _check_common_sections(card, tmp_path, ["elbo", "iwae"], ["decoder_mean", "pixel_sample"])
     assert "-ELBO, 6 test images" in printed
@@ -88,18 +95,18 @@ def test_ddpm_card_splits_the_exact_bound_into_its_terms(tmp_path, classifier_di
     )  # fmt: skip
     ddpm = DDPM(DDPMConfig(unet, DiffusionConfig(num_timesteps=10, variance="learned_range")))
     card, printed = _evaluate(ddpm, tmp_path, classifier_dir, capsys)
-    likelihood = card["likelihood"]
-    assert likelihood["num_timesteps"] == 10 and likelihood["test_images"] == 6
-    terms = sum(
-        likelihood[name]
-        for name in ("prior_bits_per_dim", "denoising_bits_per_dim", "reconstruction_bits_per_dim")
-    )
-    assert likelihood["vlb_bits_per_dim"]["mean"] == pytest.approx(terms, rel=1e-9)
+    likelihood = ModelCard.from_dict(card).likelihood
+    exact_bound = likelihood.headline
+    assert exact_bound.label == "exact VLB, T = 10" and exact_bound.test_images == 6
+    assert set(exact_bound.terms_bits_per_dim) == {"L_T", "sum of L_t", "L_0"}
+    terms = sum(exact_bound.terms_bits_per_dim.values())
+    assert exact_bound.bits_per_dim.mean == pytest.approx(terms, rel=1e-9)
+    assert likelihood.others == ()
     # The exact-bound anomaly scores of the first test images reuse the likelihood pass.
     exact = card["anomaly"]["methods"]["vlb_exact"]
     assert exact["normal_images"] == 4 and card["calibration"]["vlb_mc"]["k"] == 4
     _check_common_sections(card, tmp_path, ["vlb_exact", "vlb_mc"], ["ddim_3", "ancestral_10"])
-    assert "exact VLB (T=10)" in printed
+    assert "exact VLB, T = 10, 6 test images" in printed
 
 
 def test_evaluation_sizes_reject_negative_counts_and_overlap_with_the_calibration_half():
@@ -107,3 +114,82 @@ def test_evaluation_sizes_reject_negative_counts_and_overlap_with_the_calibratio
         EvaluationSizes(iwae_k=-1)
     with pytest.raises(ValueError, match="anomaly_images"):
         EvaluationSizes(anomaly_images=6000)
+
+
+def test_evaluation_measures_through_the_models_kind(tmp_path, classifier_dir, capsys, monkeypatch):
+    vae = VAE(VAEConfig(latent_dim=4, channels=(8, 16), num_mixtures=2))
+    kind = type(kind_of(vae))
+    calls = []
+    for hook in ("likelihood_report", "evaluation_samplers", "score_methods"):
+        original = getattr(kind, hook)
+
+        def spy(self, model, ctx, _original=original, _hook=hook):
+            calls.append((_hook, type(model).__name__))
+            return _original(self, model, ctx)
+
+        monkeypatch.setattr(kind, hook, spy)
+    card, _ = _evaluate(vae, tmp_path, classifier_dir, capsys)
+    hooks = ["likelihood_report", "evaluation_samplers", "score_methods"]
+    assert calls == [(hook, "VAE") for hook in hooks]
+    assert card["kind"] == kind.name
+    assert ModelCard.from_dict(card).likelihood.headline.method == kind.headline_method
+
+
+def test_evaluating_a_model_that_is_not_servable_names_the_problem(classifier_dir):
+    with pytest.raises(SystemExit, match="not servable"):
+        main([str(classifier_dir), "--classifier", str(classifier_dir), *TINY_SIZES])
+
+
+KIND_NAMES = {"vae", "ddpm"}
+KIND_CLASSES = {"VAE", "DDPM"}
+
+
+def _kind_branches(source: str) -> list[str]:
+    """Comparisons with a kind's name and isinstance checks against a kind's network class."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Compare):
+            operands = [node.left, *node.comparators]
+            for operand in operands:
+                if isinstance(operand, ast.Constant) and operand.value in KIND_NAMES:
+                    found.append(f"line {node.lineno}: compares with {operand.value!r}")
+                if isinstance(operand, ast.Set | ast.Tuple | ast.List) and any(
+                    isinstance(e, ast.Constant) and e.value in KIND_NAMES for e in operand.elts
+                ):
+                    found.append(f"line {node.lineno}: tests membership in kind names")
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in ("isinstance", "issubclass")
+            and len(node.args) == 2
+        ):
+            names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+            names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
+            if names & KIND_CLASSES:
+                found.append(f"line {node.lineno}: {node.func.id}(..., {sorted(names)})")
+    return found
+
+
+def test_the_kind_branch_scan_finds_each_kind_of_branch():
+    source = (
+        "if kind == 'vae': pass\n"
+        "if 'ddpm' != card['kind']: pass\n"
+        "if kind in ('vae', 'x'): pass\n"
+        "if isinstance(model, VAE): pass\n"
+        "if isinstance(model, (ddpm.DDPM, int)): pass\n"
+        "if kind == other and isinstance(model, FashionClassifier): pass\n"
+    )
+    assert len(_kind_branches(source)) == 5
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "models/evaluate.py",
+        "models/report.py",
+        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "models" / "eval").glob("*.py")),
+    ],
+)
+def test_evaluation_and_report_never_branch_on_the_kind(path):
+    """Kind-specific behaviour lives in models/vae and models/diffusion, behind models.kinds."""
+    assert _kind_branches((ROOT / path).read_text()) == []

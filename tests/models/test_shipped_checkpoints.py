@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from models.core.card import ModelCard
 from models.core.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_card
 from models.core.noise import seeded_generator
 from models.data import load_fashion_mnist
@@ -83,8 +84,10 @@ def test_model_card_was_measured_on_the_committed_weights(name):
 
 def test_vae_card_holds_every_figure():
     card = read_model_card(CHECKPOINTS / "vae")
-    assert card["likelihood"]["test_images"] == 10_000
-    assert card["likelihood"]["iwae"]["k"] >= 1000
+    likelihood = ModelCard.from_dict(card).likelihood
+    assert likelihood.headline.method == "elbo" and likelihood.headline.test_images == 10_000
+    (iwae,) = likelihood.others
+    assert iwae.method == "iwae" and iwae.k >= 1000
     samplers = card["sample_quality"]["samplers"]
     assert all(s["num_samples"] == 10_000 for s in samplers.values())
     _check_anomaly_and_calibration(card, ["elbo", "iwae"])
@@ -92,10 +95,12 @@ def test_vae_card_holds_every_figure():
 
 def test_ddpm_card_holds_every_figure(ddpm):
     card = read_model_card(CHECKPOINTS / "ddpm")
-    likelihood = card["likelihood"]
-    assert likelihood["num_timesteps"] == ddpm.diffusion.num_timesteps
-    for term in ("prior_bits_per_dim", "denoising_bits_per_dim", "reconstruction_bits_per_dim"):
-        assert likelihood[term] >= 0
+    headline = ModelCard.from_dict(card).likelihood.headline
+    assert headline.method == "vlb_exact"
+    assert headline.label == f"exact VLB, T = {ddpm.diffusion.num_timesteps}"
+    terms = headline.terms_bits_per_dim
+    assert set(terms) == {"L_T", "sum of L_t", "L_0"} and min(terms.values()) >= 0
+    assert sum(terms.values()) == pytest.approx(headline.bits_per_dim.mean, rel=1e-9)
     samplers = card["sample_quality"]["samplers"]
     assert {"ddim_50", f"ancestral_{ddpm.diffusion.num_timesteps}"} <= set(samplers)
     _check_anomaly_and_calibration(card, ["vlb_exact", "vlb_mc"])

@@ -1,0 +1,276 @@
+"""The model card: what the evaluation measured on one checkpoint, as typed records.
+
+The evaluation (``models.evaluate``) writes it beside the weights as ``model_card.json``; the
+README tables (``models.report``), the service's anomaly scoring and the tests read it. This
+module is the contract between them, and the one place that spells the card's keys, the score
+kinds and the outlier-set names. It imports nothing heavy (no torch), so anything can read a
+card.
+
+    card = ModelCard.from_dict(json.loads(path.read_text()))  # CardError names a missing key
+    card.likelihood.headline.bits_per_dim.mean               # e.g. 2.970 bits/dim
+    card.to_dict() == json.loads(path.read_text())           # the same document back
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+# Anomaly scores a card calibrates: a bound in bits/dim, raw or minus the image's PNG codelength
+# (Serra et al. 2019, Eq. 2). The service's ``correction`` request field picks one.
+BITS_PER_DIM = "bits_per_dim"
+BITS_PER_DIM_MINUS_PNG = "bits_per_dim_minus_png"
+SCORE_KINDS: Mapping[str, str] = {"none": BITS_PER_DIM, "png": BITS_PER_DIM_MINUS_PNG}
+
+# The outlier sets of the anomaly section, in table order, with how each is made.
+OUTLIER_SETS: Mapping[str, str] = {
+    "digits": "sklearn load_digits 8x8, scaled to 0..255, bilinear upsampled to 28x28",
+    "gaussian_noise": "test images + N(0, 25.5^2) per pixel, rounded and clipped",
+    "inverted": "255 - test image",
+    "blurred": "test images, Gaussian blur sigma 1 pixel",
+    "uniform_noise": "uniform random pixels",
+}
+
+# False-positive rates whose calibrated thresholds a card reports (when enough images).
+REPORTED_FPRS = (0.01, 0.05)
+
+
+class CardError(ValueError):
+    """A model card that does not have the layout of :class:`ModelCard`."""
+
+
+R = TypeVar("R", bound="Record")
+
+
+class Record:
+    """A frozen dataclass that converts to and from its JSON object, field by field.
+
+    Fields keep their declaration order as key order; a field with ``metadata={"omit": True}``
+    is left out of the dict when it is None (and may be absent from it)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            if value is None and f.metadata.get("omit"):
+                continue
+            out[f.name] = _encode(value)
+        return out
+
+    @classmethod
+    def from_dict(cls: type[R], payload: Any, where: str = "model card") -> R:
+        if not isinstance(payload, Mapping):
+            raise CardError(f"{where}: expected an object, got {type(payload).__name__}")
+        hints = typing.get_type_hints(cls)
+        values = {}
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name not in payload:
+                if f.metadata.get("omit"):
+                    continue
+                raise CardError(f"{where}: missing key {f.name!r}")
+            values[f.name] = _decode(hints[f.name], payload[f.name], f"{where}.{f.name}")
+        return cls(**values)
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Record):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {key: _encode(v) for key, v in value.items()}
+    if isinstance(value, tuple):
+        return [_encode(v) for v in value]
+    return value
+
+
+def _decode(hint: Any, value: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        if value is None:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _decode(inner, value, where)
+    if isinstance(hint, type) and issubclass(hint, Record):
+        return hint.from_dict(value, where)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise CardError(f"{where}: expected a list, got {type(value).__name__}")
+        return tuple(_decode(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin in (Mapping, dict):
+        if not isinstance(value, Mapping):
+            raise CardError(f"{where}: expected an object, got {type(value).__name__}")
+        return {k: _decode(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    return value  # numbers, strings, booleans and free-form JSON (Any) stay as written
+
+
+# Likelihood ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Estimate(Record):
+    """A mean over images and its standard error, in bits/dim."""
+
+    mean: float
+    stderr: float
+
+
+@dataclass(frozen=True)
+class BoundFigure(Record):
+    """One bound on -log p(x) averaged over test images, in bits/dim."""
+
+    method: str  # the service's method name: "elbo", "iwae", "vlb_exact", ...
+    label: str  # how tables name the bound: "-ELBO", "exact VLB, T = 1000"
+    test_images: int
+    bits_per_dim: Estimate
+    k: int | None = None  # importance samples or timesteps, for the bounds that take k
+    # Term name -> its mean over the same images in bits/dim; the terms sum to the mean.
+    terms_bits_per_dim: Mapping[str, float] = field(default_factory=dict)
+    # The headline bound on the same (fewer) images, for a like-for-like comparison.
+    headline_same_images: Estimate | None = field(default=None, metadata={"omit": True})
+
+
+@dataclass(frozen=True)
+class PrecisionCheck(Record):
+    """The headline bound of the first images in strict float32 and in TF32, same noise."""
+
+    images: int
+    float32_bits_per_dim: float
+    tf32_bits_per_dim: float
+    max_abs_difference_bits_per_dim: float
+
+
+@dataclass(frozen=True)
+class Likelihood(Record):
+    headline: BoundFigure  # the kind's headline bound, on the most images
+    others: tuple[BoundFigure, ...] = ()  # tighter or costlier bounds, often on fewer images
+    tf32_check: PrecisionCheck | None = field(default=None, metadata={"omit": True})
+
+
+# Sample quality ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassifierInfo(Record):
+    """The feature extractor of the Fréchet distances."""
+
+    directory: str
+    test_accuracy: float | None
+    feature_dim: int
+
+
+@dataclass(frozen=True)
+class SamplerQuality(Record):
+    num_samples: int
+    frechet_distance: float
+    real_data_floor: float  # the distance of as many real training images
+    ratio_to_floor: float
+    seconds_per_image: float
+    grid: str  # file name of a grid of samples beside the card
+
+
+@dataclass(frozen=True)
+class SampleQuality(Record):
+    classifier: ClassifierInfo
+    ddim_eta: float
+    reference: str
+    samplers: Mapping[str, SamplerQuality]
+
+
+# Anomaly detection and calibration -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Detection(Record):
+    auroc: float
+    fpr_at_95_tpr: float
+
+
+@dataclass(frozen=True)
+class OutlierDetection(Record):
+    mean_bits_per_dim: float
+    raw: Detection  # the bound in bits/dim
+    minus_png: Detection  # the bound minus the PNG codelength
+
+
+@dataclass(frozen=True)
+class MethodDetection(Record):
+    k: int | None
+    normal_images: int  # per outlier set
+    sets: Mapping[str, OutlierDetection]  # keys: OUTLIER_SETS
+    normal_mean_bits_per_dim: float
+
+
+@dataclass(frozen=True)
+class Anomaly(Record):
+    outlier_sets: tuple[str, ...]
+    methods: Mapping[str, MethodDetection]
+
+
+@dataclass(frozen=True)
+class ScoreCalibration(Record):
+    """Held-out normal scores of one score kind; ``models.eval.anomaly.Calibration`` turns them
+    into thresholds and percentiles."""
+
+    source: str
+    num_images: int
+    thresholds: Mapping[str, float]  # str(fpr) -> threshold
+    normal_scores: tuple[float, ...]  # (N,) ascending
+    observed_fpr_on_other_normal_images: Mapping[str, float]  # str(fpr) -> observed rate
+
+
+@dataclass(frozen=True)
+class MethodCalibration(Record):
+    k: int | None
+    scores: Mapping[str, ScoreCalibration]  # keys: SCORE_KINDS' values
+
+
+def calibrations_in(card: Mapping[str, Any]) -> dict[str, MethodCalibration]:
+    """The calibration section of a card as stored (method -> its calibration), read without
+    the other sections, so that a card holding only calibrations serves too."""
+    section = card.get("calibration", {})
+    if not isinstance(section, Mapping):
+        raise CardError("model card.calibration: expected an object")
+    return {
+        method: MethodCalibration.from_dict(entry, f"model card.calibration.{method}")
+        for method, entry in section.items()
+    }
+
+
+# Provenance ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Provenance(Record):
+    """Which weights every figure belongs to: loading refuses a card beside other weights."""
+
+    parameters: int
+    weights_bytes: int
+    weights_sha256: str
+    training: Mapping[str, Any] | None = field(default=None, metadata={"omit": True})
+
+
+@dataclass(frozen=True)
+class EvaluationInfo(Record):
+    command: str
+    sizes: Mapping[str, int]
+    seed: int
+    hardware: str
+    tf32: bool
+    torch: str
+    python: str
+    seconds: float
+    date: str
+
+
+@dataclass(frozen=True)
+class ModelCard(Record):
+    kind: str
+    checkpoint: Provenance
+    likelihood: Likelihood
+    sample_quality: SampleQuality
+    anomaly: Anomaly
+    calibration: Mapping[str, MethodCalibration]
+    evaluation: EvaluationInfo
