@@ -77,17 +77,24 @@ def percentile_among(scores, normal_scores) -> np.ndarray:
 
 
 def png_bits_per_dim(images: torch.Tensor) -> torch.Tensor:
-    """Per image, the size of its optimised 8-bit grayscale PNG in bits per pixel: (B,).
+    """Per image, the size of its optimised 8-bit PNG (grayscale 'L' or 'RGB') in bits per
+    dimension, D = C*H*W: (B,).
 
-    ``images`` are uint8 (B, 1, H, W). A generic lossless compressor's codelength measures
-    input complexity (Serra et al. 2019, Sec. 3).
+    ``images`` are uint8 (B, C, H, W) with C = 1 or 3. A generic lossless compressor's
+    codelength measures input complexity (Serra et al. 2019, Sec. 3).
     """
     from PIL import Image
 
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"need uint8 images (B, 1 or 3, H, W), got {tuple(images.shape)}")
     sizes = []
-    for image in images[:, 0].cpu().numpy():
+    for image in images.cpu().numpy():
+        channels = image.shape[0]
+        pixels = image[0] if channels == 1 else image.transpose(1, 2, 0)  # (H, W[, 3])
         buffer = io.BytesIO()
-        Image.fromarray(image, mode="L").save(buffer, format="PNG", optimize=True)
+        Image.fromarray(pixels, mode="L" if channels == 1 else "RGB").save(
+            buffer, format="PNG", optimize=True
+        )
         sizes.append(8.0 * buffer.tell() / image.size)
     return torch.tensor(sizes, dtype=torch.float64)
 

@@ -95,3 +95,22 @@ def test_calibration_refuses_a_false_positive_rate_it_cannot_resolve():
     calibration.threshold(0.01)
     with pytest.raises(ValueError, match="100 normal inputs"):
         calibration.threshold(0.001)
+
+
+def test_png_bits_per_dim_of_rgb_images_is_their_rgb_png_size_over_c_h_w():
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (2, 3, 16, 16), dtype=np.uint8))
+    images[1] = 7  # a flat image compresses far better
+    expected = []
+    for image in images.numpy():
+        buffer = io.BytesIO()
+        Image.fromarray(image.transpose(1, 2, 0), mode="RGB").save(buffer, "PNG", optimize=True)
+        expected.append(8.0 * buffer.tell() / (3 * 16 * 16))
+    assert png_bits_per_dim(images).tolist() == pytest.approx(expected)
+    # Random bytes do not compress: over 8 bits/dim (filters and framing, 768 bytes); flat: far
+    # less.
+    assert 8.0 < expected[0] < 9.5 and expected[1] < 1.0
