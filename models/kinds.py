@@ -96,6 +96,11 @@ class ModelKind(Architecture, ABC):
     def image_shape(self, config: Any) -> ImageShape:
         """(C, H, W) of the images the config's model reads and writes."""
 
+    def networks(self, model: nn.Module) -> list[nn.Module]:
+        """The convolutional networks inside ``model``, which CPU speed modes (channels_last,
+        bf16 autocast, compilation: models.nn.acceleration) apply to."""
+        return [model]
+
     # Likelihood ----------------------------------------------------------------------------
 
     @abstractmethod

@@ -94,6 +94,9 @@ class DDPMKind(ModelKind):
     def image_shape(self, config: DDPMConfig) -> ImageShape:
         return (config.unet.image_channels, config.unet.image_size, config.unet.image_size)
 
+    def networks(self, model: nn.Module) -> list[nn.Module]:
+        return [model.unet]
+
     def methods(self, model: nn.Module) -> dict[str, BoundMethod]:
         k_max = 2 * (model.diffusion.num_timesteps - 1)  # two draws per stratum of T - 1 terms
         return {

@@ -14,9 +14,6 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from models.diffusion.ddpm import DDPM
-from models.vae.model import VAE
-
 
 @dataclass(frozen=True)
 class Acceleration:
@@ -59,11 +56,12 @@ def bf16_autocast_usable() -> bool:
 
 def networks(model: nn.Module) -> list[nn.Module]:
     """The convolutional networks inside ``model`` that the options apply to."""
-    if isinstance(model, DDPM):
-        return [model.unet]
-    if isinstance(model, VAE):
-        return [model.encoder, model.decoder, model.to_pixel_params]
-    return [model]
+    from models.kinds import KindError, kind_of
+
+    try:
+        return kind_of(model).networks(model)
+    except KindError:  # not a servable kind (the classifier): the module itself
+        return [model]
 
 
 def accelerate(model: nn.Module, options: Acceleration) -> nn.Module:

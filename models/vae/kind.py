@@ -54,6 +54,9 @@ class VAEKind(ModelKind):
     def image_shape(self, config: VAEConfig) -> ImageShape:
         return (config.image_channels, config.image_size, config.image_size)
 
+    def networks(self, model: nn.Module) -> list[nn.Module]:
+        return [model.encoder, model.decoder, model.to_pixel_params]
+
     def methods(self, model: nn.Module) -> dict[str, BoundMethod]:
         return {
             "elbo": BoundMethod("elbo", "-ELBO, reconstruction and KL terms", _elbo),

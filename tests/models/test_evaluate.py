@@ -1,4 +1,3 @@
-import ast
 import json
 from pathlib import Path
 
@@ -138,58 +137,3 @@ def test_evaluation_measures_through_the_models_kind(tmp_path, classifier_dir, c
 def test_evaluating_a_model_that_is_not_servable_names_the_problem(classifier_dir):
     with pytest.raises(SystemExit, match="not servable"):
         main([str(classifier_dir), "--classifier", str(classifier_dir), *TINY_SIZES])
-
-
-KIND_NAMES = {"vae", "ddpm"}
-KIND_CLASSES = {"VAE", "DDPM"}
-
-
-def _kind_branches(source: str) -> list[str]:
-    """Comparisons with a kind's name and isinstance checks against a kind's network class."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Compare):
-            operands = [node.left, *node.comparators]
-            for operand in operands:
-                if isinstance(operand, ast.Constant) and operand.value in KIND_NAMES:
-                    found.append(f"line {node.lineno}: compares with {operand.value!r}")
-                if isinstance(operand, ast.Set | ast.Tuple | ast.List) and any(
-                    isinstance(e, ast.Constant) and e.value in KIND_NAMES for e in operand.elts
-                ):
-                    found.append(f"line {node.lineno}: tests membership in kind names")
-        if (
-            isinstance(node, ast.Call)
-            and isinstance(node.func, ast.Name)
-            and node.func.id in ("isinstance", "issubclass")
-            and len(node.args) == 2
-        ):
-            names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
-            names |= {n.attr for n in ast.walk(node.args[1]) if isinstance(n, ast.Attribute)}
-            if names & KIND_CLASSES:
-                found.append(f"line {node.lineno}: {node.func.id}(..., {sorted(names)})")
-    return found
-
-
-def test_the_kind_branch_scan_finds_each_kind_of_branch():
-    source = (
-        "if kind == 'vae': pass\n"
-        "if 'ddpm' != card['kind']: pass\n"
-        "if kind in ('vae', 'x'): pass\n"
-        "if isinstance(model, VAE): pass\n"
-        "if isinstance(model, (ddpm.DDPM, int)): pass\n"
-        "if kind == other and isinstance(model, FashionClassifier): pass\n"
-    )
-    assert len(_kind_branches(source)) == 5
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        "models/evaluate.py",
-        "models/report.py",
-        *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "models" / "eval").glob("*.py")),
-    ],
-)
-def test_evaluation_and_report_never_branch_on_the_kind(path):
-    """Kind-specific behaviour lives in models/vae and models/diffusion, behind models.kinds."""
-    assert _kind_branches((ROOT / path).read_text()) == []

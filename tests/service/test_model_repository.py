@@ -100,9 +100,9 @@ def test_sample_draws_images_of_the_models_shape_and_mode(client, name):
     assert body["model"] == name and len(body["images"]) == 2
     assert all(_pixels(image).shape == SHAPES[name] for image in body["images"])
     grid = client.post("/sample", json={"model": name, "n": 2, "output": "grid", **options})
-    assert Image.open(io.BytesIO(base64.b64decode(grid.json()["grid"]))).mode == MODES[
-        SHAPES[name][0]
-    ]
+    assert (
+        Image.open(io.BytesIO(base64.b64decode(grid.json()["grid"]))).mode == MODES[SHAPES[name][0]]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
@@ -114,7 +114,8 @@ def test_likelihood_and_score_use_the_models_dimensions(client, name):
         dims = int(np.prod(SHAPES[name]))
         # bits/dim is the bound in nats over D = C*H*W dimensions, in bits
         assert result["total_bits_per_dim"] == pytest.approx(
-            result["total_nats"] / (dims * np.log(2)), rel=1e-6  # float32 terms
+            result["total_nats"] / (dims * np.log(2)),
+            rel=1e-6,  # float32 terms
         )
     # fpr 0.25: the tiny model is calibrated on 8 images
     scored = client.post("/score", json={"model": name, "images": images, "fpr": 0.25})
