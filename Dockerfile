@@ -1,12 +1,13 @@
 # elbo-serve on CPU: the BentoML service on the bundled checkpoints at port 3000.
 #   docker build -t elbo-serve . && docker run -p 3000:3000 elbo-serve
+# Your own models: mount a model repository and point at it, e.g.
+#   docker run -p 3000:3000 -v /srv/models:/models -e ELBO_SERVE_MODEL_DIR=/models elbo-serve
 FROM python:3.11-slim
 
 ENV BENTOML_DO_NOT_TRACK=true \
     PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
-    ELBO_SERVE_VAE_CHECKPOINT=/app/checkpoints/vae \
-    ELBO_SERVE_DDPM_CHECKPOINT=/app/checkpoints/ddpm
+    ELBO_SERVE_MODEL_DIR=/app/checkpoints
 WORKDIR /app
 
 # torch first, from the CPU wheel index (the default index pulls CUDA packages).

@@ -1,7 +1,7 @@
 """What a user would otherwise write: a minimal FastAPI app around the same checkpoints,
 one model call per request (no batching), for the benchmark's comparison.
 
-    ELBO_SERVE_VAE_CHECKPOINT=... python -m uvicorn load_tests.fastapi_baseline:app \\
+    ELBO_SERVE_MODEL_DIR=... python -m uvicorn load_tests.fastapi_baseline:app \\
         --host 127.0.0.1 --port 3001
 
 It reads the same settings and decodes images with the service's own codec, so the

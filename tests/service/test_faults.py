@@ -46,7 +46,7 @@ def test_a_broken_checkpoint_never_becomes_ready_and_the_log_says_why(tmp_path, 
     broken = tmp_path / "vae"
     shutil.copytree(CHECKPOINTS / "vae", broken)
     file_name, expected = damage(broken)
-    env = server_environment({"ELBO_SERVE_VAE_CHECKPOINT": str(broken)}, tmp_path / "home")
+    env = server_environment({"ELBO_SERVE_MODELS": f"vae={broken}"}, tmp_path / "home")
     port, log_path = free_port(), tmp_path / "server.log"
     bentoml = Path(sys.executable).parent / "bentoml"
     command = [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)]

@@ -1,5 +1,8 @@
 """How the settings share a machine's cores among model calls."""
 
+import re
+from pathlib import Path
+
 import pytest
 
 from service.settings import Settings, available_cores
@@ -92,3 +95,63 @@ def test_bounds_call_the_network_on_fewer_rows_on_a_cpu_than_on_a_gpu(monkeypatc
     assert settings.rows_per_bound_call("cpu") < settings.rows_per_bound_call("cuda")
     monkeypatch.setenv("ELBO_SERVE_BOUND_CALL_ROWS", "8")
     assert Settings.from_env().rows_per_bound_call("cpu") == 8
+
+
+# The model repository ----------------------------------------------------------------------
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "checkpoints"
+
+
+def test_the_default_repository_serves_the_bundled_models_by_their_names(monkeypatch):
+    for variable in ("MODEL_DIR", "MODELS", "VAE_CHECKPOINT", "DDPM_CHECKPOINT"):
+        monkeypatch.delenv(f"ELBO_SERVE_{variable}", raising=False)
+    served = Settings.from_env().served_directories()
+    assert served == {"ddpm": CHECKPOINTS / "ddpm", "vae": CHECKPOINTS / "vae"}
+
+
+def test_a_model_directory_serves_every_servable_checkpoint_in_it(tmp_path, monkeypatch):
+    (tmp_path / "march").symlink_to(CHECKPOINTS / "ddpm")
+    (tmp_path / "april").symlink_to(CHECKPOINTS / "ddpm")
+    (tmp_path / "features").symlink_to(CHECKPOINTS / "classifier")
+    (tmp_path / "scratch").mkdir()
+    monkeypatch.setenv("ELBO_SERVE_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("ELBO_SERVE_MODELS", f"extra={CHECKPOINTS / 'vae'}")
+    monkeypatch.delenv("ELBO_SERVE_VAE_CHECKPOINT", raising=False)
+    served = Settings.from_env().served_directories()
+    assert served == {
+        "april": tmp_path / "april",
+        "march": tmp_path / "march",
+        "extra": CHECKPOINTS / "vae",
+    }
+
+
+def test_the_older_checkpoint_variables_name_vae_and_ddpm(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELBO_SERVE_MODEL_DIR", str(tmp_path))
+    monkeypatch.setenv("ELBO_SERVE_VAE_CHECKPOINT", str(CHECKPOINTS / "vae"))
+    monkeypatch.delenv("ELBO_SERVE_DDPM_CHECKPOINT", raising=False)
+    monkeypatch.delenv("ELBO_SERVE_MODELS", raising=False)
+    assert Settings.from_env().served_directories() == {"vae": CHECKPOINTS / "vae"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("ELBO_SERVE_MODELS", "just-a-path", "expected name=path entries, got 'just-a-path'"),
+        ("ELBO_SERVE_MODELS", "bad name=/x", "model name 'bad name'"),
+        ("ELBO_SERVE_MODEL_DIR", "/no/such/dir", "/no/such/dir: the model directory does not"),
+    ],
+)
+def test_a_bad_repository_setting_says_what_is_wrong(monkeypatch, variable, value, message):
+    monkeypatch.delenv("ELBO_SERVE_MODELS", raising=False)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings.from_env().served_directories()
+
+
+def test_an_empty_repository_is_an_error_not_a_service_with_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("ELBO_SERVE_MODEL_DIR", str(tmp_path))
+    monkeypatch.delenv("ELBO_SERVE_MODELS", raising=False)
+    for variable in ("VAE_CHECKPOINT", "DDPM_CHECKPOINT"):
+        monkeypatch.delenv(f"ELBO_SERVE_{variable}", raising=False)
+    with pytest.raises(ValueError, match="no servable checkpoints in"):
+        Settings.from_env().served_directories()
