@@ -218,7 +218,11 @@ class ScoreCalibration(Record):
     num_images: int
     thresholds: Mapping[str, float]  # str(fpr) -> threshold
     normal_scores: tuple[float, ...]  # (N,) ascending
-    observed_fpr_on_other_normal_images: Mapping[str, float]  # str(fpr) -> observed rate
+    # str(fpr) -> the rate observed on other normal images: a check the evaluation reports,
+    # not needed to score (a calibration written by other tools may leave it out).
+    observed_fpr_on_other_normal_images: Mapping[str, float] | None = field(
+        default=None, metadata={"omit": True}
+    )
 
 
 @dataclass(frozen=True)

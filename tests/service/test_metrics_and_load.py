@@ -68,10 +68,11 @@ def uncalibrated_vae(client, monkeypatch):
     """The running service instance, its VAE card stripped of calibration for one test."""
     from _bentoml_sdk.service import get_current_service
 
-    instance = get_current_service()
-    vae = instance.checkpoints["vae"]
-    card = {key: value for key, value in vae.card.items() if key != "calibration"}
-    monkeypatch.setitem(instance.checkpoints, "vae", dataclasses.replace(vae, card=card))
+    served = get_current_service().calls.repository._served
+    vae = served["vae"]
+    card = {key: value for key, value in vae.checkpoint.card.items() if key != "calibration"}
+    checkpoint = dataclasses.replace(vae.checkpoint, card=card)
+    monkeypatch.setitem(served, "vae", dataclasses.replace(vae, checkpoint=checkpoint))
     return client
 
 

@@ -9,9 +9,10 @@ import io
 
 import numpy as np
 import pytest
+import requests
 import torch
 from PIL import Image
-from service_testing import fixture_calibration, metric_value, png_b64, wait_ready
+from service_testing import fixture_calibration, metric_value, png_b64
 
 from load_tests.serving import REPO_ROOT
 from models.core.checkpoints import save_checkpoint
@@ -45,22 +46,34 @@ def repository(tmp_path_factory):
     return root
 
 
+class _Client:
+    """requests against one server, in the TestClient's call shape."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.session = url, requests.Session()
+
+    def get(self, path: str) -> requests.Response:
+        return self.session.get(self.url + path, timeout=120)
+
+    def post(self, path: str, json: dict) -> requests.Response:
+        return self.session.post(self.url + path, json=json, timeout=120)
+
+
 @pytest.fixture(scope="module")
-def client(repository, served_checkpoints):
-    """A second service over ``repository`` alone (the session's serves the bundled names)."""
-    from starlette.testclient import TestClient
+def client(repository, tmp_path_factory):
+    """`ELBO_SERVE_MODEL_DIR=repository bentoml serve`: a real server over the repository
+    alone (the session's in-process service serves the bundled names)."""
+    from load_tests.serving import running_server, server_environment
 
-    from service.service import ElboServe
-
-    patch = pytest.MonkeyPatch()
-    patch.setenv("ELBO_SERVE_MODEL_DIR", str(repository))
-    patch.setenv("ELBO_SERVE_MODELS", "")
-    try:
-        with TestClient(ElboServe.to_asgi()) as test_client:
-            wait_ready(lambda path: test_client.get(path).status_code)
-            yield test_client
-    finally:
-        patch.undo()
+    overrides = {
+        "ELBO_SERVE_MODEL_DIR": str(repository),
+        "ELBO_SERVE_MODELS": "",
+        "ELBO_SERVE_TORCH_THREADS": "1",
+    }
+    env = server_environment(overrides, tmp_path_factory.mktemp("bentoml-home"))
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_server(env, log) as (url, _process):
+        yield _Client(url)
 
 
 def _pixels(text: str) -> np.ndarray:
@@ -187,3 +200,21 @@ def test_the_openapi_contract_lists_the_served_names(client):
     document = client.get("/docs.json").json()
     text = str(document)
     assert "tiny_rgb" in text and "16x16 RGB" in text
+
+
+def test_a_malformed_calibration_stops_the_start_naming_the_card(tmp_path):
+    """Found at load, not as a 500 on the first /score."""
+    import json
+    import shutil
+
+    from models.core.checkpoints import CheckpointError
+    from service.repository import load_repository
+
+    broken = tmp_path / "vae"
+    shutil.copytree(BUNDLED / "vae", broken)
+    card_path = broken / "model_card.json"
+    card = json.loads(card_path.read_text())
+    del card["calibration"]["elbo"]["scores"]["bits_per_dim"]["normal_scores"]
+    card_path.write_text(json.dumps(card))
+    with pytest.raises(CheckpointError, match="model_card.json.*missing key 'normal_scores'"):
+        load_repository({"vae": broken}, "cpu")
