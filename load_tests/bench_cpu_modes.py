@@ -32,8 +32,10 @@ import torch
 
 from models.core.checkpoints import Checkpoint, load_checkpoint
 from models.core.config import TrainConfig
+from models.core.progressive import run_to_end
 from models.data import load_fashion_mnist
 from models.diffusion.samplers import ddim_step
+from models.kinds import kind_of
 from models.nn.acceleration import (
     Acceleration,
     accelerate,
@@ -78,9 +80,12 @@ def inference_work(vae: Checkpoint, ddpm: Checkpoint, images: torch.Tensor) -> d
     t = torch.randint(0, ddpm.model.diffusion.num_timesteps, (BATCH,), generator=generator)
     x_chunk, t_step = x_t[:CHUNK], 500
 
+    elbo = kind_of(vae.model).method_for(vae.model, "elbo")
+
     @torch.no_grad()
     def vae_elbo() -> Any:
-        return runners.vae_bound(vae.model, [runners.ImagesJob(images)], "elbo", None)
+        jobs = [runners.ImagesJob(images)]
+        return run_to_end(runners.bound(elbo, vae.model, jobs, None, BATCH))
 
     @torch.no_grad()
     def ddpm_net() -> Any:
@@ -120,8 +125,10 @@ def training_work(
 def bounds_bits_per_dim(vae: Checkpoint, ddpm: Checkpoint, images: torch.Tensor) -> dict:
     """Per image (64,) bits/dim: VAE -ELBO and DDPM vlb_mc, both from seed 0."""
     job = [runners.ImagesJob(images, seed=0)]
-    vae_terms = runners.vae_bound(vae.model, job, "elbo", None)[0]
-    ddpm_terms = runners.ddpm_bound(ddpm.model, job, "vlb_mc", VLB_MC_K, BATCH)[0]
+    elbo = kind_of(vae.model).method_for(vae.model, "elbo")
+    vlb_mc = kind_of(ddpm.model).method_for(ddpm.model, "vlb_mc")
+    vae_terms = run_to_end(runners.bound(elbo, vae.model, job, None, BATCH))[0]
+    ddpm_terms = run_to_end(runners.bound(vlb_mc, ddpm.model, job, VLB_MC_K, BATCH))[0]
     return {
         "vae_elbo": vae_terms["total_bits_per_dim"],
         "ddpm_vlb_mc": ddpm_terms["total_bits_per_dim"],

@@ -14,6 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from models.core.checkpoints import Checkpoint
 from models.core.progressive import run_to_end
+from models.kinds import kind_of
 from service import runners
 from service.settings import Settings
 
@@ -29,18 +30,22 @@ def workloads(vae: Checkpoint, ddpm: Checkpoint, ddim_steps: int = 50) -> dict[s
     max_batch = settings.rows_per_bound_call(device)  # bound network calls of about this many
     chunk_rows = settings.chunk_rows(device)  # sampling calls of exactly this many
 
+    elbo = kind_of(vae.model).method_for(vae.model, "elbo")
+    vlb_mc = kind_of(ddpm.model).method_for(ddpm.model, "vlb_mc")
+    ddim_options = {"sampler": "ddim", "steps": ddim_steps, "eta": 0.0}
+
     def vae_elbo(x: torch.Tensor) -> Any:
         jobs = [runners.ImagesJob(x)]
-        return run_to_end(runners.vae_bound(vae.model, jobs, "elbo", None, max_batch))
+        return run_to_end(runners.bound(elbo, vae.model, jobs, None, max_batch))
 
     def ddpm_vlb_mc(x: torch.Tensor) -> Any:
         jobs = [runners.ImagesJob(x)]
-        return run_to_end(runners.ddpm_bound(ddpm.model, jobs, "vlb_mc", k, max_batch))
+        return run_to_end(runners.bound(vlb_mc, ddpm.model, jobs, k, max_batch))
 
     def ddim(x: torch.Tensor) -> Any:
         jobs = [runners.SampleJob(len(x), 0)]
-        loop = runners.ddpm_sample(ddpm.model, jobs, "ddim", ddim_steps, 0.0, chunk_rows)
-        return run_to_end(loop)
+        kind = kind_of(ddpm.model)
+        return run_to_end(runners.sample(kind, ddpm.model, jobs, ddim_options, chunk_rows))
 
     return {"vae_elbo": vae_elbo, "ddpm_vlb_mc": ddpm_vlb_mc, f"ddim_{ddim_steps}": ddim}
 

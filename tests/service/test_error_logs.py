@@ -49,7 +49,13 @@ CLIENT_ERRORS = [
         {"url": "/sample", "json": {"model": "gan"}},
         "/sample",
         400,
-        "model: Input should be 'vae' or 'ddpm'",  # BentoML's schema validation
+        "model: no model is served as 'gan'; served: ",  # ours, from the repository
+    ),
+    (
+        {"url": "/sample", "json": {"model": "no spaces"}},
+        "/sample",
+        400,
+        "model: String should match pattern",  # BentoML's schema validation
     ),
     (
         {"url": "/decode", "json": {"model": "vae", "latents": [[0.0] * 31]}},

@@ -53,11 +53,12 @@ def test_non_finite_json_numbers_in_latents_are_a_400_naming_the_value(client, l
 
 
 def test_latents_at_the_bound_decode(client):
-    for model, latent in (
-        ("vae", [MAX_LATENT_ABS] * 16 + [-MAX_LATENT_ABS] * 16),
-        ("ddpm", [[[MAX_LATENT_ABS] * 28] * 28]),
+    for model, latent, options in (
+        ("vae", [MAX_LATENT_ABS] * 16 + [-MAX_LATENT_ABS] * 16, {}),
+        ("ddpm", [[[MAX_LATENT_ABS] * 28] * 28], {"steps": 3}),
     ):
-        response = client.post("/decode", json={"model": model, "latents": [latent], "steps": 3})
+        body = {"model": model, "latents": [latent], **options}
+        response = client.post("/decode", json=body)
         assert response.status_code == 200, response.text
 
 
@@ -111,10 +112,12 @@ def test_a_nan_bound_is_a_500_that_says_so_never_a_nan_in_the_body(client, nan_e
 
 def test_a_job_with_a_nan_result_fails_alone_in_its_batch(nan_decoder, served_checkpoints):
     from models.core.checkpoints import load_checkpoint
+    from models.core.progressive import run_to_end
+    from models.kinds import kind_of
 
     vae = load_checkpoint(served_checkpoints["vae"]).model
     fine = runners.ImagesJob(torch.zeros(2, 32))
     poisoned = runners.ImagesJob(torch.tensor([[0.0] * 32, [POISON] + [0.0] * 31]))
-    images, error = runners.vae_decode(vae, [fine, poisoned])
+    images, error = run_to_end(runners.decode(kind_of(vae), vae, [fine, poisoned], {}))
     assert images.dtype == torch.uint8 and images.shape == (2, 1, 28, 28)
     assert isinstance(error, NonFiniteError) and error.rows == (1,)  # counted within the job

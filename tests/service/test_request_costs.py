@@ -56,12 +56,12 @@ def test_a_bound_past_the_ceiling_is_413_and_the_same_request_runs_as_a_task(
 ):
     from service import runners
 
-    real_bound = runners.vae_bound
+    real_bound = runners.bound
 
-    def one_sample_iwae(vae, jobs, method, k, **options):  # the work, with k = 1
-        return real_bound(vae, jobs, method=method, k=1, **options)
+    def one_sample_iwae(method, model, jobs, k, **options):  # the work, with k = 1
+        return real_bound(method, model, jobs, k=1, **options)
 
-    monkeypatch.setattr(runners, "vae_bound", one_sample_iwae)
+    monkeypatch.setattr(runners, "bound", one_sample_iwae)
     body = {**IWAE_5000, "images": images}
     _assert_points_to_the_task(client.post("/likelihood", json=body), "likelihood_task")
     result = _result(client, "likelihood_task", _submit(client, "likelihood_task", body))
@@ -73,10 +73,10 @@ def test_sampling_past_the_ceiling_is_413_and_the_same_request_runs_as_a_task(cl
 
     from service import runners
 
-    def blank_images(ddpm, jobs, **options):
+    def blank_images(kind, ddpm, jobs, **options):
         return [torch.zeros(job.n, *ddpm.image_shape, dtype=torch.uint8) for job in jobs]
 
-    monkeypatch.setattr(runners, "ddpm_sample", blank_images)
+    monkeypatch.setattr(runners, "sample", blank_images)
     _assert_points_to_the_task(client.post("/sample", json=ANCESTRAL_64), "sample_task")
     result = _result(client, "sample_task", _submit(client, "sample_task", ANCESTRAL_64))
     assert result["sampler"] == "ancestral" and len(result["images"]) == 64
@@ -99,7 +99,7 @@ def test_past_the_ceiling_endpoints_without_a_task_say_how_to_split_the_work(
 ):
     from service import runners
 
-    for name in ("ddpm_encode", "ddpm_decode", "ddpm_bound"):
+    for name in ("encode", "decode", "bound"):
         monkeypatch.setattr(runners, name, _never_run)
     if path == "decode":
         body = {**body, "latents": [[[[0.0] * 28] * 28]] * len(images)}
@@ -124,12 +124,12 @@ def test_a_single_image_score_answers_while_long_bounds_hold_every_model_lane(
     a one-image /score sent meanwhile is answered before any of them finishes."""
     from service import runners
 
-    real_bound = runners.vae_bound
+    real_bound = runners.bound
     started, finish, finished = threading.Semaphore(0), threading.Event(), []
 
-    def endless_iwae(vae, jobs, method, k, **options):
-        if method != "iwae":
-            return (yield from real_bound(vae, jobs, method=method, k=k, **options))
+    def endless_iwae(method, model, jobs, k, **options):
+        if method.name != "iwae":
+            return (yield from real_bound(method, model, jobs, k=k, **options))
         started.release()
         # One slice per 10 ms until told to finish (a deadline stops a batcher that cannot
         # pause it from hanging the suite: it then fails instead).
@@ -137,9 +137,9 @@ def test_a_single_image_score_answers_while_long_bounds_hold_every_model_lane(
         while not finish.wait(0.01) and time.monotonic() < deadline:
             yield 0, 1
         finished.append(k)
-        return (yield from real_bound(vae, jobs, method=method, k=k, **options))
+        return (yield from real_bound(method, model, jobs, k=k, **options))
 
-    monkeypatch.setattr(runners, "vae_bound", endless_iwae)
+    monkeypatch.setattr(runners, "bound", endless_iwae)
     settings = Settings.from_env()
     lanes = settings.lanes(settings.resolve_device())
     # Distinct k: distinct batch keys, so each task is a call of its own.
