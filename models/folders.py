@@ -10,11 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from models.data import DataFormatError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _PIL_MODES = {1: "L", 3: "RGB"}
@@ -79,10 +83,13 @@ class _FileError(Exception):
 
 
 def _read(path: Path, mode: str, size: int, resize: bool) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    """One file as uint8 (H, W) for mode L or (H, W, 3) for RGB, upright as a viewer shows
+    it (a camera JPEG's EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as opened:
+            image = _eight_bit(ImageOps.exif_transpose(opened))
             if image.size != (size, size):
                 if not resize:
                     width, height = image.size
@@ -93,6 +100,17 @@ def _read(path: Path, mode: str, size: int, resize: bool) -> np.ndarray:
             return np.asarray(image.convert(mode), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise _FileError(f"not a readable image ({error})") from error
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale (Pillow's modes I;16* and I) scaled to 8 bits by its high byte:
+    Pillow's own conversion to L clips at 255 instead, turning most of the image white."""
+    from PIL import Image
+
+    if not image.mode.startswith("I"):
+        return image
+    high_byte = np.clip(np.asarray(image).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+    return Image.fromarray(high_byte)  # (H, W) uint8: mode L
 
 
 def holdout_split(n: int, fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,15 @@
-"""Train a model of any servable kind on Fashion-MNIST, resumably: the command line.
+"""Train a model of any servable kind on a folder of images or Fashion-MNIST, resumably.
 
+    python -m models.train vae  --config my_vae.json --data images/normal --out runs/mine
     python -m models.train ddpm --config configs/ddpm_fmnist.json --out runs/ddpm
     python -m models.train vae  --config configs/vae_fmnist.json  --out runs/vae
+
+``--data`` is a folder (every PNG and JPEG under it, in the mode and size the config says;
+``--resize`` resizes other sizes, which are otherwise an error naming the files) or the name
+``fashion-mnist`` (the default: the train split of the IDX files). From a folder a seeded
+``--validation-fraction`` (default 0.1) is held out: its files are listed in
+``OUT/validation.txt`` for the evaluation, and its loss is logged at every saved step
+(:mod:`models.training.sources`).
 
 The kind is a name in the registry (:mod:`models.kinds`); the loop is
 :class:`models.training.trainer.Trainer`. Run it again with the same --out to resume where it
@@ -22,21 +30,46 @@ from pathlib import Path
 import torch
 
 from models.core.device import resolve_device
-from models.data import load_fashion_mnist
+from models.data import DataFormatError
 from models.kinds import servable_kinds
 from models.nn.acceleration import Acceleration, accelerate
 from models.training.experiment import Experiment
-from models.training.trainer import Trainer, check_images
+from models.training.sources import (
+    DEFAULT_VALIDATION_FRACTION,
+    FASHION_MNIST,
+    DataSourceError,
+    load_training_data,
+)
+from models.training.trainer import STATE_FILE, Trainer
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Train a model on Fashion-MNIST, resumably.")
+    parser = argparse.ArgumentParser(
+        description="Train a model on a folder of images or Fashion-MNIST, resumably."
+    )
     parser.add_argument("kind", choices=servable_kinds())
     parser.add_argument(
         "--config", type=Path, required=True, help='JSON with "model" and "train" sections'
     )
     parser.add_argument("--out", type=Path, required=True, help="run directory (resumes)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument(
+        "--data",
+        default=FASHION_MNIST,
+        help=f"a folder of PNG/JPEG images (searched recursively), or '{FASHION_MNIST}' (the "
+        "default; a folder of that name is ./fashion-mnist)",
+    )
+    parser.add_argument(
+        "--resize",
+        action="store_true",
+        help="resize images of another size to the config's (bilinear); otherwise an error",
+    )
+    parser.add_argument(
+        "--validation-fraction",
+        type=float,
+        help=f"fraction of a folder held out for validation, seeded by the train seed "
+        f"(default {DEFAULT_VALIDATION_FRACTION}; none for {FASHION_MNIST})",
+    )
     parser.add_argument("--data-root", help="directory of the Fashion-MNIST IDX files")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op CPU threads")
     parser.add_argument(
@@ -65,21 +98,35 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     experiment = Experiment.from_file(args.kind, args.config)
-    images, _ = load_fashion_mnist("train", args.data_root)  # (60000, 1, 28, 28) uint8
     try:
-        check_images(images, experiment)
-    except ValueError as error:
-        parser.error(f"{args.config}: {error} (Fashion-MNIST)")
-    args.out.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(experiment, args.out, resolve_device(args.device))
+        data = load_training_data(
+            args.data,
+            experiment.image_shape,
+            args.out,
+            seed=experiment.train.seed,
+            validation_fraction=args.validation_fraction,
+            resize=args.resize,
+            fashion_mnist_root=args.data_root,
+            resuming=(args.out / STATE_FILE).exists(),
+        )
+    except (DataSourceError, DataFormatError, FileNotFoundError) as error:
+        parser.error(f"{args.config}: {error}" if args.data == FASHION_MNIST else str(error))
+    trainer = Trainer(experiment, args.out, resolve_device(args.device), data.description)
     if trainer.device.type == "cpu":  # speed only: parameter names and the maths are unchanged
         accelerate(trainer.model, Acceleration(args.channels_last, compile=args.compile))
     if trainer.try_resume():
         print(f"resuming {args.out} at step {trainer.step}", file=sys.stderr)
+    described = data.description
+    print(
+        f"training on {described['training_images']} images of {args.data}, "
+        f"{described['validation_images']} held out",
+        file=sys.stderr,
+    )
     trainer.run(
-        images,
+        data.images,
         args.stop_after,
         None if args.time_limit_minutes is None else 60.0 * args.time_limit_minutes,
+        validation=data.validation,
     )
     print(f"exported {trainer.export()} at step {trainer.step}", file=sys.stderr)
     return 0

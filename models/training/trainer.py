@@ -3,7 +3,7 @@
 A :class:`Trainer` owns one run directory:
 
     state.pt          weights, EMA weights, optimizer and both random generators (resumable)
-    train_log.jsonl   one line per logged step
+    train_log.jsonl   one line per logged step, and the validation loss at each saved step
     checkpoint/       the exported checkpoint (config + safetensors) and training.json
 
 The objective is the kind's ``training_loss`` and the exported weights are the EMA copy when
@@ -65,8 +65,16 @@ def check_images(images: torch.Tensor, experiment: Experiment) -> None:
 class Trainer:
     """Owns the model, its EMA copy, the optimizer and the generators of one run."""
 
-    def __init__(self, experiment: Experiment, out: Path, device: torch.device) -> None:
+    def __init__(
+        self,
+        experiment: Experiment,
+        out: Path,
+        device: torch.device,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        """``data`` describes the training images for ``training.json`` (source, counts)."""
         self.experiment = experiment
+        self.data = data
         self.kind = experiment.model_kind
         self.config = experiment.train
         self.out = out
@@ -135,12 +143,18 @@ class Trainer:
 
     def export(self) -> Path:
         """The shippable checkpoint: the EMA weights if the kind exports them, else the raw
-        ones; ``training.json`` beside it records the experiment and the steps done."""
+        ones; ``training.json`` beside it records the experiment, the steps done and, when
+        given, the data."""
         weights = self.ema if self.kind.exports_ema else self.model
         directory = save_checkpoint(
             self.out / EXPORT_DIR, weights, parameter_dtype=getattr(torch, self.config.export_dtype)
         )
-        training = {"experiment": self.experiment.to_dict(), "steps_done": self.step}
+        training: dict[str, Any] = {
+            "experiment": self.experiment.to_dict(),
+            "steps_done": self.step,
+        }
+        if self.data is not None:
+            training["data"] = self.data
         (directory / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
         return directory
 
@@ -181,17 +195,43 @@ class Trainer:
             list(self.ema.parameters()), list(self.model.parameters()), 1.0 - decay
         )
 
+    @torch.no_grad()
+    def validation_loss(self, images: torch.Tensor) -> float:
+        """The kind's training loss on held-out ``images`` (N, C, H, W) uint8, averaged over
+        them, for the weights that are exported. A generator seeded afresh each time draws
+        the same noise at every call, so the numbers of two steps differ only by the weights;
+        the training generators are not touched."""
+        model = self.ema if self.kind.exports_ema else self.model
+        was_training = model.training
+        model.eval()
+        generator = torch.Generator().manual_seed(self.config.seed + 2)
+        total, count = 0.0, 0
+        for batch in images.split(self.config.batch_size):
+            x = pixels_to_signed_unit(batch)  # (B, C, H, W)
+            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_bf16):
+                loss, _ = self.kind.training_loss(model, x, generator)
+            total += loss.float().item() * batch.shape[0]
+            count += batch.shape[0]
+        model.train(was_training)
+        return total / count
+
     def run(
         self,
         images: torch.Tensor,
         stop_after: int | None = None,
         time_limit_s: float | None = None,
+        validation: torch.Tensor | None = None,
     ) -> None:
         """Train on ``images`` (N, C, H, W) uint8 to ``train.steps``, or ``stop_after`` more
         steps, or until ``time_limit_s`` seconds have passed (checked at logging steps),
         whichever comes first; the state and the export are written at the step it stops on.
+        With held-out ``validation`` images (M, C, H, W) uint8, their loss
+        (:meth:`validation_loss`) is logged at every step the state is saved.
         Raises ValueError if the images' (C, H, W) is not the config's."""
         check_images(images, self.experiment)
+        if validation is not None:
+            check_images(validation, self.experiment)
+            validation = validation.to(self.device)
         total = self.config.steps
         end = total if stop_after is None else min(total, self.step + stop_after)
         images = images.to(self.device)  # the training set fits on any GPU: no per-step copy
@@ -202,6 +242,7 @@ class Trainer:
             while self.step < end:
                 tensors = self.train_step(images)
                 bar.update(1)
+                entry: dict[str, float] = {}
                 if self.step % self.config.log_every == 0 or self.step == end:
                     numbers = {name: value.item() for name, value in tensors.items()}
                     elapsed = time.perf_counter() - started
@@ -209,11 +250,14 @@ class Trainer:
                         end = self.step
                     rate = (self.step - started_step) * self.config.batch_size / elapsed
                     bar.set_postfix(loss=f"{numbers['loss']:.4f}", img_s=f"{rate:.0f}")
-                    log.write(
-                        json.dumps({"step": self.step, "images_per_s": rate, **numbers}) + "\n"
-                    )
+                    entry = {"images_per_s": rate, **numbers}
+                saving = self.step % self.config.checkpoint_every == 0 or self.step == end
+                if saving and validation is not None:
+                    entry["validation_loss"] = self.validation_loss(validation)
+                if entry:
+                    log.write(json.dumps({"step": self.step, **entry}) + "\n")
                     log.flush()
-                if self.step % self.config.checkpoint_every == 0 or self.step == end:
+                if saving:
                     self.save_state()
                     self.export()
         finally:

@@ -1,13 +1,21 @@
 import dataclasses
+import gzip
 import json
+import math
+import struct
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.core.checkpoints import load_checkpoint
 from models.core.config import DDPMConfig, DiffusionConfig, TrainConfig, UNetConfig, VAEConfig
 from models.kinds import KindError, kind_of
+from models.train import main
 from models.training.experiment import Experiment
+from models.training.sources import VALIDATION_FILE
 from models.training.trainer import LOG_FILE, Trainer
 
 
@@ -126,8 +134,6 @@ def test_resume_drops_log_lines_written_after_the_last_saved_state(tmp_path):
 
 
 def test_shipped_training_configs_parse():
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[2] / "configs"
     for kind in ("vae", "ddpm"):
         for name in (f"{kind}_fmnist.json", f"{kind}_fmnist_large.json"):
@@ -223,3 +229,197 @@ def test_an_experiment_refuses_an_unknown_kind_or_another_kinds_config():
         Experiment("gan", experiments["vae"].model_config, _train_config())
     with pytest.raises(TypeError, match="needs a DDPMConfig, got VAEConfig"):
         Experiment("ddpm", experiments["vae"].model_config, _train_config())
+
+
+# The command line on a folder of images -----------------------------------------------------
+
+
+def _square_pngs(folder: Path, n: int = 30, size: int = 16) -> Path:
+    """``n`` RGB PNGs of a coloured square on a dark ground, in two subfolders."""
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image = np.full((size, size, 3), 20, np.uint8)
+        x, y = rng.integers(0, size // 2, 2)
+        image[y : y + size // 2, x : x + size // 2] = rng.integers(64, 256, 3)
+        path = folder / f"part{i % 2}" / f"square{i:02d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    return folder
+
+
+def _cli_config(tmp_path: Path, steps: int = 4) -> Path:
+    config = {
+        "model": {"image_channels": 3, "image_size": 16, "latent_dim": 4, "channels": [8, 16]},
+        "train": {
+            "steps": steps,
+            "batch_size": 4,
+            "warmup_steps": 1,
+            "checkpoint_every": 2,
+            "log_every": 1,
+        },
+    }
+    path = tmp_path / "vae.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def _train(config: Path, data: Path, out: Path, *extra: str) -> int:
+    argv = ["vae", "--config", str(config), "--data", str(data), "--out", str(out)]
+    return main([*argv, "--threads", "1", *extra])
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / LOG_FILE).read_text().splitlines()]
+
+
+def test_the_cli_trains_on_a_folder_holds_out_a_split_and_logs_its_loss(tmp_path):
+    data, run = _square_pngs(tmp_path / "squares"), tmp_path / "run"
+    assert _train(_cli_config(tmp_path), data, run, "--validation-fraction", "0.2") == 0
+
+    held = (run / VALIDATION_FILE).read_text().splitlines()
+    assert len(held) == 6 and all((data / name).is_file() for name in held)
+    assert any(name.startswith("part1/") for name in held)  # recursive, relative to --data
+
+    loaded = load_checkpoint(run / "checkpoint")
+    assert kind_of(loaded.model).image_shape(loaded.model.config) == (3, 16, 16)
+    training = json.loads((run / "checkpoint" / "training.json").read_text())
+    assert training["steps_done"] == 4
+    assert training["data"] == {
+        "source": "folder",
+        "folder": str(data.resolve()),
+        "images": 30,
+        "training_images": 24,
+        "validation_images": 6,
+        "validation_fraction": 0.2,
+        "resized": False,
+        "validation_file": str((run / VALIDATION_FILE).resolve()),
+    }
+    validated = [entry for entry in _log(run) if "validation_loss" in entry]
+    assert [entry["step"] for entry in validated] == [2, 4]  # every saved step
+    assert all(math.isfinite(entry["validation_loss"]) for entry in validated)
+
+
+def test_the_validation_loss_is_that_of_the_held_out_images_under_fixed_noise(tmp_path):
+    data, run = _square_pngs(tmp_path / "squares"), tmp_path / "run"
+    _train(_cli_config(tmp_path, steps=2), data, run)
+    held = [data / name for name in (run / VALIDATION_FILE).read_text().splitlines()]
+    assert len(held) == 3  # the default fraction, 0.1 of 30
+    images = torch.stack([torch.from_numpy(np.array(Image.open(p))).permute(2, 0, 1) for p in held])
+    trainer = Trainer(
+        Experiment.from_file("vae", _cli_config(tmp_path, 2)), run, torch.device("cpu")
+    )
+    assert trainer.try_resume()
+    logged = _log(run)[-1]["validation_loss"]
+    assert trainer.validation_loss(images) == pytest.approx(logged, rel=1e-5)
+    assert trainer.validation_loss(images) == trainer.validation_loss(images)
+
+
+def test_a_resumed_cli_run_keeps_its_split_and_matches_an_uninterrupted_one(tmp_path):
+    data, config = _square_pngs(tmp_path / "squares"), _cli_config(tmp_path)
+    _train(config, data, tmp_path / "straight")
+    _train(config, data, tmp_path / "split", "--stop-after", "2")
+    split = (tmp_path / "split" / VALIDATION_FILE).read_text()
+    # A file added before resuming is trained on; the held-out list does not change.
+    extra = Image.fromarray(np.zeros((16, 16, 3), np.uint8))
+    extra.save(data / "part0" / "added.png")
+    _train(config, data, tmp_path / "split")
+    assert (tmp_path / "split" / VALIDATION_FILE).read_text() == split
+    assert split == (tmp_path / "straight" / VALIDATION_FILE).read_text()  # seeded
+    training = json.loads((tmp_path / "split" / "checkpoint" / "training.json").read_text())
+    assert training["data"]["images"] == 31 and training["data"]["validation_images"] == 3
+    straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "split")
+    assert [e["step"] for e in resumed] == [e["step"] for e in straight] == [1, 2, 3, 4]
+    assert resumed[1]["validation_loss"] == straight[1]["validation_loss"]
+
+
+def test_a_resumed_cli_run_refuses_other_data(tmp_path, capsys):
+    data, config = _square_pngs(tmp_path / "squares"), _cli_config(tmp_path)
+    _train(config, data, tmp_path / "run", "--stop-after", "2")
+    with pytest.raises(SystemExit) as exited:
+        _train(config, data, tmp_path / "run", "--validation-fraction", "0.3")
+    assert exited.value.code == 2
+    assert "started on other data" in capsys.readouterr().err
+
+
+def test_a_wrong_size_folder_fails_naming_the_file_unless_resized(tmp_path, capsys):
+    data, config = _square_pngs(tmp_path / "squares", n=8, size=20), _cli_config(tmp_path, 2)
+    with pytest.raises(SystemExit) as exited:
+        _train(config, data, tmp_path / "refused")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{data / 'part0' / 'square00.png'}: 20x20, expected 16x16" in err
+    assert "Traceback" not in err and not (tmp_path / "refused" / "state.pt").exists()
+
+    assert _train(config, data, tmp_path / "resized", "--resize") == 0
+    training = json.loads((tmp_path / "resized" / "checkpoint" / "training.json").read_text())
+    assert training["data"]["resized"] is True and training["steps_done"] == 2
+
+
+def test_unreadable_files_are_a_clean_cli_error_naming_them(tmp_path, capsys):
+    data = _square_pngs(tmp_path / "squares", n=4)
+    (data / "part0" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (data / "notes.jpg").write_text("a text file")
+    with pytest.raises(SystemExit) as exited:
+        _train(_cli_config(tmp_path), data, tmp_path / "run")
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "2 of 6 files" in err and "broken.png" in err and "notes.jpg" in err
+    assert "Traceback" not in err
+
+
+def _fake_fashion_mnist(root: Path, n: int = 8) -> Path:
+    """IDX files of ``n`` random 28x28 images where the Fashion-MNIST loader looks."""
+    root.mkdir()
+    images = np.random.default_rng(0).integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    for name, array in [
+        ("train-images-idx3-ubyte", images),
+        ("train-labels-idx1-ubyte", np.zeros(n)),
+    ]:
+        header = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+        (root / f"{name}.gz").write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+    return root
+
+
+def test_fashion_mnist_stays_the_default_source_with_nothing_held_out(tmp_path):
+    root, run = _fake_fashion_mnist(tmp_path / "idx"), tmp_path / "run"
+    config = tmp_path / "fmnist.json"
+    config.write_text(
+        json.dumps(
+            {
+                "model": {"latent_dim": 4, "channels": [8, 16]},
+                "train": {"steps": 1, "batch_size": 4},
+            }
+        )
+    )
+    assert main(["vae", "--config", str(config), "--out", str(run), "--data-root", str(root)]) == 0
+    training = json.loads((run / "checkpoint" / "training.json").read_text())
+    assert training["data"] == {
+        "source": "fashion-mnist",
+        "split": "train",
+        "images": 8,
+        "training_images": 8,
+        "validation_images": 0,
+    }
+    assert not (run / VALIDATION_FILE).exists()
+    assert all("validation_loss" not in entry for entry in _log(run))
+
+
+def test_fashion_mnist_refuses_an_rgb_config_and_a_validation_fraction(tmp_path, capsys):
+    root, config = _fake_fashion_mnist(tmp_path / "idx"), _cli_config(tmp_path)
+    argv = ["vae", "--config", str(config), "--data-root", str(root)]
+    with pytest.raises(SystemExit):
+        main([*argv, "--out", str(tmp_path / "rgb")])
+    assert "Fashion-MNIST images are (C, H, W) = (1, 28, 28)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(
+            [
+                *argv,
+                "--out",
+                str(tmp_path / "r2"),
+                "--data",
+                "fashion-mnist",
+                "--validation-fraction",
+                "0.1",
+            ]
+        )
+    assert "test split" in capsys.readouterr().err
