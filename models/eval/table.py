@@ -25,8 +25,7 @@ def table_rows(card: ModelCard) -> list[tuple[str, str]]:
             rows.append((f"FD {name}, {s.num_samples} samples (floor)", value))
             rows.append((f"  seconds per image, {name}", f"{s.seconds_per_image:.4f}"))
     if card.sample_grids is not None:
-        for name, grid in card.sample_grids.grids.items():
-            rows.append((f"samples {name}", f"{grid} (no FD: {card.sample_grids.not_measured})"))
+        rows.append(("sample grids (no Fréchet distance)", ", ".join(card.sample_grids.grids)))
     for name, m in card.anomaly.methods.items():
         for outlier, d in m.sets.items():
             raw, corrected = d.raw, d.minus_png

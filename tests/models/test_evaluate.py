@@ -196,7 +196,9 @@ def _evaluate_folder(model, run: Path, args: list[str], capsys) -> tuple[ModelCa
     save_checkpoint(checkpoint, model)
     assert main([str(checkpoint), *args, *FOLDER_SIZES]) == 0
     printed = capsys.readouterr().out
-    card = ModelCard.from_dict(json.loads((checkpoint / "model_card.json").read_text()))
+    stored = json.loads((checkpoint / "model_card.json").read_text())
+    card = ModelCard.from_dict(stored)
+    assert card.to_dict() == stored  # the folder card's sections round-trip too
     return card, printed
 
 
