@@ -46,6 +46,8 @@ def likelihood_rows(name: str, card: ModelCard) -> list[list[str]]:
 
 
 def sample_rows(name: str, card: ModelCard) -> list[list[str]]:
+    if card.sample_quality is None:
+        return []
     return [
         [
             name,
@@ -60,13 +62,28 @@ def sample_rows(name: str, card: ModelCard) -> list[list[str]]:
     ]
 
 
-def anomaly_rows(name: str, card: ModelCard) -> list[list[str]]:
+def outlier_columns(cards: Mapping[str, ModelCard]) -> list[str]:
+    """The outlier sets of the cards: Fashion-MNIST's in their table order, then any other
+    (your own folders) in the order the cards name them."""
+    named = [s for card in cards.values() for s in card.anomaly.outlier_sets]
+    return [s for s in OUTLIER_SETS if s in named] + list(
+        dict.fromkeys(s for s in named if s not in OUTLIER_SETS)
+    )
+
+
+def anomaly_rows(name: str, card: ModelCard, columns: list[str] | None = None) -> list[list[str]]:
+    """One row per score and correction; a set the card did not measure shows as '-'."""
     rows = []
     for method, m in card.anomaly.methods.items():
         k = f" (k = {m.k})" if m.k else ""
         for label, corrected in (("bits/dim", False), ("bits/dim - PNG", True)):
-            detections = [m.sets[s].minus_png if corrected else m.sets[s].raw for s in OUTLIER_SETS]
-            cells = [f"{d.auroc:.3f} / {d.fpr_at_95_tpr:.3f}" for d in detections]
+            cells = []
+            for s in outlier_columns({name: card}) if columns is None else columns:
+                if s not in m.sets:
+                    cells.append("-")
+                    continue
+                d = m.sets[s].minus_png if corrected else m.sets[s].raw
+                cells.append(f"{d.auroc:.3f} / {d.fpr_at_95_tpr:.3f}")
             rows.append([name, f"{method}{k}, {label}", str(m.normal_images), *cells])
     return rows
 
@@ -88,6 +105,7 @@ def markdown(cards: Mapping[str, ModelCard | Mapping[str, Any]]) -> str:
     """Four tables (likelihood, samples, anomaly detection, thresholds) for the named cards
     (typed, or as the JSON objects they are stored as)."""
     cards = {n: c if isinstance(c, ModelCard) else ModelCard.from_dict(c) for n, c in cards.items()}
+    columns = outlier_columns(cards)
     sections = [
         _table(
             ["model", "bound", "test images", "bits/dim", "terms (bits/dim)"],
@@ -98,8 +116,8 @@ def markdown(cards: Mapping[str, ModelCard | Mapping[str, Any]]) -> str:
             [r for n, c in cards.items() for r in sample_rows(n, c)],
         ),
         _table(
-            ["model", "score", "normal images", *[f"{s} AUROC / FPR95" for s in OUTLIER_SETS]],
-            [r for n, c in cards.items() for r in anomaly_rows(n, c)],
+            ["model", "score", "normal images", *[f"{s} AUROC / FPR95" for s in columns]],
+            [r for n, c in cards.items() for r in anomaly_rows(n, c, columns)],
         ),
         _table(
             ["model", "score", "held-out images", "threshold by target FPR (observed FPR)"],

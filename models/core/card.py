@@ -26,7 +26,9 @@ BITS_PER_DIM = "bits_per_dim"
 BITS_PER_DIM_MINUS_PNG = "bits_per_dim_minus_png"
 SCORE_KINDS: Mapping[str, str] = {"none": BITS_PER_DIM, "png": BITS_PER_DIM_MINUS_PNG}
 
-# The outlier sets of the anomaly section, in table order, with how each is made.
+# The outlier sets of a Fashion-MNIST evaluation's anomaly section, in table order, with how
+# each is made. An evaluation on your own folders names its sets itself: one per outlier folder,
+# or the corruptions below (less the digits) of its normal images when no folder is given.
 OUTLIER_SETS: Mapping[str, str] = {
     "digits": "sklearn load_digits 8x8, scaled to 0..255, bilinear upsampled to 28x28",
     "gaussian_noise": "test images + N(0, 25.5^2) per pixel, rounded and clipped",
@@ -179,6 +181,15 @@ class SampleQuality(Record):
     samplers: Mapping[str, SamplerQuality]
 
 
+@dataclass(frozen=True)
+class SampleGrids(Record):
+    """Samples drawn and saved as grids where no sample-quality figure was measured (a card's
+    ``sample_quality`` is then None), and why none was."""
+
+    not_measured: str  # why there is no Fréchet distance
+    grids: Mapping[str, str]  # sampler -> file name of a grid of its samples beside the card
+
+
 # Anomaly detection and calibration -----------------------------------------------------------
 
 
@@ -199,7 +210,7 @@ class OutlierDetection(Record):
 class MethodDetection(Record):
     k: int | None
     normal_images: int  # per outlier set
-    sets: Mapping[str, OutlierDetection]  # keys: OUTLIER_SETS
+    sets: Mapping[str, OutlierDetection]  # keys: the Anomaly section's outlier_sets
     normal_mean_bits_per_dim: float
 
 
@@ -269,12 +280,44 @@ class EvaluationInfo(Record):
     date: str
 
 
+# Which images: your own folders ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageSet(Record):
+    """Some of the images of a folder, identified so that a later run can check it used the
+    same ones: the SHA-256 of their paths relative to the folder, sorted, one per line."""
+
+    folder: str
+    images: int
+    paths_sha256: str
+
+
+@dataclass(frozen=True)
+class EvaluationData(Record):
+    """Which images of your own folders each figure used (a Fashion-MNIST card has none).
+
+    ``measured``: the likelihood section and the normal side of AUROC / FPR@95 (the first images
+    of it, in the seeded order, as many as the sizes say); ``held_out``: the calibration."""
+
+    normal_folder: str
+    normal_images: int  # images in the normal folder
+    split: str  # how measured and held-out images were chosen, with the seed
+    measured: ImageSet
+    held_out: ImageSet
+    outliers: Mapping[str, ImageSet]  # outlier set name -> its folder (empty: synthetic sets)
+    warnings: tuple[str, ...] = ()  # e.g. normal images that may include training images
+
+
 @dataclass(frozen=True)
 class ModelCard(Record):
     kind: str
     checkpoint: Provenance
     likelihood: Likelihood
-    sample_quality: SampleQuality
+    # None where the sample quality could not be measured; ``sample_grids`` then says why.
+    sample_quality: SampleQuality | None
     anomaly: Anomaly
     calibration: Mapping[str, MethodCalibration]
     evaluation: EvaluationInfo
+    sample_grids: SampleGrids | None = field(default=None, metadata={"omit": True})
+    data: EvaluationData | None = field(default=None, metadata={"omit": True})

@@ -1,5 +1,5 @@
 """Anomaly detection and calibration of one score: AUROC and FPR at 95% TPR against each outlier
-set, raw and complexity-corrected, and thresholds fitted on held-out normal test images."""
+set, raw and complexity-corrected, and thresholds fitted on held-out normal images."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import torch
 from models.core.card import (
     BITS_PER_DIM,
     BITS_PER_DIM_MINUS_PNG,
-    OUTLIER_SETS,
     REPORTED_FPRS,
     Detection,
     MethodCalibration,
@@ -23,8 +22,7 @@ from models.eval.anomaly import (
     fpr_at_tpr,
     png_bits_per_dim,
 )
-from models.eval.context import CALIBRATION_START, EvalContext, ScoreMethod
-from models.eval.outliers import outlier_sets
+from models.eval.context import EvalContext, ScoreMethod
 
 
 def _detection(normal: torch.Tensor, anomalous: torch.Tensor) -> Detection:
@@ -48,9 +46,7 @@ def anomaly_and_calibration(
     png_normal = png_bits_per_dim(normal)
     corrected_normal = complexity_corrected_score(raw_normal, png_normal)
     sets = {}
-    generated = outlier_sets(normal, ctx.generator)
-    for name in OUTLIER_SETS:
-        images = generated[name]
+    for name, images in ctx.outlier_images(normal, n).items():
         raw = ctx.score(method.bound, images, f"{method.name} {name}", method.chunk)
         corrected = complexity_corrected_score(raw, png_bits_per_dim(images))
         sets[name] = OutlierDetection(
@@ -58,13 +54,10 @@ def anomaly_and_calibration(
             raw=_detection(raw_normal, raw),
             minus_png=_detection(corrected_normal, corrected),
         )
-    detection = MethodDetection(method.k, n, sets, raw_normal.mean().item())
+    detection = MethodDetection(method.k, len(normal), sets, raw_normal.mean().item())
 
-    held_out = ctx.test[CALIBRATION_START : CALIBRATION_START + method.calibration_images]
+    held_out, source = ctx.calibration_images(method.calibration_images)
     raw_held = ctx.score(method.bound, held_out, f"{method.name} calibration", method.chunk)
-    source = (
-        f"Fashion-MNIST test images {CALIBRATION_START}..{CALIBRATION_START + len(held_out) - 1}"
-    )
     # score kind -> (held-out scores to fit on, the other normal scores to check the fit on)
     kinds = {
         BITS_PER_DIM: (raw_held, raw_normal),

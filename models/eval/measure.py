@@ -10,21 +10,22 @@ from pathlib import Path
 import torch
 
 from models.core.card import (
-    OUTLIER_SETS,
     Anomaly,
     ClassifierInfo,
+    EvaluationData,
     EvaluationInfo,
     Likelihood,
     MethodCalibration,
     MethodDetection,
     ModelCard,
     Provenance,
+    SampleGrids,
     SampleQuality,
 )
 from models.core.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_card
 from models.eval.context import EvalContext
 from models.eval.detection import anomaly_and_calibration
-from models.eval.samples import sample_quality
+from models.eval.samples import sample_grids, sample_quality
 from models.kinds import KindError, kind_of
 
 
@@ -35,11 +36,13 @@ class Measurements:
     kind: str
     checkpoint: Provenance
     likelihood: Likelihood
-    sample_quality: SampleQuality
+    sample_quality: SampleQuality | None
     anomaly: Anomaly
     calibration: dict[str, MethodCalibration]
+    sample_grids: SampleGrids | None = None  # where sample_quality is None
 
-    def card(self, evaluation: EvaluationInfo) -> ModelCard:
+    def card(self, evaluation: EvaluationInfo, data: EvaluationData | None = None) -> ModelCard:
+        """The card; ``data`` says which images of your own folders were used for what."""
         return ModelCard(
             self.kind,
             self.checkpoint,
@@ -48,6 +51,8 @@ class Measurements:
             self.anomaly,
             self.calibration,
             evaluation,
+            sample_grids=self.sample_grids,
+            data=data,
         )
 
 
@@ -64,22 +69,32 @@ def provenance(directory: Path, model: torch.nn.Module) -> Provenance:
     )
 
 
-def measure(directory: Path, classifier_dir: Path, ctx: EvalContext) -> Measurements:
+def measure(
+    directory: Path, classifier_dir: Path | None, ctx: EvalContext, no_quality_reason: str = ""
+) -> Measurements:
     """Likelihood, sample quality, anomaly detection and calibration of the checkpoint in
-    ``directory``; the Fréchet distances in the features of the classifier in ``classifier_dir``."""
+    ``directory``; the Fréchet distances in the features of the classifier in ``classifier_dir``,
+    or, when that is None, sample grids alone and ``no_quality_reason`` in the card."""
     model = load_checkpoint(directory, ctx.device).model.eval()
     try:
         kind = kind_of(model)
     except KindError as error:
         raise SystemExit(f"{directory}: {error}; evaluate a servable model") from error
-    classifier = load_checkpoint(classifier_dir, ctx.device).model.eval()
+    classifier = None
+    if classifier_dir is not None:
+        classifier = load_checkpoint(classifier_dir, ctx.device).model.eval()
     likelihood, headline_per_image = kind.likelihood_report(model, ctx)
-    classifier_info = ClassifierInfo(
-        directory=str(classifier_dir),
-        test_accuracy=read_model_card(classifier_dir).get("test_accuracy"),
-        feature_dim=classifier.config.feature_dim,
-    )
-    samples = sample_quality(kind.evaluation_samplers(model, ctx), classifier, classifier_info, ctx)
+    samplers = kind.evaluation_samplers(model, ctx)
+    samples, grids = None, None
+    if classifier_dir is None or classifier is None:
+        grids = sample_grids(samplers, no_quality_reason, ctx)
+    else:
+        classifier_info = ClassifierInfo(
+            directory=str(classifier_dir),
+            test_accuracy=read_model_card(classifier_dir).get("test_accuracy"),
+            feature_dim=classifier.config.feature_dim,
+        )
+        samples = sample_quality(samplers, classifier, classifier_info, ctx)
     detections: dict[str, MethodDetection] = {}
     calibrations: dict[str, MethodCalibration] = {}
     for method in kind.score_methods(model, ctx):
@@ -93,6 +108,7 @@ def measure(directory: Path, classifier_dir: Path, ctx: EvalContext) -> Measurem
         checkpoint=provenance(directory, model),
         likelihood=likelihood,
         sample_quality=samples,
-        anomaly=Anomaly(tuple(sorted(OUTLIER_SETS)), detections),
+        anomaly=Anomaly(tuple(sorted(ctx.outlier_set_names())), detections),
         calibration=calibrations,
+        sample_grids=grids,
     )

@@ -1,5 +1,6 @@
 """Sample quality: the Fréchet distance of a model's samples to the test set in the features of
-the project's classifier, beside the real-data floor at the same sample size, and grids."""
+the project's classifier, beside the real-data floor at the same sample size, and grids; or,
+where that classifier means nothing (images other than Fashion-MNIST), grids alone."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from models.core.card import ClassifierInfo, SampleQuality, SamplerQuality
+from models.core.card import ClassifierInfo, SampleGrids, SampleQuality, SamplerQuality
 from models.core.pixels import image_grid
 from models.eval.context import EvalContext
 from models.eval.frechet import FeatureStatistics, frechet_distance
@@ -31,6 +32,8 @@ def sample_quality(
     """Fréchet distance of each sampler's images to the test set, and of as many real training
     images (the floor: what a perfect sampler would score at that sample size). A sampler asked
     for fewer than 2 images is skipped (no covariance)."""
+    if ctx.train is None:
+        raise ValueError("the Fréchet distance's real-data floor needs the training images")
     test_stats = FeatureStatistics.of(extract_features(classifier, ctx.test))
     floors: dict[int, float] = {}
     figures: dict[str, SamplerQuality] = {}
@@ -65,6 +68,23 @@ def sample_quality(
         reference=f"all {len(ctx.test)} test images",
         samplers=figures,
     )
+
+
+def sample_grids(
+    samplers: Mapping[str, tuple[int, Sampler]], not_measured: str, ctx: EvalContext
+) -> SampleGrids:
+    """A grid of at most GRID_IMAGES samples of each sampler (a sampler asked for none is
+    skipped), saved beside the card, and ``not_measured``: why there is no quality figure."""
+    grids = {}
+    for name, (n, draw) in samplers.items():
+        n = min(n, GRID_IMAGES)
+        if n < 1:
+            continue
+        chunks = torch.arange(n).split(ctx.sizes.batch_size)
+        images = torch.cat([draw(len(c)) for c in tqdm(chunks, desc=name, leave=False)])
+        grids[name] = f"samples_{name}.png"
+        save_grid(images, ctx.out_dir / grids[name])
+    return SampleGrids(not_measured=not_measured, grids=grids)
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:

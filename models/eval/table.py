@@ -19,10 +19,13 @@ def table_rows(card: ModelCard) -> list[tuple[str, str]]:
         if bound.terms_bits_per_dim:
             terms = bound.terms_bits_per_dim
             rows.append(("  " + " / ".join(terms), " / ".join(f"{v:.5f}" for v in terms.values())))
-    for name, s in card.sample_quality.samplers.items():
-        value = f"{s.frechet_distance:.3f} ({s.real_data_floor:.3f})"
-        rows.append((f"FD {name}, {s.num_samples} samples (floor)", value))
-        rows.append((f"  seconds per image, {name}", f"{s.seconds_per_image:.4f}"))
+    if card.sample_quality is not None:
+        for name, s in card.sample_quality.samplers.items():
+            value = f"{s.frechet_distance:.3f} ({s.real_data_floor:.3f})"
+            rows.append((f"FD {name}, {s.num_samples} samples (floor)", value))
+            rows.append((f"  seconds per image, {name}", f"{s.seconds_per_image:.4f}"))
+    if card.sample_grids is not None:
+        rows.append(("sample grids (no Fréchet distance)", ", ".join(card.sample_grids.grids)))
     for name, m in card.anomaly.methods.items():
         for outlier, d in m.sets.items():
             raw, corrected = d.raw, d.minus_png

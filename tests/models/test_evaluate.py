@@ -1,12 +1,14 @@
+import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from models.core.card import OUTLIER_SETS as CARD_OUTLIER_SETS
-from models.core.card import ModelCard
+from models.core.card import SCORE_KINDS, ModelCard
 from models.core.checkpoints import save_checkpoint
 from models.core.config import ClassifierConfig, DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
 from models.diffusion.ddpm import DDPM
@@ -137,3 +139,171 @@ def test_evaluation_measures_through_the_models_kind(tmp_path, classifier_dir, c
 def test_evaluating_a_model_that_is_not_servable_names_the_problem(classifier_dir):
     with pytest.raises(SystemExit, match="not servable"):
         main([str(classifier_dir), "--classifier", str(classifier_dir), *TINY_SIZES])
+
+
+# Your own folders ----------------------------------------------------------------------------
+
+FOLDER_SIZES = [
+    "--likelihood-images", "40", "--iwae-images", "2", "--iwae-k", "4", "--score-iwae-k", "2",
+    "--score-mc-k", "4", "--fd-samples", "4", "--ddim-steps", "3", "--ancestral-samples", "2",
+    "--anomaly-images", "40", "--anomaly-exact-images", "8", "--calibration-images", "40",
+    "--calibration-exact-images", "20", "--batch-size", "40", "--threads", "1",
+]  # fmt: skip
+NORMAL_IMAGES = 80  # 40 measure, 40 held out
+
+
+def _blobs(n: int, rng: np.random.Generator) -> np.ndarray:
+    """Smooth coloured Gaussian blobs on a dark background: (n, 16, 16, 3) uint8."""
+    yy, xx = np.mgrid[0:16, 0:16]
+    centres = rng.uniform(4, 12, size=(n, 2))
+    widths = rng.uniform(2, 4, size=n)
+    colours = rng.uniform(80, 255, size=(n, 3))
+    blobs = np.exp(
+        -((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2)
+        / (2 * widths[:, None, None] ** 2)
+    )
+    return (20 + blobs[..., None] * colours[:, None, None, :]).clip(0, 255).astype(np.uint8)
+
+
+def _write_pngs(folder: Path, images: np.ndarray) -> list[Path]:
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / ("part_b" if i % 2 else "part_a") / f"{i:03d}.png"  # read recursively
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A folder of normal images (blobs) and one of outliers (uniform noise), RGB 16x16."""
+    rng = np.random.default_rng(0)
+    normal, noise = tmp_path_factory.mktemp("blobs"), tmp_path_factory.mktemp("noise")
+    paths = _write_pngs(normal, _blobs(NORMAL_IMAGES, rng))
+    _write_pngs(noise, rng.integers(0, 256, size=(40, 16, 16, 3), dtype=np.uint8))
+    return normal, noise, paths
+
+
+def _rgb_vae() -> VAE:
+    torch.manual_seed(0)
+    config = VAEConfig(image_channels=3, image_size=16, latent_dim=4, channels=(8, 16))
+    return VAE(dataclasses.replace(config, num_mixtures=2))
+
+
+def _evaluate_folder(model, run: Path, args: list[str], capsys) -> tuple[ModelCard, str]:
+    checkpoint = run / "checkpoint"
+    save_checkpoint(checkpoint, model)
+    assert main([str(checkpoint), *args, *FOLDER_SIZES]) == 0
+    printed = capsys.readouterr().out
+    stored = json.loads((checkpoint / "model_card.json").read_text())
+    card = ModelCard.from_dict(stored)
+    assert card.to_dict() == stored  # the folder card's sections round-trip too
+    return card, printed
+
+
+def _check_calibration_honours_its_target(card: ModelCard, other_normal_images: int) -> None:
+    for calibration in card.calibration.values():
+        assert set(calibration.scores) == {"bits_per_dim", "bits_per_dim_minus_png"}
+        for fitted in calibration.scores.values():
+            assert "held-out normal images of" in fitted.source
+            assert set(fitted.thresholds) == {"0.05"}  # 40 or 20 images do not resolve 1%
+            observed = fitted.observed_fpr_on_other_normal_images
+            assert observed is not None and set(observed) == set(fitted.thresholds)
+            scores = np.asarray(fitted.normal_scores)
+            for fpr, threshold in fitted.thresholds.items():
+                assert (scores > threshold).mean() <= float(fpr)  # on the held-out images
+                # on the other normal images: the target, up to three binomial standard errors
+                slack = 3 * (float(fpr) * (1 - float(fpr)) / other_normal_images) ** 0.5
+                assert observed[fpr] <= float(fpr) + slack
+
+
+def _check_servable(checkpoint: Path, card: ModelCard) -> None:
+    """The checkpoint directory serves as it is, and /score flags by the card's thresholds."""
+    from service.repository import load_repository  # validates the card's calibration
+    from service.scoring import calibration_for, threshold_for
+
+    repository = load_repository({"x": checkpoint}, "cpu")
+    assert list(repository) == ["x"]
+    served_card = repository["x"].checkpoint.card
+    for method, calibration in card.calibration.items():
+        for correction, kind in SCORE_KINDS.items():
+            served = calibration_for(served_card, "x", method, correction).calibration
+            expected = calibration.scores[kind].thresholds["0.05"]
+            assert threshold_for(served, 0.05) == pytest.approx(expected, abs=1e-6)
+
+
+def test_vae_on_a_folder_calibrates_and_detects_the_outlier_folder(tmp_path, folders, capsys):
+    normal, noise, _ = folders
+    card, printed = _evaluate_folder(
+        _rgb_vae(), tmp_path, ["--normal", str(normal), "--outliers", f"noise={noise}"], capsys
+    )
+    assert card.sample_quality is None and card.sample_grids is not None
+    assert "Fashion-MNIST classifier" in card.sample_grids.not_measured
+    assert set(card.sample_grids.grids) == {"decoder_mean", "pixel_sample"}
+    for grid in card.sample_grids.grids.values():
+        with Image.open(tmp_path / "checkpoint" / grid) as image:
+            assert image.mode == "RGB" and image.width > 16
+    assert card.likelihood.headline.test_images == 40
+    assert card.anomaly.outlier_sets == ("noise",)
+    for method in card.anomaly.methods.values():
+        assert method.normal_images == 40 and set(method.sets) == {"noise"}
+        noise_figures = method.sets["noise"]  # an untrained model: any AUROC, but measured
+        assert 0 <= noise_figures.raw.auroc <= 1 and 0 <= noise_figures.minus_png.auroc <= 1
+    data = card.data
+    assert data is not None and data.normal_folder == str(normal)
+    assert data.normal_images == NORMAL_IMAGES
+    assert (data.measured.images, data.held_out.images) == (40, 40)
+    assert data.measured.paths_sha256 != data.held_out.paths_sha256
+    assert data.outliers["noise"].folder == str(noise) and data.outliers["noise"].images == 40
+    assert any("may include training images" in w for w in data.warnings)
+    assert "warning: no " in printed and "AUROC elbo vs noise" in printed
+    _check_calibration_honours_its_target(card, other_normal_images=40)
+    _check_servable(tmp_path / "checkpoint", card)
+    assert "| noise AUROC / FPR95 |" in markdown({"own": card})
+
+
+def test_folder_evaluation_prefers_the_runs_validation_images(tmp_path, folders, capsys):
+    normal, _, paths = folders
+    validation = [p.relative_to(normal).as_posix() for p in paths[::2]]  # 40 of 80
+    (tmp_path / "validation.txt").write_text("\n".join(validation) + "\n")
+    card, _ = _evaluate_folder(_rgb_vae(), tmp_path, ["--normal", str(normal)], capsys)
+    data = card.data
+    assert data is not None and "validation.txt holds out from training" in data.split
+    assert (data.measured.images, data.held_out.images) == (20, 20)
+    assert not any("training images" in w for w in data.warnings)
+    # No outlier folder: the corruptions of the normal images, not Fashion's digits.
+    synthetic = {"gaussian_noise", "inverted", "blurred", "uniform_noise"}
+    assert set(card.anomaly.outlier_sets) == synthetic and data.outliers == {}
+    for method in card.anomaly.methods.values():
+        assert set(method.sets) == synthetic
+    _check_calibration_honours_its_target(card, other_normal_images=20)
+
+
+def test_a_validation_list_only_partly_in_the_normal_folder_is_refused(tmp_path, folders):
+    normal, _, paths = folders
+    (tmp_path / "validation.txt").write_text(f"{paths[0]}\nelsewhere/missing.png\n")
+    save_checkpoint(tmp_path / "checkpoint", _rgb_vae())
+    with pytest.raises(SystemExit, match="1 of the 2 validation images are not in"):
+        main([str(tmp_path / "checkpoint"), "--normal", str(normal), *FOLDER_SIZES])
+
+
+def test_ddpm_on_a_folder_calibrates_and_serves(tmp_path, folders, capsys):
+    normal, noise, _ = folders
+    torch.manual_seed(0)
+    unet = UNetConfig(
+        image_channels=3, image_size=16, base_channels=8, channel_mults=(1, 2),
+        num_res_blocks=1, attention_resolutions=(), num_heads=1,
+    )  # fmt: skip
+    ddpm = DDPM(DDPMConfig(unet, DiffusionConfig(num_timesteps=10, variance="learned_range")))
+    card, _ = _evaluate_folder(
+        ddpm, tmp_path, ["--normal", str(normal), "--outliers", str(noise)], capsys
+    )
+    assert card.sample_quality is None and card.sample_grids is not None
+    assert set(card.sample_grids.grids) == {"ddim_3", "ancestral_10"}
+    assert card.anomaly.outlier_sets == (noise.name,)
+    exact = card.anomaly.methods["vlb_exact"]
+    assert exact.normal_images == 8 and set(exact.sets) == {noise.name}
+    assert card.calibration["vlb_exact"].scores["bits_per_dim"].num_images == 20
+    _check_calibration_honours_its_target(card, other_normal_images=8)
+    _check_servable(tmp_path / "checkpoint", card)
