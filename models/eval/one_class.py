@@ -34,13 +34,10 @@ from models.core.pixels import pixels_to_signed_unit
 from models.core.progressive import run_to_end
 from models.data import FASHION_MNIST_CLASSES, load_fashion_mnist
 from models.eval.anomaly import auroc, complexity_corrected_score, png_bits_per_dim
-from models.folders import holdout_split, load_image_folder
 from models.kinds import kind_of
-from models.nn.acceleration import Acceleration, accelerate
 from models.training.experiment import Experiment
-from models.training.trainer import Trainer
+from models.training.sources import load_training_data
 
-VALIDATION_FRACTION = 0.1
 CHUNK = 500
 
 
@@ -54,26 +51,36 @@ def export_class_folder(images: torch.Tensor, folder: Path) -> Path:
     return folder
 
 
-def train_on_folder(config: Path, folder: Path, run: Path, seed: int) -> tuple[Path, torch.Tensor]:
-    """Train the config's VAE on the folder's images minus a seeded validation split; the
-    exported checkpoint and the validation images (N_val, C, H, W) uint8."""
+def train_on_folder(
+    config: Path, folder: Path, run: Path, threads: int
+) -> tuple[Path, torch.Tensor]:
+    """``python -m models.train vae --data folder`` (resumable; it holds out a seeded
+    validation split); the exported checkpoint and the held-out images (M, C, H, W) uint8."""
+    from models import train
+
     experiment = Experiment.from_file("vae", config)
+    if _steps_done(run) < experiment.train.steps:
+        command = ["vae", "--config", str(config), "--data", str(folder), "--out", str(run)]
+        if train.main([*command, "--threads", str(threads)]) != 0:
+            raise SystemExit(f"training on {folder} failed")
     shape = experiment.model_kind.image_shape(experiment.model_config)
-    data = load_image_folder(folder, channels=shape[0], image_size=shape[1])
-    kept, held = holdout_split(len(data.images), VALIDATION_FRACTION, seed)
-    run.mkdir(parents=True, exist_ok=True)
-    trainer = Trainer(experiment, run, torch.device("cpu"))
-    accelerate(trainer.model, Acceleration(channels_last=True))
-    trainer.try_resume()
-    if trainer.step < experiment.train.steps:
-        trainer.run(data.images[kept])
-    return trainer.export(), data.images[held]
+    held_out = load_training_data(
+        str(folder), shape, run, seed=experiment.train.seed, resuming=True
+    )
+    assert held_out.validation is not None, "a folder run holds images out"
+    return run / "checkpoint", held_out.validation
+
+
+def _steps_done(run: Path) -> int:
+    training = run / "checkpoint" / "training.json"
+    return json.loads(training.read_text())["steps_done"] if training.exists() else 0
 
 
 @torch.no_grad()
 def per_image_terms(checkpoint: Path, images: torch.Tensor, iwae_k: int) -> dict[str, np.ndarray]:
     """(N,) arrays: -ELBO bits/dim with its reconstruction and KL terms in nats, the IWAE
-    bound in bits/dim, and the PNG codelength in bits/dim; seeded, chunked."""
+    bound in bits/dim (when ``iwae_k`` > 0), and the PNG codelength in bits/dim; seeded,
+    chunked."""
     model = load_checkpoint(checkpoint).model
     kind = kind_of(model)
     elbo, iwae = kind.method_for(model, "elbo"), kind.method_for(model, "iwae")
@@ -82,14 +89,15 @@ def per_image_terms(checkpoint: Path, images: torch.Tensor, iwae_k: int) -> dict
     for chunk in images.split(CHUNK):
         x = pixels_to_signed_unit(chunk)
         terms = run_to_end(elbo.run(model, x, None, generator, 4096))
-        bound = run_to_end(iwae.run(model, x, iwae_k, generator, 4096))
         found = {
             "elbo_bits_per_dim": terms["total_bits_per_dim"],
             "reconstruction_nats": terms["reconstruction_nats"],
             "kl_nats": terms["kl_nats"],
-            "iwae_bits_per_dim": bound["total_bits_per_dim"],
             "png_bits_per_dim": png_bits_per_dim(chunk),
         }
+        if iwae_k > 0:
+            bound = run_to_end(iwae.run(model, x, iwae_k, generator, 4096))
+            found["iwae_bits_per_dim"] = bound["total_bits_per_dim"]
         for name, values in found.items():
             columns.setdefault(name, []).append(values.double())
     return {name: torch.cat(parts).numpy() for name, parts in columns.items()}
@@ -119,10 +127,12 @@ SCORES: dict[str, ScoreFn] = {
 def class_aurocs(test: dict[str, np.ndarray], validation, labels: np.ndarray, normal: int):
     """AUROC of every score, the class's test images normal and the rest anomalous."""
     is_normal = labels == normal
-    return {
-        name: auroc(score[is_normal], score[~is_normal])
-        for name, score in ((n, fn(test, validation)) for n, fn in SCORES.items())
+    scores = {
+        name: fn(test, validation)
+        for name, fn in SCORES.items()
+        if not name.startswith("iwae") or "iwae_bits_per_dim" in test
     }
+    return {name: auroc(score[is_normal], score[~is_normal]) for name, score in scores.items()}
 
 
 def markdown_table(results: dict[str, dict[str, float]]) -> str:
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--config", type=Path, default=Path("configs/vae_one_class.json"))
     parser.add_argument("--classes", type=int, nargs="*", default=list(range(10)))
-    parser.add_argument("--iwae-k", type=int, default=16)
+    parser.add_argument("--iwae-k", type=int, default=0, help="0: no IWAE scores")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST IDX directory")
     args = parser.parse_args(argv)
@@ -155,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.perf_counter()
         run = args.out / f"class_{c}"
         folder = export_class_folder(train[train_labels == c], args.out / "data" / f"class_{c}")
-        checkpoint, validation_images = train_on_folder(args.config, folder, run, seed=c)
+        checkpoint, validation_images = train_on_folder(args.config, folder, run, args.threads)
         trained = time.perf_counter()
         test_terms = per_image_terms(checkpoint, test, args.iwae_k)
         validation_terms = per_image_terms(checkpoint, validation_images, args.iwae_k)
