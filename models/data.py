@@ -1,4 +1,6 @@
-"""Image data: Fashion-MNIST IDX files and folders of PNGs, as uint8 (N, C, H, W).
+"""Fashion-MNIST: the IDX files of Debian's package, as uint8 (N, 1, 28, 28) with labels.
+
+Folders of your own images are read by :mod:`models.folders`.
 
 Fashion-MNIST is read from Debian's ``dataset-fashion-mnist`` package (nothing is downloaded).
 Its directory is, in order of precedence, the ``root`` argument, the ``ELBO_SERVE_FASHION_MNIST``
@@ -36,7 +38,6 @@ _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 _IDX_UBYTE = 0x08
 
 Split = Literal["train", "test"]
-_PIL_MODES = {1: "L", 3: "RGB"}  # channels -> the Pillow mode images are converted to
 
 
 class DataFormatError(ValueError):
@@ -110,42 +111,3 @@ def _read_bytes(path: Path) -> bytes:
             return stream.read()
     except (OSError, EOFError, zlib.error) as error:  # BadGzipFile is an OSError
         raise DataFormatError(f"{path}: not a readable gzip file ({error})") from error
-
-
-def load_png_folder(
-    folder: str | os.PathLike[str], image_size: int | None = None, channels: int = 1
-) -> tuple[torch.Tensor, list[Path]]:
-    """Every ``*.png`` in ``folder`` (sorted by name) as uint8 (N, C, H, W), C = ``channels``.
-
-    channels = 1: grayscale; colour images are converted to luminance (ITU-R 601-2).
-    channels = 3: RGB; grayscale images are repeated in the three channels, alpha is dropped.
-    All images must share one size, and it must be ``image_size`` x ``image_size`` when that is
-    given; otherwise DataFormatError names the file.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if channels not in _PIL_MODES:
-        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{folder}: no such directory")
-    paths = sorted(folder.glob("*.png"))
-    if not paths:
-        raise DataFormatError(f"{folder}: holds no .png files")
-    arrays: list[np.ndarray] = []
-    expected = (image_size, image_size) if image_size is not None else None
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                array = np.asarray(image.convert(_PIL_MODES[channels]), dtype=np.uint8)
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataFormatError(f"{path}: not a readable PNG image ({error})") from error
-        expected = expected or array.shape[:2]
-        if array.shape[:2] != expected:
-            raise DataFormatError(
-                f"{path}: image is {array.shape[1]}x{array.shape[0]}, expected "
-                f"{expected[1]}x{expected[0]}"
-            )
-        arrays.append(array if channels == 3 else array[..., None])  # (H, W, C)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous(), paths

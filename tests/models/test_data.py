@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from models.core.pixels import (
     NonFiniteError,
@@ -21,7 +20,6 @@ from models.data import (
     FASHION_MNIST_ENV,
     DataFormatError,
     load_fashion_mnist,
-    load_png_folder,
     read_idx,
 )
 
@@ -279,119 +277,7 @@ def test_real_fashion_mnist_has_the_published_shapes_and_balanced_classes(split,
     assert x.min() == 0 and x.max() == 255
 
 
-# --- load_png_folder ----------------------------------------------------------------------
-
-
-def save_png(path: Path, array: np.ndarray) -> Path:
-    Image.fromarray(array).save(path, format="PNG")
-    return path
-
-
-def test_png_folder_loads_grayscale_and_rgb_sorted_by_name(tmp_path):
-    rng = np.random.default_rng(1)
-    gray_b = rng.integers(0, 256, size=(6, 5), dtype=np.uint8)
-    gray_a = rng.integers(0, 256, size=(6, 5), dtype=np.uint8)
-    shades = rng.integers(0, 256, size=(6, 5), dtype=np.uint8)
-    rgb_gray = np.stack([shades] * 3, axis=-1)  # R = G = B: luminance is the shade itself
-    rgb_colour = np.zeros((6, 5, 3), dtype=np.uint8)
-    rgb_colour[..., 0] = 200  # pure red
-    save_png(tmp_path / "b.png", gray_b)
-    save_png(tmp_path / "a.png", gray_a)
-    save_png(tmp_path / "c.png", rgb_gray)
-    save_png(tmp_path / "d.png", rgb_colour)
-    (tmp_path / "notes.txt").write_text("not an image")
-
-    x, paths = load_png_folder(tmp_path)
-
-    assert [p.name for p in paths] == ["a.png", "b.png", "c.png", "d.png"]
-    assert x.dtype == torch.uint8 and x.shape == (4, 1, 6, 5)
-    np.testing.assert_array_equal(x[0, 0].numpy(), gray_a)
-    np.testing.assert_array_equal(x[1, 0].numpy(), gray_b)
-    np.testing.assert_array_equal(x[2, 0].numpy(), shades)
-    # ITU-R 601-2 luma: L = 0.299 R + 0.587 G + 0.114 B = 59.8 for R = 200.
-    assert np.abs(x[3, 0].numpy().astype(int) - 60).max() <= 1
-
-
-def test_png_folder_loads_rgb_channels_first_when_asked_for_three_channels(tmp_path):
-    rng = np.random.default_rng(2)
-    colour = rng.integers(0, 256, size=(16, 16, 3), dtype=np.uint8)
-    gray = rng.integers(0, 256, size=(16, 16), dtype=np.uint8)
-    rgba = np.concatenate([colour, np.full((16, 16, 1), 7, np.uint8)], axis=-1)
-    save_png(tmp_path / "a.png", colour)
-    save_png(tmp_path / "b.png", gray)
-    save_png(tmp_path / "c.png", rgba)
-
-    x, _ = load_png_folder(tmp_path, image_size=16, channels=3)
-
-    assert x.dtype == torch.uint8 and x.shape == (3, 3, 16, 16) and x.is_contiguous()
-    np.testing.assert_array_equal(x[0].numpy(), colour.transpose(2, 0, 1))
-    assert all(np.array_equal(x[1, c].numpy(), gray) for c in range(3))  # grey in every channel
-    np.testing.assert_array_equal(x[2].numpy(), colour.transpose(2, 0, 1))  # alpha dropped
-
-
-@pytest.mark.parametrize("size", [8, 64])
-def test_png_folder_loads_grayscale_of_any_size_by_default(tmp_path, size):
-    pixels = np.random.default_rng(3).integers(0, 256, size=(size, size), dtype=np.uint8)
-    save_png(tmp_path / "a.png", pixels)
-    x, _ = load_png_folder(tmp_path, image_size=size)
-    assert x.shape == (1, 1, size, size)
-    np.testing.assert_array_equal(x[0, 0].numpy(), pixels)
-
-
-def test_png_folder_of_rgb_images_of_different_sizes_names_the_file(tmp_path):
-    save_png(tmp_path / "a.png", np.zeros((16, 16, 3), dtype=np.uint8))
-    save_png(tmp_path / "b.png", np.zeros((8, 16, 3), dtype=np.uint8))
-    with pytest.raises(DataFormatError, match=r"b\.png: image is 16x8, expected 16x16"):
-        load_png_folder(tmp_path, channels=3)
-
-
-@pytest.mark.parametrize("channels", [0, 2, 4])
-def test_png_folder_takes_one_or_three_channels(tmp_path, channels):
-    save_png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint8))
-    with pytest.raises(
-        ValueError, match=f"channels must be 1 \\(grayscale\\) or 3 \\(RGB\\), got {channels}"
-    ):
-        load_png_folder(tmp_path, channels=channels)
-
-
-def test_png_folder_accepts_images_of_the_requested_size(tmp_path):
-    save_png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint8))
-    x, _ = load_png_folder(tmp_path, image_size=8)
-    assert x.shape == (1, 1, 8, 8)
-
-
-def test_png_of_a_different_size_is_named_in_the_error(tmp_path):
-    save_png(tmp_path / "a.png", np.zeros((8, 8), dtype=np.uint8))
-    save_png(tmp_path / "b.png", np.zeros((8, 9), dtype=np.uint8))
-    with pytest.raises(DataFormatError, match=r"b\.png: image is 9x8, expected 8x8"):
-        load_png_folder(tmp_path)
-
-
-def test_png_not_of_the_requested_size_is_named_in_the_error(tmp_path):
-    save_png(tmp_path / "only.png", np.zeros((8, 8), dtype=np.uint8))
-    with pytest.raises(DataFormatError, match=r"only\.png: image is 8x8, expected 28x28"):
-        load_png_folder(tmp_path, image_size=28)
-
-
-def test_non_png_file_named_png_is_named_in_the_error(tmp_path):
-    save_png(tmp_path / "a.png", np.zeros((4, 4), dtype=np.uint8))
-    (tmp_path / "x.png").write_bytes(b"GIF89a definitely not a png")
-    with pytest.raises(DataFormatError, match=r"x\.png: not a readable PNG image"):
-        load_png_folder(tmp_path)
-
-
-def test_empty_png_folder_is_named_in_the_error(tmp_path):
-    (tmp_path / "readme.txt").write_text("no images here")
-    with pytest.raises(DataFormatError) as info:
-        load_png_folder(tmp_path)
-    assert str(tmp_path) in str(info.value) and "no .png files" in str(info.value)
-
-
-def test_missing_png_folder_is_named_in_the_error(tmp_path):
-    missing = tmp_path / "no-such-folder"
-    with pytest.raises(FileNotFoundError) as info:
-        load_png_folder(missing)
-    assert str(missing) in str(info.value)
+# --- image_grid ----------------------------------------------------------------------
 
 
 def test_image_grid_places_images_row_by_row_with_padding():
