@@ -341,11 +341,16 @@ def main(argv: list[str] | None = None) -> None:
     write_model_card(args.checkpoint, with_term_density(card, method.name, density))
     fitted = density.calibration
     thresholds = ", ".join(f"FPR {f}: {t:.3f}" for f, t in fitted.thresholds.items())
+    checked = (
+        f"; observed FPR on test images 0..{args.check_images - 1}: "
+        f"{fitted.observed_fpr_on_other_normal_images}"
+        if check is not None
+        else ""
+    )
     print(
         f"{args.checkpoint}: {args.estimator} density over {len(names)} terms of {method.name}"
-        f" (k={k}) on {n_fit} images, calibrated on {n_cal}; thresholds {thresholds}; "
-        f"observed FPR on test images 0..{args.check_images - 1}: "
-        f"{fitted.observed_fpr_on_other_normal_images}; {time.perf_counter() - start:.0f} s"
+        f" (k={k}) on {n_fit} images, calibrated on {n_cal}; thresholds {thresholds}"
+        f"{checked}; {time.perf_counter() - start:.0f} s"
     )
 
 
