@@ -108,6 +108,29 @@ class ModelKind(Architecture, ABC):
         """The bounds this model offers; the first is the default. k ranges may depend on
         the model (a DDPM's stratified bound takes up to 2 (T - 1) timesteps)."""
 
+    # Term vectors: anomaly scores that see more than one number ---------------------------
+
+    # The bound whose terms :meth:`term_vector` returns one by one; a density over them
+    # (models.eval.typicality) is calibrated and served under this method's name and k.
+    term_method: ClassVar[str]
+
+    @abstractmethod
+    def term_names(self, model: nn.Module, k: int | None = None) -> tuple[str, ...]:
+        """Names of the F columns of :meth:`term_vector` for ``k``, each in nats."""
+
+    @abstractmethod
+    def term_vector(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Generators,
+        max_batch: int,
+        k: int | None = None,
+    ) -> Progressive[torch.Tensor]:
+        """x (B, C, H, W) in [-1, 1] -> (B, F) float64: :attr:`term_method`'s bound at ``k``
+        split into F terms in nats (summed over dimensions) that add up to its total_nats;
+        the same draws as the bound itself for the same generators."""
+
     # Sampling, encoding, decoding --------------------------------------------------------
 
     @abstractmethod

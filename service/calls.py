@@ -208,6 +208,24 @@ class ModelCalls:
             self.metrics.LIKELIHOOD_BITS_PER_DIM.labels(served.name, method).observe(value)
         return terms
 
+    async def _term_vector(self, served: ServedModel, method: str, k: int | None, job):
+        """The kind's term vectors (B, F) of ``method``'s bound (its term method)."""
+        if method != served.kind.term_method:
+            raise RequestError(
+                "method", f"term vectors split {served.kind.term_method!r}, not {method!r}"
+            )
+        key = BatchKey(served.name, f"terms_{method}", (k,))
+        run = functools.partial(
+            self.runners.term_vector,
+            served.kind,
+            served.model,
+            k=k,
+            max_batch=self.bound_call_rows,
+        )
+        cost = served.cost(Work("likelihood", job.rows, method, k))
+        out = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
+        return out["terms"]
+
     async def likelihood(
         self,
         request: LikelihoodRequest,
@@ -232,7 +250,7 @@ class ModelCalls:
         )
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
-        from service.scoring import scores, threshold_for
+        from service.scoring import scores, term_scores, threshold_for
 
         served = self.served(request.model)
         method = served.method(request.method)
@@ -242,8 +260,14 @@ class ModelCalls:
         self._cost(served, work, "images", SCORE_INSTEAD)
         threshold = threshold_for(calibrated.calibration, request.fpr)
         x = self._images(served, request.images)
-        terms = await self._bound(served, method.name, k, self.runners.ImagesJob(x, request.seed))
-        score, png = scores(terms["total_bits_per_dim"], x, request.correction)
+        job = self.runners.ImagesJob(x, request.seed)
+        if calibrated.density is None:
+            terms = await self._bound(served, method.name, k, job)
+            bits_per_dim = terms["total_bits_per_dim"].numpy()
+            score, png = scores(terms["total_bits_per_dim"], x, request.correction)
+        else:  # correction 'terms': a density over the bound's term vector
+            vectors = await self._term_vector(served, method.name, k, job)
+            score, bits_per_dim, png = term_scores(vectors, calibrated.density, x)
         flagged = score > threshold
         percentiles = calibrated.calibration.percentile(score)
         self.metrics.IMAGES_SCORED.labels(served.name, method.name).inc(len(score))
@@ -251,7 +275,7 @@ class ModelCalls:
         results = [
             ImageScore(
                 score=score[i],
-                bits_per_dim=float(terms["total_bits_per_dim"][i]),
+                bits_per_dim=float(bits_per_dim[i]),
                 png_bits_per_dim=png[i],
                 is_anomaly=bool(flagged[i]),
                 percentile=percentiles[i],

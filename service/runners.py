@@ -10,7 +10,7 @@ No NaN or infinity leaves these functions: every output is checked per job, and 
 non-finite value gets a :class:`~models.core.pixels.NonFiniteError` (rows counted within the job)
 instead of its result, which the batcher raises to that request alone.
 
-All four are progressive (:mod:`models.core.progressive`): they yield after every network
+All of them are progressive (:mod:`models.core.progressive`): they yield after every network
 call, where the batcher may hand the model lane to cheaper work, and return the per-job
 results; outside the batcher, run them with :func:`models.core.progressive.run_to_end`.
 """
@@ -154,6 +154,23 @@ def bound(
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
     terms = yield from reported(method.run(model, x, k, generators, max_batch), _report(jobs))
     return _checked({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
+
+
+@torch.no_grad()
+def term_vector(
+    kind: ModelKind,
+    model: nn.Module,
+    jobs: Sequence[ImagesJob],
+    k: int | None,
+    max_batch: int,
+) -> Progressive[list[Tensors | NonFiniteError]]:
+    """Per job, {"terms": (B, F) float64}: the kind's term vector of its term method's bound
+    (:meth:`models.kinds.ModelKind.term_vector`); about ``max_batch`` rows per network call."""
+    x = _signed_unit(jobs, _device(model))
+    generators = _row_generators([(job.seed, job.rows) for job in jobs])
+    loop = kind.term_vector(model, x, generators, max_batch, k)
+    vectors = yield from reported(loop, _report(jobs))
+    return _checked({"terms": vectors.double()}, [job.rows for job in jobs])
 
 
 @torch.no_grad()

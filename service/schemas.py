@@ -27,7 +27,7 @@ ModelName = Annotated[
 ]
 MethodName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
 OutputFormat = Literal["grid", "png", "array"]
-Correction = Literal["none", "png"]
+Correction = Literal["none", "png", "terms"]
 # Request fields that are options of a model kind's operation (models.kinds): each kind takes
 # some of them, and a request setting one its model does not take is a 400.
 SAMPLE_OPTIONS = ("steps", "eta", "temperature", "sample_pixels")
@@ -211,12 +211,17 @@ class ScoreRequest(LikelihoodRequest):
         "none",
         description="'none': the score is the bound in bits/dim. 'png': the bound minus the "
         "image's PNG codelength in bits/dim (Serra et al. 2019), which discounts how simple "
-        "an image is.",
+        "an image is. 'terms': the negative log density (nats) of the bound's per-image terms "
+        "(VAE: reconstruction and KL; DDPM: L_T, bands of timesteps, L_0) under a density "
+        "fitted on held-out normal images (DoSE, Morningstar et al. 2021).",
     )
 
 
 class ImageScore(_Schema):
-    score: float = Field(description="Anomaly score in bits/dim (higher is more anomalous).")
+    score: float = Field(
+        description="Anomaly score (higher is more anomalous): bits/dim, or nats of -log "
+        "density for correction 'terms'."
+    )
     bits_per_dim: float = Field(description="The model's bound in bits/dim.")
     png_bits_per_dim: float = Field(description="The image's optimised PNG size in bits/dim.")
     is_anomaly: bool = Field(description="score > threshold.")

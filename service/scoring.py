@@ -13,17 +13,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.core.card import SCORE_KINDS, MethodCalibration, calibrations_in
+from models.core.card import (
+    SCORE_KINDS,
+    TERM_DENSITY_CORRECTION,
+    MethodCalibration,
+    calibrations_in,
+)
 from models.eval.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim
+from models.eval.typicality import Density, bound_bits_per_dim
 from service.errors import MissingCalibrationError, RequestError
 
-__all__ = ["SCORE_KINDS", "CalibratedScore", "calibration_for", "scores", "threshold_for"]
+__all__ = [
+    "SCORE_KINDS",
+    "CalibratedScore",
+    "calibration_for",
+    "scores",
+    "term_scores",
+    "threshold_for",
+]
 
 
 @dataclass(frozen=True)
 class CalibratedScore:
     calibration: Calibration
     k: int | None
+    density: Density | None = None  # correction 'terms': the density over term vectors
 
 
 def calibration_for(
@@ -32,6 +46,8 @@ def calibration_for(
     """The card's calibration for ``method`` and ``correction``; 409 when it has none."""
     calibrations = calibrations_in(card)
     entry = calibrations.get(method)
+    if correction == TERM_DENSITY_CORRECTION:
+        return _term_density_for(entry, model, method, calibrations)
     kind = SCORE_KINDS[correction]
     if entry is None or kind not in entry.scores:
         raise MissingCalibrationError(
@@ -43,8 +59,30 @@ def calibration_for(
     return CalibratedScore(Calibration.of(fitted.normal_scores, fitted.source), entry.k)
 
 
+def _term_density_for(
+    entry: MethodCalibration | None,
+    model: str,
+    method: str,
+    calibrations: dict[str, MethodCalibration],
+) -> CalibratedScore:
+    if entry is None or entry.term_density is None:
+        raise MissingCalibrationError(
+            "correction",
+            f"the {model} model card has no term density for method {method!r} (correction "
+            f"'terms'; models.eval.typicality adds one); calibrated: {_calibrated(calibrations)}",
+        )
+    fitted = entry.term_density
+    calibration = Calibration.of(fitted.calibration.normal_scores, fitted.calibration.source)
+    return CalibratedScore(calibration, fitted.k, Density.from_dict(fitted))
+
+
 def _calibrated(calibrations: dict[str, MethodCalibration]) -> str:
     pairs = [f"{method}/{kind}" for method, entry in calibrations.items() for kind in entry.scores]
+    pairs += [
+        f"{method}/{TERM_DENSITY_CORRECTION}"
+        for method, entry in calibrations.items()
+        if entry.term_density is not None
+    ]
     return ", ".join(pairs) or "nothing"
 
 
@@ -65,3 +103,12 @@ def scores(
     png = png_bits_per_dim(pixels)
     score = complexity_corrected_score(bits_per_dim, png) if correction == "png" else bits_per_dim
     return score.double().numpy(), png.numpy()
+
+
+def term_scores(
+    vectors: torch.Tensor, density: Density, pixels: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(score, bits/dim, png bits/dim) per image for term vectors (B, F) in nats."""
+    bits_per_dim = bound_bits_per_dim(vectors, pixels[0].numel())
+    png = png_bits_per_dim(pixels).numpy()
+    return density.score(vectors.double().numpy()), bits_per_dim.numpy(), png

@@ -25,6 +25,9 @@ from typing import Any, TypeVar
 BITS_PER_DIM = "bits_per_dim"
 BITS_PER_DIM_MINUS_PNG = "bits_per_dim_minus_png"
 SCORE_KINDS: Mapping[str, str] = {"none": BITS_PER_DIM, "png": BITS_PER_DIM_MINUS_PNG}
+# The ``correction`` that scores an image by the negative log density of its bound's term
+# vector (DoSE, Morningstar et al. 2021); its calibration is a method's ``term_density``.
+TERM_DENSITY_CORRECTION = "terms"
 
 # The outlier sets of a Fashion-MNIST evaluation's anomaly section, in table order, with how
 # each is made. An evaluation on your own folders names its sets itself: one per outlier folder,
@@ -237,9 +240,34 @@ class ScoreCalibration(Record):
 
 
 @dataclass(frozen=True)
+class TermDensity(Record):
+    """A density over a bound's per-image term vectors, fitted on held-out normal images, and
+    the calibration of its score (-log density, nats) on other held-out normal images.
+
+    ``models.eval.typicality.Density`` scores with these parameters: term vectors are
+    standardised by ``mean`` and ``scale``; ``covariance`` is then the Gaussian's (shrunk to
+    the identity by ``shrinkage``) or the KDE kernel's, centred on each of ``points``."""
+
+    estimator: str  # "gaussian" or "kde"
+    k: int | None  # the bound's k (DDPM: timesteps, k // 2 bands)
+    term_names: tuple[str, ...]
+    source: str  # the images the density was fitted on
+    num_images: int
+    mean: tuple[float, ...]  # (F,)
+    scale: tuple[float, ...]  # (F,)
+    covariance: tuple[tuple[float, ...], ...]  # (F, F), of standardised vectors
+    shrinkage: float
+    calibration: ScoreCalibration
+    points: tuple[tuple[float, ...], ...] | None = field(  # (N, F) standardised, KDE only
+        default=None, metadata={"omit": True}
+    )
+
+
+@dataclass(frozen=True)
 class MethodCalibration(Record):
     k: int | None
     scores: Mapping[str, ScoreCalibration]  # keys: SCORE_KINDS' values
+    term_density: TermDensity | None = field(default=None, metadata={"omit": True})
 
 
 def calibrations_in(card: Mapping[str, Any]) -> dict[str, MethodCalibration]:

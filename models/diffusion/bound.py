@@ -37,6 +37,10 @@ class DiffusionBound:
     num_dims: int
     # Standard error of denoising_nats over the timestep sampling; None for the full sum.
     denoising_stderr_nats: torch.Tensor | None = None
+    # The Monte-Carlo estimator's per-stratum sums |S_j| mean_j, (B, S), adding up to
+    # denoising_nats; stratum j covers t in [band_edges[j], band_edges[j + 1]).
+    denoising_band_nats: torch.Tensor | None = None
+    band_edges: torch.Tensor | None = None  # (S + 1,)
 
     @property
     def total_nats(self) -> torch.Tensor:
@@ -206,9 +210,11 @@ def vlb_monte_carlo_progressive(
         diffusion, model, x_start, t_all, generator, max_batch, clip_denoised
     )
     denoising = torch.zeros(b, dtype=torch.float64)
+    bands = torch.zeros(b, num_strata, dtype=torch.float64)
     variance = torch.zeros(b, dtype=torch.float64)
     for j, rows in enumerate(torch.split(terms[1:], draws.tolist())):  # rows: (n_j, B)
-        denoising += sizes[j] * rows.mean(dim=0)
+        bands[:, j] = sizes[j] * rows.mean(dim=0)
+        denoising += bands[:, j]
         variance += sizes[j] ** 2 * rows.var(dim=0, unbiased=True) / rows.shape[0]
     return DiffusionBound(
         prior_nats=diffusion.prior_kl_nats(x_start).double().cpu(),
@@ -216,4 +222,6 @@ def vlb_monte_carlo_progressive(
         reconstruction_nats=terms[0],
         num_dims=x_start[0].numel(),
         denoising_stderr_nats=variance.sqrt(),
+        denoising_band_nats=bands,
+        band_edges=edges,
     )

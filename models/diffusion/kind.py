@@ -14,6 +14,7 @@ from models.core.pixels import signed_unit_to_pixels
 from models.core.progressive import Progressive
 from models.diffusion.bound import (
     DiffusionBound,
+    stratum_edges,
     vlb_exact_progressive,
     vlb_monte_carlo_progressive,
 )
@@ -80,6 +81,7 @@ class DDPMKind(ModelKind):
     config_class = DDPMConfig
     model_class = DDPM
     headline_method = "vlb_exact"
+    term_method = "vlb_mc"
     exports_ema = True
     sample_options = {
         "steps": DDIM_STEPS,
@@ -111,6 +113,32 @@ class DDPMKind(ModelKind):
                 "vlb_exact", "all T terms of the bound (T network calls per image)", _vlb_exact
             ),
         }
+
+    def term_names(self, model: nn.Module, k: int | None = None) -> tuple[str, ...]:
+        """L_T, one band of denoising terms per stratum of :func:`vlb_monte_carlo` (named by
+        its timesteps, first and last), L_0."""
+        k = self.methods(model)["vlb_mc"].default_k if k is None else k
+        edges = stratum_edges(1, model.diffusion.num_timesteps, k // 2).tolist()
+        bands = [f"denoising_t{edges[j]}_{edges[j + 1] - 1}_nats" for j in range(k // 2)]
+        return ("prior_nats", *bands, "reconstruction_nats")
+
+    def term_vector(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Generators,
+        max_batch: int,
+        k: int | None = None,
+    ) -> Progressive[torch.Tensor]:
+        """The k-timestep stratified bound term by term: L_T, the k // 2 geometric strata's
+        estimated sums of L_t (two draws each; Nichol & Dhariwal 2021, Fig. 2 for why
+        geometric), L_0: (B, k // 2 + 2) nats, k + 1 network calls per image."""
+        k = self.methods(model)["vlb_mc"].default_k if k is None else k
+        loop = vlb_monte_carlo_progressive(model.diffusion, model, x, k, generators, max_batch)
+        bound = yield from loop
+        assert bound.denoising_band_nats is not None
+        columns = [bound.prior_nats[:, None], bound.denoising_band_nats]
+        return torch.cat([*columns, bound.reconstruction_nats[:, None]], dim=1).double()
 
     def samplers(self, model: nn.Module) -> tuple[str, ...]:
         return ("ddim", "ancestral")

@@ -44,6 +44,7 @@ class VAEKind(ModelKind):
     config_class = VAEConfig
     model_class = VAE
     headline_method = "elbo"
+    term_method = "elbo"
     exports_ema = False
     sample_options = {
         "temperature": Option(1.0, "prior scale: z ~ N(0, temperature^2 I)"),
@@ -64,6 +65,22 @@ class VAEKind(ModelKind):
                 "iwae", "importance-weighted bound with k samples", _iwae, IWAE_K_RANGE, 100
             ),
         }
+
+    def term_names(self, model: nn.Module, k: int | None = None) -> tuple[str, ...]:
+        return ("reconstruction_nats", "kl_nats")
+
+    def term_vector(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Generators,
+        max_batch: int,
+        k: int | None = None,
+    ) -> Progressive[torch.Tensor]:
+        """(distortion, rate) of the ELBO per image (Alemi et al. 2018): (B, 2) nats, the
+        summary statistics DoSE fits a density to for a VAE (Morningstar et al. 2021, Sec. 3)."""
+        terms = yield from _elbo(model, x, k, generators, max_batch)
+        return torch.stack([terms["reconstruction_nats"], terms["kl_nats"]], dim=1).double()
 
     def samplers(self, model: nn.Module) -> tuple[str, ...]:
         return ("prior",)
