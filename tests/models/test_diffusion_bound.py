@@ -30,8 +30,8 @@ def _point_mass_bound_bits_per_dim(x_star: torch.Tensor) -> float:
 
 
 def _point_mass_bound_nats_per_dim(x_star: torch.Tensor) -> np.ndarray:
-    """The bound per dimension (D,), worked out by hand for data = the single image x*, an optimal denoiser and
-    fixed variance beta-tilde (linear schedule, T = 1000):
+    """The bound per dimension (D,), worked out by hand for data = the single image x*, an
+    optimal denoiser and fixed variance beta-tilde (linear schedule, T = 1000):
     every denoising KL is 0 (model posterior = true posterior), L_T is the Gaussian KL in
     closed form, and L_0 is the mass of x*'s own bin under N(x*, beta-tilde_1)."""
     betas = np.linspace(1e-4, 0.02, 1000)
