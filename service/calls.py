@@ -193,15 +193,18 @@ class ModelCalls:
 
     # Bounds and scores -------------------------------------------------------------------
 
-    async def _bound(self, served: ServedModel, method: str, k: int | None, job) -> dict:
-        key = BatchKey(served.name, f"likelihood_{method}", (k,))
-        run = functools.partial(
-            self.runners.bound,
-            served.method(method),
-            served.model,
-            k=k,
-            max_batch=self.bound_call_rows,
-        )
+    async def _bound(
+        self, served: ServedModel, method: str, k: int | None, job, per_dim: bool = False
+    ) -> dict:
+        """The bound's terms; with ``per_dim`` also per dimension, for anomaly maps."""
+        key = BatchKey(served.name, f"likelihood_{method}" + ("_per_dim" if per_dim else ""), (k,))
+        if per_dim:
+            run = functools.partial(
+                self.runners.bound_per_dim, served.kind, served.method(method), served.model
+            )
+        else:
+            run = functools.partial(self.runners.bound, served.method(method), served.model)
+        run = functools.partial(run, k=k, max_batch=self.bound_call_rows)
         cost = served.cost(Work("likelihood", job.rows, method, k))
         terms = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
         for value in terms["total_bits_per_dim"].tolist():
@@ -241,8 +244,11 @@ class ModelCalls:
         work = Work("likelihood", len(request.images), method.name, k)
         self._cost(served, work, "images", SCORE_INSTEAD)
         threshold = threshold_for(calibrated.calibration, request.fpr)
+        pixel = self._pixel_calibration(served, method, k) if request.maps else None
         x = self._images(served, request.images)
-        terms = await self._bound(served, method.name, k, self.runners.ImagesJob(x, request.seed))
+        job = self.runners.ImagesJob(x, request.seed)
+        terms = await self._bound(served, method.name, k, job, per_dim=pixel is not None)
+        maps = [{}] * len(x) if pixel is None else self._maps(pixel, terms, x)
         score, png = scores(terms["total_bits_per_dim"], x, request.correction)
         flagged = score > threshold
         percentiles = calibrated.calibration.percentile(score)
@@ -255,6 +261,7 @@ class ModelCalls:
                 png_bits_per_dim=png[i],
                 is_anomaly=bool(flagged[i]),
                 percentile=percentiles[i],
+                **maps[i],
             )
             for i in range(len(score))
         ]
@@ -281,6 +288,19 @@ class ModelCalls:
             calibrated = calibration_for(card, served.name, method, correction)
             self._calibrations[key] = (card, calibrated)
         return calibrated
+
+    def _pixel_calibration(self, served: ServedModel, method, k: int | None):
+        """The card's pixel calibration for anomaly maps (400 or 409 when there is none)."""
+        from service.maps import pixel_calibration_for
+
+        return pixel_calibration_for(served.checkpoint.card, served.name, method, k)
+
+    @staticmethod
+    def _maps(pixel, terms: dict, x) -> list[dict]:
+        from models.kinds import TOTAL_NATS_PER_DIM
+        from service.maps import map_fields
+
+        return map_fields(pixel, terms[TOTAL_NATS_PER_DIM], x)
 
     @staticmethod
     def _score_k(method, requested_k: int | None, calibrated_k: int | None) -> int | None:

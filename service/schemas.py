@@ -213,6 +213,14 @@ class ScoreRequest(LikelihoodRequest):
         "image's PNG codelength in bits/dim (Serra et al. 2019), which discounts how simple "
         "an image is.",
     )
+    maps: bool = Field(
+        False,
+        description="Also return, per image, an anomaly map: where the bound's codelength goes, "
+        "pixel by pixel (the bound per dimension, summing to the image's bound), normalised "
+        "against held-out normal images as z = (nats - mean) / (std + eps) per pixel (the "
+        "model card's pixel_calibration; 409 without one), and a heat map of it over the "
+        "image. Methods with a per-pixel form only (not iwae).",
+    )
 
 
 class ImageScore(_Schema):
@@ -222,6 +230,16 @@ class ImageScore(_Schema):
     is_anomaly: bool = Field(description="score > threshold.")
     percentile: float = Field(
         description="Percentage (0..100) of held-out normal images scoring lower."
+    )
+    anomaly_map: list[list[list[float]]] | None = Field(
+        None,
+        description="With maps: the normalised map z, nested (C, H, W): how many normal-image "
+        "standard deviations each pixel's codelength is above its normal mean.",
+    )
+    heatmap_png: str | None = Field(
+        None,
+        description="With maps: base64 RGB PNG of the image under a heat map of z (the largest "
+        "over channels): fixed scale, z clipped to [0, 6], blue (0) to red (6 or more).",
     )
 
 
