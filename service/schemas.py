@@ -231,10 +231,11 @@ class ImageScore(_Schema):
     percentile: float = Field(
         description="Percentage (0..100) of held-out normal images scoring lower."
     )
-    anomaly_map: list[list[list[float]]] | None = Field(
-        None,
+    # An empty list rather than null: BentoML's Python client cannot decode a null array.
+    anomaly_map: list[list[list[float]]] = Field(
+        default_factory=list,
         description="With maps: the normalised map z, nested (C, H, W): how many normal-image "
-        "standard deviations each pixel's codelength is above its normal mean.",
+        "standard deviations each pixel's codelength is above its normal mean; else empty.",
     )
     heatmap_png: str | None = Field(
         None,
