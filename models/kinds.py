@@ -31,6 +31,8 @@ if TYPE_CHECKING:  # torch stays unimported until a kind is used: the service's 
     Terms: TypeAlias = dict[str, torch.Tensor]
 Operation = Literal["sample", "likelihood", "encode", "decode"]
 ImageShape = tuple[int, int, int]  # (C, H, W)
+# The term a bound's per-dimension form adds: (B, C, H, W) nats summing to total_nats.
+TOTAL_NATS_PER_DIM = "total_nats_per_dim"
 
 
 class OptionError(ValueError):
@@ -62,6 +64,11 @@ class BoundMethod:
     run: Callable[[nn.Module, torch.Tensor, int | None, Generators, int], Progressive[Terms]]
     k_range: tuple[int, int] | None = None  # None: the method takes no k
     default_k: int | None = None
+    # ``run`` with the total also per dimension (TOTAL_NATS_PER_DIM), from the same draws; None
+    # for a bound that does not split over dimensions (IWAE's log-mean-exp over samples).
+    run_per_dim: (
+        Callable[[nn.Module, torch.Tensor, int | None, Generators, int], Progressive[Terms]] | None
+    ) = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,42 @@ class ModelKind(Architecture, ABC):
         if method not in methods:
             raise OptionError("method", f"{self._offers(methods)}, got {method!r}")
         return methods[method]
+
+    def pixel_nats(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Generators,
+        max_batch: int,
+        method: str | None = None,
+        k: int | None = None,
+    ) -> Progressive[torch.Tensor]:
+        """Where the codelength of x (B, C, H, W) in [-1, 1] goes: (B, C, H, W) nats per
+        dimension, summing over (C, H, W) to the ``total_nats`` that ``method`` (default: the
+        first) gives with the same generators and k. Which per-dimension terms each bound has
+        is its kind's business (VAE elbo: -log p(x_i|z) + KL / D; DDPM: L_0 + the denoising
+        terms + L_T, per dimension)."""
+        terms = yield from self.bound_per_dim(model, x, generators, max_batch, method, k)
+        return terms[TOTAL_NATS_PER_DIM]
+
+    def bound_per_dim(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Generators,
+        max_batch: int,
+        method: str | None = None,
+        k: int | None = None,
+    ) -> Progressive[Terms]:
+        """The bound's :data:`Terms`, as ``run`` gives them, and TOTAL_NATS_PER_DIM."""
+        bound = self.method_for(model, method)
+        if bound.run_per_dim is None:
+            raise OptionError("method", f"{bound.name} has no per-pixel form; {self._maps(model)}")
+        return bound.run_per_dim(model, x, check_k(bound, k), generators, max_batch)
+
+    def _maps(self, model: nn.Module) -> str:
+        names = [name for name, m in self.methods(model).items() if m.run_per_dim is not None]
+        return f"maps come with {' or '.join(repr(n) for n in names) or 'no method'}"
 
     def _offers(self, names: Sequence[str] | Mapping[str, Any]) -> str:
         return f"a {self.name} model offers " + " or ".join(repr(n) for n in names)

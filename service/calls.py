@@ -193,15 +193,18 @@ class ModelCalls:
 
     # Bounds and scores -------------------------------------------------------------------
 
-    async def _bound(self, served: ServedModel, method: str, k: int | None, job) -> dict:
-        key = BatchKey(served.name, f"likelihood_{method}", (k,))
-        run = functools.partial(
-            self.runners.bound,
-            served.method(method),
-            served.model,
-            k=k,
-            max_batch=self.bound_call_rows,
-        )
+    async def _bound(
+        self, served: ServedModel, method: str, k: int | None, job, per_dim: bool = False
+    ) -> dict:
+        """The bound's terms; with ``per_dim`` also per dimension, for anomaly maps."""
+        key = BatchKey(served.name, f"likelihood_{method}" + ("_per_dim" if per_dim else ""), (k,))
+        if per_dim:
+            run = functools.partial(
+                self.runners.bound_per_dim, served.kind, served.method(method), served.model
+            )
+        else:
+            run = functools.partial(self.runners.bound, served.method(method), served.model)
+        run = functools.partial(run, k=k, max_batch=self.bound_call_rows)
         cost = served.cost(Work("likelihood", job.rows, method, k))
         terms = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
         for value in terms["total_bits_per_dim"].tolist():
@@ -259,15 +262,19 @@ class ModelCalls:
         work = Work("likelihood", len(request.images), method.name, k)
         self._cost(served, work, "images", SCORE_INSTEAD)
         threshold = threshold_for(calibrated.calibration, request.fpr)
+        pixel = self._pixel_calibration(served, method, k) if request.maps else None
         x = self._images(served, request.images)
         job = self.runners.ImagesJob(x, request.seed)
         if calibrated.density is None:
-            terms = await self._bound(served, method.name, k, job)
+            terms = await self._bound(served, method.name, k, job, per_dim=pixel is not None)
             bits_per_dim = terms["total_bits_per_dim"].numpy()
             score, png = scores(terms["total_bits_per_dim"], x, request.correction)
         else:  # correction 'terms': a density over the bound's term vector
             vectors = await self._term_vector(served, method.name, k, job)
             score, bits_per_dim, png = term_scores(vectors, calibrated.density, x)
+            if pixel is not None:  # the maps come from the bound itself, a second pass
+                terms = await self._bound(served, method.name, k, job, per_dim=True)
+        maps = [{}] * len(x) if pixel is None else self._maps(pixel, terms, x)
         flagged = score > threshold
         percentiles = calibrated.calibration.percentile(score)
         self.metrics.IMAGES_SCORED.labels(served.name, method.name).inc(len(score))
@@ -279,6 +286,7 @@ class ModelCalls:
                 png_bits_per_dim=png[i],
                 is_anomaly=bool(flagged[i]),
                 percentile=percentiles[i],
+                **maps[i],
             )
             for i in range(len(score))
         ]
@@ -305,6 +313,19 @@ class ModelCalls:
             calibrated = calibration_for(card, served.name, method, correction)
             self._calibrations[key] = (card, calibrated)
         return calibrated
+
+    def _pixel_calibration(self, served: ServedModel, method, k: int | None):
+        """The card's pixel calibration for anomaly maps (400 or 409 when there is none)."""
+        from service.maps import pixel_calibration_for
+
+        return pixel_calibration_for(served.checkpoint.card, served.name, method, k)
+
+    @staticmethod
+    def _maps(pixel, terms: dict, x) -> list[dict]:
+        from models.kinds import TOTAL_NATS_PER_DIM
+        from service.maps import map_fields
+
+        return map_fields(pixel, terms[TOTAL_NATS_PER_DIM], x)
 
     @staticmethod
     def _score_k(method, requested_k: int | None, calibrated_k: int | None) -> int | None:

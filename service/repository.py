@@ -128,7 +128,7 @@ def summaries(directories: Mapping[str, Path]) -> dict[str, str]:
 def load_repository(directories: Mapping[str, Path], device: str, on_loaded=None) -> Repository:
     """Load every checkpoint (with its model card, which serving needs) onto ``device``;
     ``on_loaded(name, seconds)`` after each."""
-    from models.core.card import CardError, calibrations_in
+    from models.core.card import CardError, calibrations_in, pixel_calibrations_in
     from models.core.checkpoints import (
         CARD_FILE,
         CheckpointError,
@@ -143,6 +143,7 @@ def load_repository(directories: Mapping[str, Path], device: str, on_loaded=None
         checkpoint = require_model_card(load_checkpoint(directory, device))
         try:  # read now, so a malformed calibration stops the start, not a /score later
             calibrations_in(checkpoint.card)
+            pixel_calibrations_in(checkpoint.card)
         except CardError as error:
             raise CheckpointError(f"{directory / CARD_FILE}: {error}") from error
         kind = kind_of(checkpoint.kind)

@@ -32,7 +32,7 @@ from models.core.pixels import (
     signed_unit_to_pixels,
 )
 from models.core.progressive import Progressive, reported
-from models.kinds import BoundMethod, ModelKind
+from models.kinds import TOTAL_NATS_PER_DIM, BoundMethod, ModelKind
 
 Progress = Callable[[int, int], None]
 Tensors = dict[str, torch.Tensor]
@@ -171,6 +171,25 @@ def term_vector(
     loop = kind.term_vector(model, x, generators, max_batch, k)
     vectors = yield from reported(loop, _report(jobs))
     return _checked({"terms": vectors.double()}, [job.rows for job in jobs])
+
+
+@torch.no_grad()
+def bound_per_dim(
+    kind: ModelKind,
+    method: BoundMethod,
+    model: nn.Module,
+    jobs: Sequence[ImagesJob],
+    k: int | None,
+    max_batch: int,
+) -> Progressive[list[Tensors | NonFiniteError]]:
+    """:func:`bound`, with the bound also per dimension for anomaly maps: per job the same
+    terms, and TOTAL_NATS_PER_DIM (B, C, H, W) float64, summing to total_nats."""
+    x = _signed_unit(jobs, _device(model))
+    generators = _row_generators([(job.seed, job.rows) for job in jobs])
+    loop = kind.bound_per_dim(model, x, generators, max_batch, method.name, k)
+    terms = yield from reported(loop, _report(jobs))
+    assert TOTAL_NATS_PER_DIM in terms, f"{method.name} gave no {TOTAL_NATS_PER_DIM}"
+    return _checked({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
 
 
 @torch.no_grad()

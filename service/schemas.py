@@ -215,6 +215,14 @@ class ScoreRequest(LikelihoodRequest):
         "(VAE: reconstruction and KL; DDPM: L_T, bands of timesteps, L_0) under a density "
         "fitted on held-out normal images (DoSE, Morningstar et al. 2021).",
     )
+    maps: bool = Field(
+        False,
+        description="Also return, per image, an anomaly map: where the bound's codelength goes, "
+        "pixel by pixel (the bound per dimension, summing to the image's bound), normalised "
+        "against held-out normal images as z = (nats - mean) / (std + eps) per pixel (the "
+        "model card's pixel_calibration; 409 without one), and a heat map of it over the "
+        "image. Methods with a per-pixel form only (not iwae).",
+    )
 
 
 class ImageScore(_Schema):
@@ -227,6 +235,17 @@ class ImageScore(_Schema):
     is_anomaly: bool = Field(description="score > threshold.")
     percentile: float = Field(
         description="Percentage (0..100) of held-out normal images scoring lower."
+    )
+    # An empty list rather than null: BentoML's Python client cannot decode a null array.
+    anomaly_map: list[list[list[float]]] = Field(
+        default_factory=list,
+        description="With maps: the normalised map z, nested (C, H, W): how many normal-image "
+        "standard deviations each pixel's codelength is above its normal mean; else empty.",
+    )
+    heatmap_png: str | None = Field(
+        None,
+        description="With maps: base64 RGB PNG of the image under a heat map of z (the largest "
+        "over channels): fixed scale, z clipped to [0, 6], blue (0) to red (6 or more).",
     )
 
 

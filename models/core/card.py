@@ -282,6 +282,36 @@ def calibrations_in(card: Mapping[str, Any]) -> dict[str, MethodCalibration]:
     }
 
 
+# (C, H, W) floats as nested lists: one value per dimension of an image.
+PixelGrid = tuple[tuple[tuple[float, ...], ...], ...]
+
+
+@dataclass(frozen=True)
+class MethodPixelCalibration(Record):
+    """Per-pixel mean and standard deviation of one bound's map of nats per dimension
+    (``models.kinds.ModelKind.pixel_nats``) over held-out normal images; an anomaly map is
+    z = (map - mean) / (std + eps) (``models.eval.maps.PixelCalibration``)."""
+
+    k: int | None  # the bound's k when it takes one: maps with another k are not comparable
+    source: str
+    num_images: int
+    eps_nats: float
+    mean_nats: PixelGrid  # (C, H, W)
+    std_nats: PixelGrid  # (C, H, W)
+
+
+def pixel_calibrations_in(card: Mapping[str, Any]) -> dict[str, MethodPixelCalibration]:
+    """The pixel calibration section of a card (method -> its calibration); empty when the
+    card has none (cards written before anomaly maps)."""
+    section = card.get("pixel_calibration", {})
+    if not isinstance(section, Mapping):
+        raise CardError("model card.pixel_calibration: expected an object")
+    return {
+        method: MethodPixelCalibration.from_dict(entry, f"model card.pixel_calibration.{method}")
+        for method, entry in section.items()
+    }
+
+
 # Provenance ----------------------------------------------------------------------------------
 
 
@@ -349,3 +379,7 @@ class ModelCard(Record):
     evaluation: EvaluationInfo
     sample_grids: SampleGrids | None = field(default=None, metadata={"omit": True})
     data: EvaluationData | None = field(default=None, metadata={"omit": True})
+    # method -> per-pixel statistics of its maps; absent from cards written before maps.
+    pixel_calibration: Mapping[str, MethodPixelCalibration] | None = field(
+        default=None, metadata={"omit": True}
+    )

@@ -12,6 +12,12 @@ sum is random; it is exact in that no timestep is skipped. All values are codele
 summed over the D dimensions of an image; ``*_bits_per_dim`` divide by D ln 2. Each estimator
 also has a ``*_progressive`` form that yields after every network call
 (:mod:`models.core.progressive`).
+
+Per dimension: every term is a KL between diagonal Gaussians or a discretized-Gaussian NLL, so
+it factorises over the D dimensions, and each estimator is a fixed weighted sum of terms. With
+``per_dim=True`` the estimators also return that same weighted sum kept per dimension,
+``total_nats_per_dim`` (B, C, H, W), from the same draws: it sums over (C, H, W) to
+``total_nats`` (to float rounding), which is what an anomaly map shows (:mod:`models.eval.maps`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class DiffusionBound:
     # denoising_nats; stratum j covers t in [band_edges[j], band_edges[j + 1]).
     denoising_band_nats: torch.Tensor | None = None
     band_edges: torch.Tensor | None = None  # (S + 1,)
+    # The same estimate per dimension (B, C, H, W), summing to total_nats; when asked for.
+    total_nats_per_dim: torch.Tensor | None = None
 
     @property
     def total_nats(self) -> torch.Tensor:
@@ -87,9 +95,29 @@ def vlb_terms_nats_progressive(
     clip_denoised: bool = True,
 ) -> Progressive[torch.Tensor]:
     """:func:`vlb_terms_nats`, yielding (rows of t done, n) after every network call."""
+    terms, _ = yield from _vlb_terms_progressive(
+        diffusion, model, x_start, t, generator, max_batch, clip_denoised
+    )
+    return terms
+
+
+@torch.no_grad()
+def _vlb_terms_progressive(
+    diffusion: GaussianDiffusion,
+    model: Denoiser,
+    x_start: torch.Tensor,
+    t: torch.Tensor,
+    generator: Generators,
+    max_batch: int,
+    clip_denoised: bool,
+    row_weights: torch.Tensor | None = None,
+) -> Progressive[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The terms (n, B) of :func:`vlb_terms_nats_progressive`, and with ``row_weights`` (n,)
+    also sum_r w_r L_{t_r} per dimension, (B, C, H, W) float64 nats, from the same draws."""
     n, b = t.shape
     rows_per_call = max(1, max_batch // b)
     terms = torch.empty(n, b, dtype=torch.float64)
+    weighted = None if row_weights is None else torch.zeros(x_start.shape, dtype=torch.float64)
     for start in range(0, n, rows_per_call):
         t_chunk = t[start : start + rows_per_call]  # (r, B)
         r = t_chunk.shape[0]
@@ -98,10 +126,13 @@ def vlb_terms_nats_progressive(
         t_flat = t_chunk.reshape(-1).to(x_start.device)
         x_t = diffusion.q_sample(x0, t_flat, noise)
         output = model(x_t, t_flat)
-        chunk_terms = diffusion.vlb_term_nats(output, x0, x_t, t_flat, clip_denoised)
-        terms[start : start + r] = chunk_terms.reshape(r, b).double().cpu()
+        per_dim = diffusion.vlb_term_nats_per_dim(output, x0, x_t, t_flat, clip_denoised)
+        terms[start : start + r] = per_dim.flatten(1).sum(dim=1).reshape(r, b).double().cpu()
+        if weighted is not None and row_weights is not None:
+            w = row_weights[start : start + r].double().reshape(r, 1, 1, 1, 1)
+            weighted += (w * per_dim.reshape(r, *x_start.shape).double().cpu()).sum(dim=0)
         yield start + r, n
-    return terms
+    return terms, weighted
 
 
 def vlb_exact(
@@ -112,9 +143,12 @@ def vlb_exact(
     max_batch: int = 256,
     clip_denoised: bool = True,
     on_rows: ProgressCallback | None = None,
+    per_dim: bool = False,
 ) -> DiffusionBound:
     """The bound with all T terms: T network evaluations per image, batched over timesteps."""
-    loop = vlb_exact_progressive(diffusion, model, x_start, generator, max_batch, clip_denoised)
+    loop = vlb_exact_progressive(
+        diffusion, model, x_start, generator, max_batch, clip_denoised, per_dim
+    )
     return run_to_end(loop, on_rows)
 
 
@@ -125,19 +159,32 @@ def vlb_exact_progressive(
     generator: Generators,
     max_batch: int = 256,
     clip_denoised: bool = True,
+    per_dim: bool = False,
 ) -> Progressive[DiffusionBound]:
-    """:func:`vlb_exact`, yielding (timesteps done, T) after every network call."""
+    """:func:`vlb_exact`, yielding (timesteps done, T) after every network call; with
+    ``per_dim`` also the bound per dimension (every term with weight 1)."""
     b = x_start.shape[0]
     all_t = torch.arange(diffusion.num_timesteps).unsqueeze(1).expand(-1, b)  # (T, B)
-    terms = yield from vlb_terms_nats_progressive(
-        diffusion, model, x_start, all_t, generator, max_batch, clip_denoised
+    weights = torch.ones(diffusion.num_timesteps, dtype=torch.float64) if per_dim else None
+    terms, weighted = yield from _vlb_terms_progressive(
+        diffusion, model, x_start, all_t, generator, max_batch, clip_denoised, weights
     )
     return DiffusionBound(
         prior_nats=diffusion.prior_kl_nats(x_start).double().cpu(),
         denoising_nats=terms[1:].sum(dim=0),
         reconstruction_nats=terms[0],
         num_dims=x_start[0].numel(),
+        total_nats_per_dim=_with_prior(diffusion, x_start, weighted),
     )
+
+
+def _with_prior(
+    diffusion: GaussianDiffusion, x_start: torch.Tensor, weighted: torch.Tensor | None
+) -> torch.Tensor | None:
+    """L_T per dimension added to the weighted terms per dimension (B, C, H, W), if any."""
+    if weighted is None:
+        return None
+    return weighted + diffusion.prior_kl_nats_per_dim(x_start).double().cpu()
 
 
 def stratum_edges(first: int, end: int, num_strata: int) -> torch.Tensor:
@@ -167,6 +214,7 @@ def vlb_monte_carlo(
     max_batch: int = 256,
     clip_denoised: bool = True,
     on_rows: ProgressCallback | None = None,
+    per_dim: bool = False,
 ) -> DiffusionBound:
     """Unbiased estimate of the bound from k stratified timesteps per image (k + 1 rows of
     network work per image).
@@ -177,7 +225,7 @@ def vlb_monte_carlo(
     give an unbiased variance estimate, sum_j |S_j|^2 s_j^2 / n_j (Cochran 1977, Eq. 5.6).
     """
     loop = vlb_monte_carlo_progressive(
-        diffusion, model, x_start, k, generator, max_batch, clip_denoised
+        diffusion, model, x_start, k, generator, max_batch, clip_denoised, per_dim
     )
     return run_to_end(loop, on_rows)
 
@@ -191,8 +239,12 @@ def vlb_monte_carlo_progressive(
     generator: Generators,
     max_batch: int = 256,
     clip_denoised: bool = True,
+    per_dim: bool = False,
 ) -> Progressive[DiffusionBound]:
-    """:func:`vlb_monte_carlo`, yielding (rows done, k + 1) after every network call."""
+    """:func:`vlb_monte_carlo`, yielding (rows done, k + 1) after every network call; with
+    ``per_dim`` also the estimate per dimension: L_0 and L_T per dimension, and each drawn
+    denoising term per dimension with its row's weight |S_j| / n_j, the weights that make
+    the stratified sum (B,) from the same draws."""
     num_timesteps = diffusion.num_timesteps
     if not 2 <= k <= 2 * (num_timesteps - 1):
         raise ValueError(f"k must be in 2..{2 * (num_timesteps - 1)}, got {k}")
@@ -206,8 +258,12 @@ def vlb_monte_carlo_progressive(
     u = rand_rows((b, k), generator).double().T  # (k, B), uniform per draw and image
     t_draws = edges[stratum_of_row, None] + torch.floor(u * sizes[stratum_of_row, None]).long()
     t_all = torch.cat([torch.zeros(1, b, dtype=torch.long), t_draws])  # row 0: L_0
-    terms = yield from vlb_terms_nats_progressive(
-        diffusion, model, x_start, t_all, generator, max_batch, clip_denoised
+    weights = None
+    if per_dim:  # row 0 (L_0) counts once, a draw of stratum j |S_j| / n_j times
+        per_draw = sizes[stratum_of_row].double() / draws[stratum_of_row]  # (k,)
+        weights = torch.cat([torch.ones(1, dtype=torch.float64), per_draw])
+    terms, weighted = yield from _vlb_terms_progressive(
+        diffusion, model, x_start, t_all, generator, max_batch, clip_denoised, weights
     )
     denoising = torch.zeros(b, dtype=torch.float64)
     bands = torch.zeros(b, num_strata, dtype=torch.float64)
@@ -224,4 +280,5 @@ def vlb_monte_carlo_progressive(
         denoising_stderr_nats=variance.sqrt(),
         denoising_band_nats=bands,
         band_edges=edges,
+        total_nats_per_dim=_with_prior(diffusion, x_start, weighted),
     )

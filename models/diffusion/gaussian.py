@@ -147,9 +147,13 @@ class GaussianDiffusion(nn.Module):
 
     def prior_kl_nats(self, x_start: torch.Tensor) -> torch.Tensor:
         """L_T = KL(q(x_T | x_0) || N(0, I)) summed over dimensions: (B, C, H, W) -> (B,)."""
+        return self.prior_kl_nats_per_dim(x_start).flatten(1).sum(dim=1)
+
+    def prior_kl_nats_per_dim(self, x_start: torch.Tensor) -> torch.Tensor:
+        """L_T per dimension: (B, C, H, W) -> (B, C, H, W) nats (the KL factorises)."""
         last = torch.full((x_start.shape[0],), self.num_timesteps - 1, device=x_start.device)
         q = self.q_mean_variance(x_start, last)
-        return standard_normal_kl_nats(q.mean, q.log_variance).flatten(1).sum(dim=1)
+        return standard_normal_kl_nats(q.mean, q.log_variance)
 
     # Reverse process -------------------------------------------------------------------
 
@@ -230,6 +234,19 @@ class GaussianDiffusion(nn.Module):
         (denoising matching); for t = 0, L_0 = -log p(x_0 | x_1) under the discretized Gaussian
         decoder (Ho et al. Eq. 13). ``x_start`` must lie on the 8-bit grid in [-1, 1].
         """
+        per_dim = self.vlb_term_nats_per_dim(model_output, x_start, x_t, t, clip_denoised)
+        return per_dim.flatten(1).sum(dim=1)
+
+    def vlb_term_nats_per_dim(
+        self,
+        model_output: torch.Tensor,
+        x_start: torch.Tensor,
+        x_t: torch.Tensor,
+        t: torch.Tensor,
+        clip_denoised: bool = True,
+    ) -> torch.Tensor:
+        """:meth:`vlb_term_nats` per dimension, (B, C, H, W) nats: both the Gaussian KL and
+        the discretized decoder factorise over dimensions, so these sum to the term."""
         true_posterior = self.q_posterior(x_start, x_t, t)
         model = self.p_mean_variance(model_output, x_t, t, clip_denoised)
         kl = normal_kl_nats(
@@ -238,8 +255,7 @@ class GaussianDiffusion(nn.Module):
         decoder_nll = -discretized_gaussian_log_likelihood_nats(
             x_start, model.mean, 0.5 * model.log_variance
         )
-        per_dim = torch.where(t.reshape(-1, *([1] * (x_t.ndim - 1))) == 0, decoder_nll, kl)
-        return per_dim.flatten(1).sum(dim=1)
+        return torch.where(t.reshape(-1, *([1] * (x_t.ndim - 1))) == 0, decoder_nll, kl)
 
     def training_losses(
         self,

@@ -27,6 +27,7 @@ from models.diffusion.samplers import (
     ddpm_ancestral_sample_progressive,
 )
 from models.kinds import (
+    TOTAL_NATS_PER_DIM,
     BoundMethod,
     ImageShape,
     ModelKind,
@@ -54,6 +55,8 @@ def _terms(bound: DiffusionBound) -> Terms:
     if bound.denoising_stderr_nats is not None:
         # L_T and L_0 are computed exactly, so the total's error is the denoising sum's.
         terms["stderr_nats"] = bound.denoising_stderr_nats
+    if bound.total_nats_per_dim is not None:
+        terms[TOTAL_NATS_PER_DIM] = bound.total_nats_per_dim
     return terms
 
 
@@ -67,6 +70,26 @@ def _vlb_mc(ddpm: DDPM, x: torch.Tensor, k: int | None, generators: Generators, 
     """Stratified k-timestep Monte-Carlo estimate of the same bound, with its standard error."""
     assert k is not None, "vlb_mc needs k"
     loop = vlb_monte_carlo_progressive(ddpm.diffusion, ddpm, x, k, generators, max_batch)
+    return _terms((yield from loop))
+
+
+def _vlb_exact_per_dim(
+    ddpm: DDPM, x: torch.Tensor, k: int | None, generators: Generators, max_batch: int
+):
+    """:func:`_vlb_exact`, also per dimension: L_0 + sum_t L_{t-1} + L_T of every pixel."""
+    loop = vlb_exact_progressive(ddpm.diffusion, ddpm, x, generators, max_batch, per_dim=True)
+    return _terms((yield from loop))
+
+
+def _vlb_mc_per_dim(
+    ddpm: DDPM, x: torch.Tensor, k: int | None, generators: Generators, max_batch: int
+):
+    """:func:`_vlb_mc`, also per dimension: L_0, the k drawn denoising terms with their
+    stratum weights and L_T, per pixel (the estimate's weighted sum kept per dimension)."""
+    assert k is not None, "vlb_mc needs k"
+    loop = vlb_monte_carlo_progressive(
+        ddpm.diffusion, ddpm, x, k, generators, max_batch, per_dim=True
+    )
     return _terms((yield from loop))
 
 
@@ -108,9 +131,13 @@ class DDPMKind(ModelKind):
                 _vlb_mc,
                 (2, k_max),
                 min(20, k_max),
+                run_per_dim=_vlb_mc_per_dim,
             ),
             "vlb_exact": BoundMethod(
-                "vlb_exact", "all T terms of the bound (T network calls per image)", _vlb_exact
+                "vlb_exact",
+                "all T terms of the bound (T network calls per image)",
+                _vlb_exact,
+                run_per_dim=_vlb_exact_per_dim,
             ),
         }
 

@@ -11,8 +11,8 @@ from torch import nn
 from models.core.config import VAEConfig
 from models.core.flops import gflop_of
 from models.core.progressive import Progressive, single_step
-from models.kinds import BoundMethod, ImageShape, ModelKind, Option, Work
-from models.vae.model import VAE
+from models.kinds import TOTAL_NATS_PER_DIM, BoundMethod, ImageShape, ModelKind, Option, Work
+from models.vae.model import VAE, NegativeELBO
 
 if TYPE_CHECKING:
     from models.eval.context import EvalContext, ScoreMethod
@@ -24,6 +24,16 @@ IWAE_K_RANGE = (1, 5000)  # importance samples: the cost grows linearly, memory 
 def _elbo(vae: VAE, x: torch.Tensor, k: int | None, generators: Generators, max_batch: int):
     """-ELBO with one posterior draw per image, term by term (Kingma & Welling 2013, Eq. 3)."""
     elbo = yield from single_step(lambda: vae.negative_elbo(x, generators))
+    return _elbo_terms(elbo)
+
+
+def _elbo_per_dim(vae: VAE, x: torch.Tensor, k: int | None, generators: Generators, max_batch: int):
+    """:func:`_elbo` and the -ELBO per dimension: -log p(x_i|z) + KL / D (same draw of z)."""
+    elbo = yield from single_step(lambda: vae.negative_elbo(x, generators, per_dim=True))
+    return {**_elbo_terms(elbo), TOTAL_NATS_PER_DIM: elbo.total_nats_per_dim}
+
+
+def _elbo_terms(elbo: NegativeELBO) -> Terms:
     return {
         "total_nats": elbo.total_nats,
         "total_bits_per_dim": elbo.total_bits_per_dim,
@@ -60,7 +70,9 @@ class VAEKind(ModelKind):
 
     def methods(self, model: nn.Module) -> dict[str, BoundMethod]:
         return {
-            "elbo": BoundMethod("elbo", "-ELBO, reconstruction and KL terms", _elbo),
+            "elbo": BoundMethod(
+                "elbo", "-ELBO, reconstruction and KL terms", _elbo, run_per_dim=_elbo_per_dim
+            ),
             "iwae": BoundMethod(
                 "iwae", "importance-weighted bound with k samples", _iwae, IWAE_K_RANGE, 100
             ),

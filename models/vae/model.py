@@ -61,6 +61,8 @@ class NegativeELBO:
     reconstruction_nats: torch.Tensor
     kl_nats: torch.Tensor
     num_dims: int
+    # -ELBO per dimension (B, C, H, W), summing to total_nats: when asked for (see negative_elbo).
+    total_nats_per_dim: torch.Tensor | None = None
 
     @property
     def total_nats(self) -> torch.Tensor:
@@ -157,19 +159,29 @@ class VAE(nn.Module):
         return decoded.sample(generator) if sample_pixels else decoded.mean_image()
 
     def negative_elbo(
-        self, x: torch.Tensor, generator: Generators, num_samples: int = 1
+        self, x: torch.Tensor, generator: Generators, num_samples: int = 1, per_dim: bool = False
     ) -> NegativeELBO:
         """-ELBO of x (B, C, H, W) on the 8-bit grid in [-1, 1], term by term, in nats.
 
-        The reconstruction term averages ``num_samples`` draws z ~ q(z|x).
+        The reconstruction term averages ``num_samples`` draws z ~ q(z|x). With ``per_dim``
+        the bound is also given per dimension, float64 (B, C, H, W): -log p(x_i | z) of each
+        pixel value (the decoder factorises over dimensions), plus KL / D in every dimension.
+        The KL belongs to the latent code, to no pixel in particular, so it is spread evenly;
+        being the same in all D dimensions of an image, it shifts a map without reshaping it.
         """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         posterior = self.encode(x)
         z = posterior.rsample(generator, num_samples)  # (S, B, Z)
-        log_px_z = self._log_likelihood_nats(x, z)  # (S, B)
+        log_px_z_per_dim = self._log_likelihood_nats_per_dim(x, z)  # (S, B, C, H, W)
+        log_px_z = log_px_z_per_dim.flatten(2).sum(dim=-1)  # (S, B)
         kl = standard_normal_kl_nats(posterior.mean, posterior.logvar).sum(dim=1)
-        return NegativeELBO(-log_px_z.mean(dim=0), kl, self.num_dims)
+        total_per_dim = None
+        if per_dim:
+            reconstruction_per_dim = -log_px_z_per_dim.double().mean(dim=0)  # (B, C, H, W)
+            kl_per_dim = kl.double() / self.num_dims  # (B,)
+            total_per_dim = reconstruction_per_dim + kl_per_dim.reshape(-1, 1, 1, 1)
+        return NegativeELBO(-log_px_z.mean(dim=0), kl, self.num_dims, total_per_dim)
 
     def iwae_bound(
         self, x: torch.Tensor, k: int, generator: Generators, max_batch: int = 2048
@@ -209,10 +221,14 @@ class VAE(nn.Module):
 
     def _log_likelihood_nats(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """log p(x|z) summed over pixels, for z (S, B, Z): (S, B)."""
+        return self._log_likelihood_nats_per_dim(x, z).flatten(2).sum(dim=-1)
+
+    def _log_likelihood_nats_per_dim(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """log p(x_i|z) of every dimension, for z (S, B, Z): (S, B, C, H, W)."""
         s, b, _ = z.shape
         decoded = self.decode(z.reshape(s * b, -1))
         x_repeated = x.unsqueeze(0).expand(s, *x.shape).reshape(s * b, *x.shape[1:])
-        return decoded.log_prob_nats(x_repeated).reshape(s, b, -1).sum(dim=-1)
+        return decoded.log_prob_nats(x_repeated).reshape(s, *x.shape)
 
     def _check_images(self, x: torch.Tensor) -> None:
         c, size = self.config.image_channels, self.config.image_size

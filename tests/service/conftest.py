@@ -25,7 +25,11 @@ os.environ["ELBO_SERVE_PROGRESS_DIR"] = str(_SCRATCH / "progress")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from service_testing import fixture_calibration, wait_ready  # noqa: E402
+from service_testing import (  # noqa: E402
+    fixture_calibration,
+    fixture_pixel_calibration,
+    wait_ready,
+)
 
 from models.core.checkpoints import read_model_card, write_model_card  # noqa: E402
 from models.data import load_fashion_mnist  # noqa: E402
@@ -45,10 +49,11 @@ def served_checkpoints(test_images: torch.Tensor) -> dict[str, Path]:
     served = {}
     for name, directory in Settings.from_env().served_directories().items():
         card = read_model_card(directory)
-        if "calibration" not in card:
+        if "calibration" not in card or "pixel_calibration" not in card:
             copy = _SCRATCH / "checkpoints" / name
             shutil.copytree(directory, copy)
-            card["calibration"] = fixture_calibration(copy, test_images)
+            card.setdefault("calibration", fixture_calibration(copy, test_images))
+            card.setdefault("pixel_calibration", fixture_pixel_calibration(copy, test_images))
             write_model_card(copy, card)
             directory = copy
         served[name] = directory

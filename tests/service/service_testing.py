@@ -117,6 +117,27 @@ def fixture_calibration(directory: Path, images: torch.Tensor) -> dict:
     return calibration
 
 
+def fixture_pixel_calibration(directory: Path, images: torch.Tensor) -> dict:
+    """The pixel calibration of the model's first bound at the k of the card's calibration
+    (else its fixture k), measured on a few images, in the model card's format."""
+    from models.core.card import calibrations_in
+    from models.core.checkpoints import load_checkpoint
+    from models.core.noise import seeded_generator
+    from models.eval.maps import measure_pixel_calibration
+    from models.kinds import kind_of
+
+    checkpoint = load_checkpoint(directory)
+    kind = kind_of(checkpoint.kind)
+    method = kind.method_for(checkpoint.model, None)
+    calibrated = calibrations_in(checkpoint.card).get(method.name)
+    k = FIXTURE_K.get(method.name) if method.k_range else None
+    k = calibrated.k if calibrated is not None else k
+    calibration = measure_pixel_calibration(
+        kind, checkpoint.model, images[8:16], seeded_generator(0), method.name, k, "test fixture"
+    )
+    return {calibration.method: calibration.to_card().to_dict()}
+
+
 def wait_ready(get, timeout_s: float = 60.0) -> None:
     """Poll /readyz until 200; ``get(path)`` returns a status code."""
     deadline = time.monotonic() + timeout_s

@@ -1,0 +1,99 @@
+"""/score with maps: a normalised anomaly map and an RGB heat-map PNG per image, the same
+scores as without, 400 for a bound with no per-pixel form, 409 without a pixel calibration,
+and maps that do not depend on the other jobs in their batch."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+import torch
+from PIL import Image
+from service_testing import png_b64
+
+from models.core.progressive import run_to_end
+from service import runners
+from service.errors import MissingCalibrationError
+from service.maps import pixel_calibration_for
+
+
+@pytest.fixture(scope="module")
+def images(test_images):
+    return [png_b64(image) for image in test_images[:3]]
+
+
+def test_score_with_maps_returns_a_map_and_an_rgb_heatmap_per_image(client, images):
+    body = {"model": "vae", "images": images, "fpr": 0.25, "seed": 3}
+    plain = client.post("/score", json=body)
+    mapped = client.post("/score", json={**body, "maps": True})
+    assert plain.status_code == 200 and mapped.status_code == 200, mapped.text
+    for without, result in zip(plain.json()["results"], mapped.json()["results"], strict=True):
+        assert without["anomaly_map"] == [] and without["heatmap_png"] is None
+        assert result["score"] == without["score"]  # the same bound, the same draws
+        z = torch.tensor(result["anomaly_map"])
+        assert z.shape == (1, 28, 28) and torch.isfinite(z).all()
+        heat = Image.open(io.BytesIO(base64.b64decode(result["heatmap_png"])))
+        assert heat.format == "PNG" and heat.mode == "RGB" and heat.size == (28, 28)
+
+
+def test_score_with_maps_refuses_a_bound_without_a_per_pixel_form(client, images):
+    body = {"model": "vae", "images": images[:1], "fpr": 0.25, "method": "iwae", "maps": True}
+    response = client.post("/score", json=body)
+    assert response.status_code == 400
+    assert response.json()["field"] == "maps" and "per-pixel" in response.json()["error"]
+
+
+def test_score_with_maps_is_409_without_a_pixel_calibration(client, images):
+    # The exact DDPM bound has a per-pixel form but no pixel calibration (T calls an image).
+    body = {"model": "ddpm", "images": images[:1], "fpr": 0.25, "method": "vlb_exact"}
+    response = client.post("/score", json={**body, "maps": True})
+    assert response.status_code == 409, response.text
+    assert "no pixel calibration for method 'vlb_exact'" in response.json()["error"]
+
+
+def test_pixel_calibration_of_another_k_or_none_is_a_conflict(tiny_vae_config):
+    from models.kinds import kind_of
+
+    kind = kind_of("vae")
+    model = kind.build(tiny_vae_config())
+    elbo = kind.method_for(model, "elbo")
+    with pytest.raises(MissingCalibrationError, match="pixel-calibrated: nothing"):
+        pixel_calibration_for({"calibration": {}}, "mine", elbo, None)
+    card = {"pixel_calibration": {"elbo": _record(k=None)}}
+    assert pixel_calibration_for(card, "mine", elbo, None).method == "elbo"
+    with pytest.raises(MissingCalibrationError, match="used k=3"):
+        pixel_calibration_for({"pixel_calibration": {"elbo": _record(k=3)}}, "m", elbo, None)
+
+
+def _record(k):
+    from models.eval.maps import fit_pixel_calibration
+
+    return fit_pixel_calibration(torch.rand(4, 1, 28, 28), "elbo", "four", k).to_card().to_dict()
+
+
+@pytest.mark.parametrize("name", ["vae", "ddpm"])
+def test_a_jobs_maps_do_not_depend_on_the_other_jobs_in_its_batch(
+    name, tiny_vae_config, tiny_ddpm_config
+):
+    from models.kinds import kind_of
+
+    torch.manual_seed(0)
+    kind = kind_of(name)
+    model = kind.build(tiny_vae_config() if name == "vae" else tiny_ddpm_config()).eval()
+    shape = kind.image_shape(model.config)
+    generator = torch.Generator().manual_seed(1)
+    mine, other = (
+        torch.randint(0, 256, (n, *shape), generator=generator, dtype=torch.uint8) for n in (2, 3)
+    )
+    method = kind.method_for(model, None)
+    k = method.default_k and 4
+
+    def maps(jobs):
+        out = run_to_end(runners.bound_per_dim(kind, method, model, jobs, k, 64))
+        return out[-1]["total_nats_per_dim"]
+
+    alone = maps([runners.ImagesJob(mine, seed=7)])
+    batched = maps([runners.ImagesJob(other, seed=9), runners.ImagesJob(mine, seed=7)])
+    assert alone.shape == (2, *shape)
+    assert torch.allclose(alone, batched, rtol=1e-5, atol=1e-6)
