@@ -17,6 +17,7 @@ from models.core.card import (
     Likelihood,
     MethodCalibration,
     MethodDetection,
+    MethodPixelCalibration,
     ModelCard,
     Provenance,
     SampleGrids,
@@ -26,6 +27,7 @@ from models.core.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_ca
 from models.eval.context import EvalContext
 from models.eval.detection import anomaly_and_calibration
 from models.eval.samples import sample_grids, sample_quality
+from models.eval.score_extras import pixel_calibration, with_term_density
 from models.kinds import KindError, kind_of
 
 
@@ -40,6 +42,7 @@ class Measurements:
     anomaly: Anomaly
     calibration: dict[str, MethodCalibration]
     sample_grids: SampleGrids | None = None  # where sample_quality is None
+    pixel_calibration: dict[str, MethodPixelCalibration] | None = None
 
     def card(self, evaluation: EvaluationInfo, data: EvaluationData | None = None) -> ModelCard:
         """The card; ``data`` says which images of your own folders were used for what."""
@@ -53,6 +56,7 @@ class Measurements:
             evaluation,
             sample_grids=self.sample_grids,
             data=data,
+            pixel_calibration=self.pixel_calibration or None,
         )
 
 
@@ -97,12 +101,14 @@ def measure(
         samples = sample_quality(samplers, classifier, classifier_info, ctx)
     detections: dict[str, MethodDetection] = {}
     calibrations: dict[str, MethodCalibration] = {}
+    pixel: dict[str, MethodPixelCalibration] = {}
     for method in kind.score_methods(model, ctx):
         # The headline bound's per-image figures are that method's scores of the same images.
         known = headline_per_image if method.name == kind.headline_method else None
-        detections[method.name], calibrations[method.name] = anomaly_and_calibration(
-            method, ctx, known
-        )
+        detections[method.name], calibration = anomaly_and_calibration(method, ctx, known)
+        calibrations[method.name] = with_term_density(kind, model, method, ctx, calibration)
+        if (maps := pixel_calibration(kind, model, method, ctx)) is not None:
+            pixel[method.name] = maps
     return Measurements(
         kind=kind.name,
         checkpoint=provenance(directory, model),
@@ -111,4 +117,5 @@ def measure(
         anomaly=Anomaly(tuple(sorted(ctx.outlier_set_names())), detections),
         calibration=calibrations,
         sample_grids=grids,
+        pixel_calibration=pixel,
     )

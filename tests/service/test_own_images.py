@@ -69,7 +69,8 @@ def test_a_folder_becomes_a_served_calibrated_model(tmp_path):
     card = ModelCard.from_dict(json.loads((run / "checkpoint" / "model_card.json").read_text()))
     assert "scratched" in card.anomaly.methods["elbo"].sets
     # The evaluation's normal images are the ones training held out (never trained on).
-    assert card.data is not None and not card.data.warnings
+    assert card.data is not None
+    assert not any("training images" in warning for warning in card.data.warnings)
 
     repository = tmp_path / "models"
     repository.mkdir()
@@ -91,6 +92,13 @@ def test_a_folder_becomes_a_served_calibrated_model(tmp_path):
         ]
         body = {"model": "parts-v1", "images": images, "fpr": 0.1}
         scored = requests.post(f"{url}/score", json=body, timeout=60)
+        # The evaluation also fitted the term density and the maps' pixel statistics.
+        extras = {**body, "correction": "terms", "maps": True}
+        scored_with_extras = requests.post(f"{url}/score", json=extras, timeout=60)
+    assert scored_with_extras.status_code == 200, scored_with_extras.text
+    for result in scored_with_extras.json()["results"]:
+        assert np.asarray(result["anomaly_map"]).shape == (3, SIZE, SIZE)
+        assert np.isfinite(result["score"]) and result["heatmap_png"]
     assert scored.status_code == 200, scored.text
     results = scored.json()["results"]
     assert (
