@@ -292,21 +292,31 @@ class ModelKind(Architecture, ABC):
 
     # Evaluation ------------------------------------------------------------------------------
 
-    @abstractmethod
+    # The module that measures this kind for the model card (imported when an evaluation
+    # runs: it needs the evaluation's dependencies, serving does not), with the functions
+    # likelihood_report(model, ctx), evaluation_samplers(model, ctx), score_methods(model, ctx).
+    evaluation_module: ClassVar[str]
+
     def likelihood_report(
         self, model: nn.Module, ctx: EvalContext
     ) -> tuple[Likelihood, torch.Tensor]:
         """The card's likelihood section and the per-image headline bound (N,) bits/dim."""
+        return self._evaluation().likelihood_report(model, ctx)
 
-    @abstractmethod
     def evaluation_samplers(
         self, model: nn.Module, ctx: EvalContext
     ) -> dict[str, tuple[int, Callable[[int], torch.Tensor]]]:
         """name -> (samples to draw, n -> uint8 images (n, C, H, W)) for sample quality."""
+        return self._evaluation().evaluation_samplers(model, ctx)
 
-    @abstractmethod
     def score_methods(self, model: nn.Module, ctx: EvalContext) -> list[ScoreMethod]:
         """The bounds the evaluation measures and calibrates as anomaly scores."""
+        return self._evaluation().score_methods(model, ctx)
+
+    def _evaluation(self) -> Any:
+        import importlib
+
+        return importlib.import_module(self.evaluation_module)
 
     # The headline bound of likelihood_report, reused as that method's anomaly scores.
     headline_method: ClassVar[str]

@@ -38,7 +38,6 @@ from models.kinds import (
 from models.nn.batch_invariance import FixedChunkDenoiser
 
 if TYPE_CHECKING:
-    from models.eval.context import EvalContext, ScoreMethod
     from models.kinds import Generators, Terms
 
 DDIM_STEPS = Option(50, "DDIM steps, 1..T (more is slower and closer to the ODE)")
@@ -103,6 +102,7 @@ class DDPMKind(ModelKind):
     name = "ddpm"
     config_class = DDPMConfig
     model_class = DDPM
+    evaluation_module = "models.diffusion.evaluation"
     headline_method = "vlb_exact"
     term_method = "vlb_mc"
     exports_ema = True
@@ -274,18 +274,3 @@ class DDPMKind(ModelKind):
             "mse": losses.mse.mean().detach(),
             "vlb_bits_per_dim": losses.vlb_bits_per_dim.mean().detach(),
         }
-
-    def likelihood_report(self, model: nn.Module, ctx: EvalContext):
-        from models.diffusion.evaluation import likelihood_report
-
-        return likelihood_report(model, ctx)
-
-    def evaluation_samplers(self, model: nn.Module, ctx: EvalContext):
-        from models.diffusion.evaluation import evaluation_samplers
-
-        return evaluation_samplers(model, ctx)
-
-    def score_methods(self, model: nn.Module, ctx: EvalContext) -> list[ScoreMethod]:
-        from models.diffusion.evaluation import score_methods
-
-        return score_methods(model, ctx)

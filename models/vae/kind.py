@@ -15,7 +15,6 @@ from models.kinds import TOTAL_NATS_PER_DIM, BoundMethod, ImageShape, ModelKind,
 from models.vae.model import VAE, NegativeELBO
 
 if TYPE_CHECKING:
-    from models.eval.context import EvalContext, ScoreMethod
     from models.kinds import Generators, Terms
 
 IWAE_K_RANGE = (1, 5000)  # importance samples: the cost grows linearly, memory stays bounded
@@ -53,6 +52,7 @@ class VAEKind(ModelKind):
     name = "vae"
     config_class = VAEConfig
     model_class = VAE
+    evaluation_module = "models.vae.evaluation"
     headline_method = "elbo"
     term_method = "elbo"
     exports_ema = False
@@ -171,18 +171,3 @@ class VAEKind(ModelKind):
             "bits_per_dim": bound.total_bits_per_dim.mean().detach(),
             "kl_nats": bound.kl_nats.mean().detach(),
         }
-
-    def likelihood_report(self, model: nn.Module, ctx: EvalContext):
-        from models.vae.evaluation import likelihood_report
-
-        return likelihood_report(model, ctx)
-
-    def evaluation_samplers(self, model: nn.Module, ctx: EvalContext):
-        from models.vae.evaluation import evaluation_samplers
-
-        return evaluation_samplers(model, ctx)
-
-    def score_methods(self, model: nn.Module, ctx: EvalContext) -> list[ScoreMethod]:
-        from models.vae.evaluation import score_methods
-
-        return score_methods(model, ctx)
