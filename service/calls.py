@@ -91,7 +91,6 @@ class ModelCalls:
         self.repository, self.batcher, self.metrics = repository, batcher, metrics
         self.runners, self.ceiling = runners, ceiling
         self.chunk_rows, self.bound_call_rows = chunk_rows, bound_call_rows
-        self._calibrations: dict[tuple[str, str, str], tuple[dict, Any]] = {}
 
     @classmethod
     def from_settings(
@@ -253,16 +252,18 @@ class ModelCalls:
         )
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
-        from service.scoring import scores, term_scores, threshold_for
+        from models.kinds import TOTAL_NATS_PER_DIM
+        from service.maps import map_fields
+        from service.scoring import score_k, scores, term_scores, threshold_for
 
         served = self.served(request.model)
         method = served.method(request.method)
-        calibrated = self._calibration(served, method.name, request.correction)
-        k = self._score_k(method, request.k, calibrated.k)
+        calibrated = served.calibration(method.name, request.correction)
+        k = score_k(method, request.k, calibrated.k)
         work = Work("likelihood", len(request.images), method.name, k)
         self._cost(served, work, "images", SCORE_INSTEAD)
         threshold = threshold_for(calibrated.calibration, request.fpr)
-        pixel = self._pixel_calibration(served, method, k) if request.maps else None
+        pixel = served.pixel_calibration(method, k) if request.maps else None
         x = self._images(served, request.images)
         job = self.runners.ImagesJob(x, request.seed)
         if calibrated.density is None:
@@ -274,7 +275,7 @@ class ModelCalls:
             score, bits_per_dim, png = term_scores(vectors, calibrated.density, x)
             if pixel is not None:  # the maps come from the bound itself, a second pass
                 terms = await self._bound(served, method.name, k, job, per_dim=True)
-        maps = [{}] * len(x) if pixel is None else self._maps(pixel, terms, x)
+        maps = [{}] * len(x) if pixel is None else map_fields(pixel, terms[TOTAL_NATS_PER_DIM], x)
         flagged = score > threshold
         percentiles = calibrated.calibration.percentile(score)
         self.metrics.IMAGES_SCORED.labels(served.name, method.name).inc(len(score))
@@ -301,43 +302,6 @@ class ModelCalls:
             calibration_images=len(calibrated.calibration.normal_scores),
             results=results,
         )
-
-    def _calibration(self, served: ServedModel, method: str, correction: str):
-        """The card's calibration, built once per card rather than per request."""
-        from service.scoring import calibration_for
-
-        card = served.checkpoint.card
-        key = (served.name, method, correction)
-        cached_card, calibrated = self._calibrations.get(key, (None, None))
-        if cached_card is not card:
-            calibrated = calibration_for(card, served.name, method, correction)
-            self._calibrations[key] = (card, calibrated)
-        return calibrated
-
-    def _pixel_calibration(self, served: ServedModel, method, k: int | None):
-        """The card's pixel calibration for anomaly maps (400 or 409 when there is none)."""
-        from service.maps import pixel_calibration_for
-
-        return pixel_calibration_for(served.checkpoint.card, served.name, method, k)
-
-    @staticmethod
-    def _maps(pixel, terms: dict, x) -> list[dict]:
-        from models.kinds import TOTAL_NATS_PER_DIM
-        from service.maps import map_fields
-
-        return map_fields(pixel, terms[TOTAL_NATS_PER_DIM], x)
-
-    @staticmethod
-    def _score_k(method, requested_k: int | None, calibrated_k: int | None) -> int | None:
-        """The k the calibration used: scores with another k are not comparable."""
-        if method.k_range is None:
-            return check_k(method, requested_k)
-        k = calibrated_k if calibrated_k is not None else method.default_k
-        if requested_k is not None and requested_k != k:
-            raise RequestError(
-                "k", f"the {method.name} calibration used k={k}; leave k out or pass {k}"
-            )
-        return k
 
     # Encoding and decoding ---------------------------------------------------------------
 

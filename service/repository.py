@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from torch import nn
 
     from models.core.checkpoints import Checkpoint
+    from models.eval.maps import PixelCalibration
     from models.kinds import BoundMethod, ModelKind, Work
+    from service.scoring import CalibratedScore
 
 logger = logging.getLogger("elbo_serve")
 _PNG_MODES = {1: "L", 3: "RGB"}
@@ -33,6 +35,10 @@ class ServedModel:
     kind: ModelKind
     checkpoint: Checkpoint
     costs: ModelCosts
+    # method, correction -> its calibration, read from the card on first use
+    _calibrations: dict[tuple[str, str], CalibratedScore] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     @property
     def model(self) -> nn.Module:
@@ -52,6 +58,26 @@ class ServedModel:
 
     def cost(self, work: Work) -> Cost:
         return self.costs.estimate(work)
+
+    def calibration(self, method: str, correction: str) -> CalibratedScore:
+        """The card's calibration of ``method`` for ``correction`` (409 when it has none),
+        built once rather than per request."""
+        from service.scoring import calibration_for
+
+        key = (method, correction)
+        if key not in self._calibrations:
+            self._calibrations[key] = calibration_for(self.card, self.name, method, correction)
+        return self._calibrations[key]
+
+    def pixel_calibration(self, method: BoundMethod, k: int | None) -> PixelCalibration:
+        """The card's pixel calibration for anomaly maps (400 or 409 when there is none)."""
+        from service.maps import pixel_calibration_for
+
+        return pixel_calibration_for(self.card, self.name, method, k)
+
+    @property
+    def card(self) -> dict[str, Any]:
+        return self.checkpoint.card
 
     def describe(self) -> dict[str, Any]:
         """What a client needs to call this model: shapes, methods with their k, samplers

@@ -8,7 +8,7 @@ what the evaluation measured.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -22,6 +22,9 @@ from models.core.card import (
 from models.eval.anomaly import Calibration, complexity_corrected_score, png_bits_per_dim
 from models.eval.typicality import Density, bound_bits_per_dim
 from service.errors import MissingCalibrationError, RequestError
+
+if TYPE_CHECKING:
+    from models.kinds import BoundMethod
 
 __all__ = [
     "SCORE_KINDS",
@@ -112,3 +115,18 @@ def term_scores(
     bits_per_dim = bound_bits_per_dim(vectors, pixels[0].numel())
     png = png_bits_per_dim(pixels).numpy()
     return density.score(vectors.double().numpy()), bits_per_dim.numpy(), png
+
+
+def score_k(method: BoundMethod, requested_k: int | None, calibrated_k: int | None) -> int | None:
+    """The k the calibration used: scores with another k are not comparable with its
+    thresholds, so any other requested k is a 400."""
+    from models.kinds import check_k
+
+    if method.k_range is None:
+        return check_k(method, requested_k)
+    k = calibrated_k if calibrated_k is not None else method.default_k
+    if requested_k is not None and requested_k != k:
+        raise RequestError(
+            "k", f"the {method.name} calibration used k={k}; leave k out or pass {k}"
+        )
+    return k
