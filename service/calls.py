@@ -275,7 +275,10 @@ class ModelCalls:
             score, bits_per_dim, png = term_scores(vectors, calibrated.density, x)
             if pixel is not None:  # the maps come from the bound itself, a second pass
                 terms = await self._bound(served, method.name, k, job, per_dim=True)
-        maps = [{}] * len(x) if pixel is None else map_fields(pixel, terms[TOTAL_NATS_PER_DIM], x)
+        maps = [{}] * len(x)
+        if pixel is not None:
+            nats = terms[TOTAL_NATS_PER_DIM]
+            maps = map_fields(pixel, nats, x, request.map_normalisation)
         flagged = score > threshold
         percentiles = calibrated.calibration.percentile(score)
         self.metrics.IMAGES_SCORED.labels(served.name, method.name).inc(len(score))

@@ -47,7 +47,10 @@ def pixel_calibration_for(
 
 
 def map_fields(
-    calibration: PixelCalibration, maps_nats: torch.Tensor, pixels: torch.Tensor
+    calibration: PixelCalibration,
+    maps_nats: torch.Tensor,
+    pixels: torch.Tensor,
+    normalisation: str = "pixel",
 ) -> list[dict[str, Any]]:
     """Per image, ``anomaly_map`` (the normalised map as nested (C, H, W) floats) and
     ``heatmap_png`` (base64 RGB PNG of the image under a heat map of it): maps (B, C, H, W)
@@ -55,7 +58,7 @@ def map_fields(
     from models.eval.maps import heatmap_overlay
     from service.imaging import to_base64_png
 
-    z = calibration.normalise(maps_nats)
+    z = calibration.normalise(maps_nats, normalisation)  # type: ignore[arg-type]
     heat = heatmap_overlay(pixels, z)
     return [
         {"anomaly_map": z[i].float().tolist(), "heatmap_png": to_base64_png(heat[i])}

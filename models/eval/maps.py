@@ -24,6 +24,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -36,6 +37,7 @@ from models.kinds import ModelKind
 # Floor added to every per-pixel standard deviation: pixels that cost the same few nats in
 # every normal image (a blank background) would otherwise turn tiny differences into huge z.
 DEFAULT_EPS_NATS = 0.05
+Normalisation = Literal["pixel", "global"]
 # The heat map's fixed colour scale: z from 0 (blue) to HEATMAP_MAX_Z (red), clipped.
 HEATMAP_MAX_Z = 6.0
 HEATMAP_ALPHA = 0.5  # weight of the colour over the image
@@ -55,13 +57,25 @@ class PixelCalibration:
     k: int | None = None
     eps_nats: float = DEFAULT_EPS_NATS
 
-    def normalise(self, maps_nats: torch.Tensor) -> torch.Tensor:
-        """z = (map - mean) / (std + eps): maps (B, C, H, W) nats -> (B, C, H, W) float64."""
+    def normalise(self, maps_nats: torch.Tensor, how: Normalisation = "pixel") -> torch.Tensor:
+        """Maps (B, C, H, W) nats -> z (B, C, H, W) float64.
+
+        "pixel": z = (map - mean) / (std + eps) with each pixel's own statistics, for aligned
+        images, where a pixel's normal codelength is a property of its place.
+        "global": z = (map - m) / (s + eps) with m, s the mean and standard deviation of a
+        normal image's pixels all taken together (s^2 = E[std^2] + Var(mean) over pixels): one
+        positive affine map of the nats, so it ranks pixels as the raw map does, for images
+        that are not aligned.
+        """
         if tuple(maps_nats.shape[1:]) != tuple(self.mean_nats.shape):
             raise ValueError(
                 f"maps of shape {tuple(maps_nats.shape)} do not match the calibration's "
                 f"(B, {', '.join(map(str, self.mean_nats.shape))})"
             )
+        if how == "global":
+            mean = self.mean_nats.mean()
+            spread = (self.std_nats.pow(2) + (self.mean_nats - mean).pow(2)).mean().sqrt()
+            return (maps_nats.double() - mean) / (spread + self.eps_nats)
         return (maps_nats.double() - self.mean_nats) / (self.std_nats + self.eps_nats)
 
     def to_card(self) -> MethodPixelCalibration:

@@ -96,6 +96,21 @@ def test_calibration_normalises_per_pixel_and_round_trips_through_the_card():
         back.normalise(torch.zeros(1, 1, 4, 5))
 
 
+def test_global_normalisation_pools_every_pixel_and_keeps_the_raw_ranking():
+    """One mean and spread for all pixels of the normal maps (std's fit uses N - 1, so the
+    pooled moments are matched to 1e-3): z ranks pixels of all images as the nats do."""
+    generator = torch.Generator().manual_seed(1)
+    mean = torch.rand(1, 6, 6, generator=generator) * 4
+    spread = torch.rand(1, 6, 6, generator=generator) + 0.2
+    normal = mean + spread * torch.randn(5000, 1, 6, 6, generator=generator)
+    fitted = fit_pixel_calibration(normal, "elbo", "synthetic", eps_nats=0.0)
+    z = fitted.normalise(normal, "global")
+    assert abs(z.mean().item()) < 1e-3 and abs(z.std().item() - 1.0) < 1e-3
+    new = torch.rand(7, 1, 6, 6, generator=generator) * 10
+    ranked = fitted.normalise(new, "global").flatten()
+    assert torch.equal(ranked.argsort(), new.double().flatten().argsort())
+
+
 def test_cards_without_pixel_calibration_still_parse_and_with_one_round_trip():
     from pathlib import Path
 

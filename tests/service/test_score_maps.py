@@ -37,6 +37,38 @@ def test_score_with_maps_returns_a_map_and_an_rgb_heatmap_per_image(client, imag
         assert heat.format == "PNG" and heat.mode == "RGB" and heat.size == (28, 28)
 
 
+def test_global_and_per_pixel_maps_are_two_normalisations_of_the_same_nats(
+    client, images, served_checkpoints
+):
+    """Undoing each normalisation with the card's statistics gives back the same nats."""
+    from models.core.checkpoints import read_model_card
+
+    body = {"model": "vae", "images": images, "fpr": 0.25, "seed": 3, "maps": True}
+    per_pixel = client.post("/score", json=body).json()["results"]
+    pooled = client.post("/score", json={**body, "map_normalisation": "global"}).json()["results"]
+    card = read_model_card(served_checkpoints["vae"])
+    calibration = pixel_calibration_for(card, "vae", _elbo(), None)
+    mean, std, eps = calibration.mean_nats, calibration.std_nats, calibration.eps_nats
+    pooled_mean = mean.mean()
+    pooled_spread = (std.pow(2) + (mean - pooled_mean).pow(2)).mean().sqrt()
+    for a, b in zip(per_pixel, pooled, strict=True):
+        assert a["score"] == b["score"]
+        nats_a = torch.tensor(a["anomaly_map"], dtype=torch.float64) * (std + eps) + mean
+        nats_b = torch.tensor(b["anomaly_map"], dtype=torch.float64) * (pooled_spread + eps)
+        assert torch.allclose(nats_a, nats_b + pooled_mean, atol=1e-3)
+    refused = client.post("/score", json={**body, "map_normalisation": "per-image"})
+    assert refused.status_code == 400 and "map_normalisation" in refused.text
+
+
+def _elbo():
+    from load_tests.serving import REPO_ROOT
+    from models.core.checkpoints import load_checkpoint
+    from models.kinds import kind_of
+
+    vae = load_checkpoint(REPO_ROOT / "checkpoints" / "vae").model
+    return kind_of(vae).method_for(vae, "elbo")
+
+
 def test_score_with_maps_refuses_a_bound_without_a_per_pixel_form(client, images):
     body = {"model": "vae", "images": images[:1], "fpr": 0.25, "method": "iwae", "maps": True}
     response = client.post("/score", json=body)
