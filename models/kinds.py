@@ -155,29 +155,45 @@ class ModelKind(Architecture, ABC):
         elif sampler not in samplers:
             raise OptionError("sampler", f"{self._offers(samplers)}, got {sampler!r}")
         options = _with_defaults(self.sample_options, given, f"sampling a {self.name}")
-        return self.check_sample_options(model, {"sampler": sampler, **options}, given)
+        options = self.check_sample_options(model, {"sampler": sampler, **options}, given)
+        return self._within_limits(model, options, given)
 
     def check_sample_options(
         self, model: nn.Module, options: dict[str, Any], given: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """Kind-specific checks of :meth:`sample_options_for`; options as they will run."""
+        """Kind-specific checks of :meth:`sample_options_for` beyond the ranges of
+        :meth:`option_limits`; options as they will run."""
         return options
 
     def encode_options_for(self, model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
         options = _with_defaults(self.encode_options, given, f"encoding with a {self.name}")
-        return self.check_codec_options(model, options)
+        return self._within_limits(model, options, given)
 
     def decode_options_for(self, model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
         options = _with_defaults(self.decode_options, given, f"decoding with a {self.name}")
-        return self.check_codec_options(model, options)
-
-    def check_codec_options(self, model: nn.Module, options: dict[str, Any]) -> dict[str, Any]:
-        """Kind-specific checks of encoding and decoding options."""
-        return options
+        return self._within_limits(model, options, given)
 
     def option_limits(self, model: nn.Module) -> dict[str, tuple[int, int]]:
-        """Inclusive ranges of the options whose limits depend on the model."""
+        """Inclusive ranges of the options whose limits depend on the model (every operation's
+        options are checked against them)."""
         return {}
+
+    def _within_limits(
+        self, model: nn.Module, options: dict[str, Any], given: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        """A value a request gave outside its range is an OptionError; a default outside it
+        (50 DDIM steps for a model of T = 20) is brought into it, since nobody asked for it."""
+        checked = dict(options)
+        for name, (low, high) in self.option_limits(model).items():
+            if name not in checked:
+                continue
+            if name not in given:
+                checked[name] = min(max(checked[name], low), high)
+            elif not low <= checked[name] <= high:
+                raise OptionError(
+                    name, f"this model takes {low}..{high} {name}, got {checked[name]}"
+                )
+        return checked
 
     def method_for(self, model: nn.Module, method: str | None) -> BoundMethod:
         """The bound called ``method`` (default: the first); OptionError for another name."""

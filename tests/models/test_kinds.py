@@ -1,0 +1,48 @@
+"""The registry's option handling: defaults, refused options, and ranges set by the model."""
+
+from __future__ import annotations
+
+import pytest
+
+from models.kinds import OptionError, kind_of
+
+
+@pytest.fixture(scope="module")
+def ddpm(tiny_ddpm_config):
+    from models.diffusion.ddpm import DDPM
+
+    return DDPM(tiny_ddpm_config(num_timesteps=20))
+
+
+def test_a_default_past_the_models_range_is_brought_into_it(ddpm):
+    """50 DDIM steps is the default; a model of T = 20 runs 20 when the request gives none."""
+    kind = kind_of(ddpm)
+    assert kind.sample_options_for(ddpm, None, {})["steps"] == 20
+    assert kind.encode_options_for(ddpm, {})["steps"] == 20
+    assert kind.decode_options_for(ddpm, {}) == {"steps": 20}
+
+
+@pytest.mark.parametrize("operation", ["sample", "encode", "decode"])
+def test_a_given_value_past_the_models_range_is_refused_naming_it(ddpm, operation):
+    kind = kind_of(ddpm)
+    check = {
+        "sample": lambda given: kind.sample_options_for(ddpm, "ddim", given),
+        "encode": lambda given: kind.encode_options_for(ddpm, given),
+        "decode": lambda given: kind.decode_options_for(ddpm, given),
+    }[operation]
+    assert check({"steps": 20})["steps"] == 20
+    with pytest.raises(OptionError) as raised:
+        check({"steps": 21})
+    assert str(raised.value) == "steps: this model takes 1..20 steps, got 21"
+
+
+def test_ancestral_sampling_runs_all_steps_and_refuses_a_step_count(ddpm):
+    kind = kind_of(ddpm)
+    assert kind.sample_options_for(ddpm, "ancestral", {})["steps"] == 20
+    with pytest.raises(OptionError, match="^steps: ancestral sampling always runs all T steps"):
+        kind.sample_options_for(ddpm, "ancestral", {"steps": 5})
+
+
+def test_an_option_the_kind_does_not_take_is_refused(ddpm):
+    with pytest.raises(OptionError, match="^temperature: sampling a ddpm takes steps, eta"):
+        kind_of(ddpm).sample_options_for(ddpm, None, {"temperature": 0.5})
