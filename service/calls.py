@@ -155,6 +155,17 @@ class ModelCalls:
 
         return decode_images(items, served.image_shape)
 
+    async def _operation(self, served: ServedModel, runner, work: Work, job, cost: Cost):
+        """One sample, encode or decode job through the batcher, keyed by the model, the
+        operation and its options, and run by that operation's generic runner."""
+        options = work.options or {}
+        steps = served.kind.denoising_steps(served.model, work)
+        key = BatchKey(served.name, work.operation, _key_options(options), steps)
+        run = functools.partial(
+            runner, served.kind, served.model, options=options, chunk_rows=self.chunk_rows
+        )
+        return await self.batcher.submit(key, run, job, work.images, cost.gflop)
+
     # Sampling ------------------------------------------------------------------------------
 
     async def sample(
@@ -170,16 +181,7 @@ class ModelCalls:
         cost = self._cost(served, work, field, as_task("sample_task"))
         seed = request.seed if request.seed is not None else secrets.randbits(63)
         job = self.runners.SampleJob(request.n, seed, progress)
-        steps = served.kind.denoising_steps(served.model, work)
-        key = BatchKey(served.name, "sample", _key_options(options), steps)
-        run = functools.partial(
-            self.runners.sample,
-            served.kind,
-            served.model,
-            options=options,
-            chunk_rows=self.chunk_rows,
-        )
-        images = await self.batcher.submit(key, run, job, request.n, cost.gflop)
+        images = await self._operation(served, self.runners.sample, work, job, cost)
         self.metrics.IMAGES_GENERATED.labels(served.name, options["sampler"]).inc(request.n)
         return SampleResponse(
             model=served.name,
@@ -315,16 +317,7 @@ class ModelCalls:
         cost = self._cost(served, work, "images", FEWER_IMAGES)
         x = self._images(served, request.images)
         job = self.runners.ImagesJob(x, request.seed)
-        steps = served.kind.denoising_steps(served.model, work)
-        key = BatchKey(served.name, "encode", _key_options(options), steps)
-        run = functools.partial(
-            self.runners.encode,
-            served.kind,
-            served.model,
-            options=options,
-            chunk_rows=self.chunk_rows,
-        )
-        out = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
+        out = await self._operation(served, self.runners.encode, work, job, cost)
         fields = {n: v.tolist() for n, v in out.items() if n in EncodeResponse.model_fields}
         return EncodeResponse(model=served.name, steps=options.get("steps"), **fields)
 
@@ -337,19 +330,9 @@ class ModelCalls:
         work = Work("decode", len(request.latents), options=options)
         cost = self._cost(served, work, "latents", FEWER_IMAGES)
         z = decode_latents(request.latents, served.latent_shape, MAX_LATENT_ABS)
-        steps = served.kind.denoising_steps(served.model, work)
-        key = BatchKey(served.name, "decode", _key_options(options), steps)
-        run = functools.partial(
-            self.runners.decode,
-            served.kind,
-            served.model,
-            options=options,
-            chunk_rows=self.chunk_rows,
-        )
         try:
-            images = await self.batcher.submit(
-                key, run, self.runners.ImagesJob(z), len(z), cost.gflop
-            )
+            job = self.runners.ImagesJob(z)
+            images = await self._operation(served, self.runners.decode, work, job, cost)
         except NonFiniteError as error:
             # Each image is a deterministic function of its latent alone, and these passed
             # validation: the client's values are to blame, so a 4xx that names them.
