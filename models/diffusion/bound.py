@@ -44,9 +44,8 @@ class DiffusionBound:
     # Standard error of denoising_nats over the timestep sampling; None for the full sum.
     denoising_stderr_nats: torch.Tensor | None = None
     # The Monte-Carlo estimator's per-stratum sums |S_j| mean_j, (B, S), adding up to
-    # denoising_nats; stratum j covers t in [band_edges[j], band_edges[j + 1]).
+    # denoising_nats; stratum j covers the timesteps between stratum_edges' j-th and j+1-th.
     denoising_band_nats: torch.Tensor | None = None
-    band_edges: torch.Tensor | None = None  # (S + 1,)
     # The same estimate per dimension (B, C, H, W), summing to total_nats; when asked for.
     total_nats_per_dim: torch.Tensor | None = None
 
@@ -279,6 +278,5 @@ def vlb_monte_carlo_progressive(
         num_dims=x_start[0].numel(),
         denoising_stderr_nats=variance.sqrt(),
         denoising_band_nats=bands,
-        band_edges=edges,
         total_nats_per_dim=_with_prior(diffusion, x_start, weighted),
     )
