@@ -75,6 +75,9 @@ def save_checkpoint(
         for name, tensor in model.state_dict().items()
     }
     safetensors.torch.save_file(state, str(directory / WEIGHTS_FILE))
+    # safetensors creates the file 0600 whatever the umask; a checkpoint served from a mount by
+    # another user (a container's) must be as readable as the config written beside it.
+    os.chmod(directory / WEIGHTS_FILE, (directory / CONFIG_FILE).stat().st_mode & 0o777)
     if card is not None:
         write_model_card(directory, card)
     else:
@@ -172,6 +175,9 @@ def read_model_card(directory: Path) -> dict[str, Any]:
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
+    if not os.access(path, os.R_OK):
+        mode = path.stat().st_mode & 0o777
+        raise CheckpointError(f"{path}: not readable by uid {os.getuid()} (mode {mode:04o})")
     try:
         payload = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -184,6 +190,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 def _read_weights(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
+    if not os.access(path, os.R_OK):
+        mode = path.stat().st_mode & 0o777
+        raise CheckpointError(f"{path}: not readable by uid {os.getuid()} (mode {mode:04o})")
     try:
         return safetensors.torch.load_file(str(path))
     except (SafetensorError, OSError) as error:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -135,6 +136,19 @@ def test_save_leaves_only_the_checkpoint_files(tmp_path):
     save_checkpoint(tmp_path / "ckpt", build("vae"), card={"a": 1})
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert names == sorted([CONFIG_FILE, WEIGHTS_FILE, CARD_FILE])
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_weights_file_is_as_readable_as_the_config_under_any_umask(tmp_path, umask):
+    # safetensors alone writes 0600: a container's user could not read a mounted checkpoint.
+    previous = os.umask(umask)
+    try:
+        save_checkpoint(tmp_path / "ckpt", build("vae"))
+    finally:
+        os.umask(previous)
+    files = (CONFIG_FILE, WEIGHTS_FILE)
+    modes = {name: (tmp_path / "ckpt" / name).stat().st_mode & 0o777 for name in files}
+    assert modes == {CONFIG_FILE: 0o666 & ~umask, WEIGHTS_FILE: 0o666 & ~umask}
 
 
 # --- file formats -------------------------------------------------------------------------
