@@ -4,7 +4,7 @@ VENV := .venv
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint data install serve
+.PHONY: test lint data install serve image image-test
 
 install: $(VENV)/.installed
 
@@ -33,3 +33,23 @@ baselines: install data
 # The service on the bundled checkpoints at http://localhost:3000 (Swagger UI at /).
 serve: install
 	BENTOML_DO_NOT_TRACK=true $(VENV)/bin/bentoml serve --port 3000
+
+# The container image. BASE_IMAGE defaults to a Debian bookworm base built here by debootstrap
+# (no image registry is reachable from these machines); where one is, pass
+# BASE_IMAGE=debian:bookworm-slim TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
+IMAGE ?= elbo-serve:latest
+LOCAL_BASE_IMAGE := elbo-serve-base:bookworm
+BASE_IMAGE ?= $(LOCAL_BASE_IMAGE)
+TORCH_INDEX_URL ?=
+
+image: install
+	@if [ "$(BASE_IMAGE)" = "$(LOCAL_BASE_IMAGE)" ]; then deploy/docker/base-image.sh $(BASE_IMAGE); fi
+	deploy/docker/wheelhouse.sh $(VENV) $(TORCH_INDEX_URL)
+	docker build --build-arg BASE_IMAGE=$(BASE_IMAGE) \
+		$(if $(TORCH_INDEX_URL),--build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL)) -t $(IMAGE) .
+	@docker image inspect $(IMAGE) --format '$(IMAGE): {{.Size}} bytes' \
+		| awk '{printf "%s %.0f MB\n", $$1, $$2 / 1e6}'
+
+# Runs the image and checks what a user touches; fails loudly on any miss.
+image-test: install
+	$(VENV)/bin/python deploy/docker/image_test.py --image $(IMAGE)
