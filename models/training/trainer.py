@@ -123,8 +123,10 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.data_generator.set_state(state["data_generator"])
-        self.noise_generator.set_state(state["noise_generator"])
+        # Generator states are CPU byte tensors whatever the generator's device, and
+        # map_location has just moved them to the training device.
+        self.data_generator.set_state(state["data_generator"].cpu())
+        self.noise_generator.set_state(state["noise_generator"].cpu())
         self.step = state["step"]
         self._truncate_log_after(self.step)
         return True

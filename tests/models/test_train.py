@@ -329,7 +329,12 @@ def test_a_resumed_cli_run_keeps_its_split_and_matches_an_uninterrupted_one(tmp_
     assert training["data"]["images"] == 31 and training["data"]["validation_images"] == 3
     straight, resumed = _log(tmp_path / "straight"), _log(tmp_path / "split")
     assert [e["step"] for e in resumed] == [e["step"] for e in straight] == [1, 2, 3, 4]
-    assert resumed[1]["validation_loss"] == straight[1]["validation_loss"]
+    # Bit-exact on CPU; on CUDA two processes' kernels may differ in the last bits (an H100
+    # gave 6.4217677 vs 6.4217682), so there the same run agrees to float32 rounding.
+    tolerance = 1e-6 if torch.cuda.is_available() else 0.0
+    assert resumed[1]["validation_loss"] == pytest.approx(
+        straight[1]["validation_loss"], rel=tolerance, abs=0.0
+    )
 
 
 def test_a_resumed_cli_run_refuses_other_data(tmp_path, capsys):
