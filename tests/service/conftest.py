@@ -58,6 +58,12 @@ def served_checkpoints(test_images: torch.Tensor) -> dict[str, Path]:
             directory = copy
         served[name] = directory
     os.environ["ELBO_SERVE_MODELS"] = ",".join(f"{n}={d}" for n, d in served.items())
+    # The ceiling tests (test_request_costs.py) size requests past the CPU's default ceiling;
+    # the CUDA default (1,000,000 GFLOP) is past anything these checkpoints can be asked, so
+    # the service under test keeps the CPU's ceiling on a GPU too.
+    os.environ.setdefault(
+        "ELBO_SERVE_CUDA_MAX_REQUEST_GFLOP", str(Settings().cpu_max_request_gflop)
+    )
     return served
 
 

