@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import urllib.error
 import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
@@ -118,9 +119,15 @@ def http(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
 
 def _cuda_memory_gauge(url: str) -> float | None:
-    """The server's elbo_serve_cuda_memory_allocated_bytes (None: no such series, e.g. CPU)."""
-    with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    """The server's elbo_serve_cuda_memory_allocated_bytes (None: no such series, e.g. CPU,
+    or no /metrics at all, as on the FastAPI baseline)."""
+    try:
+        with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
     values = [
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
