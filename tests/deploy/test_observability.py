@@ -5,7 +5,7 @@ no change to this file), evaluated over Prometheus's HTTP API after real traffic
 valid and return series; two alerts are made to fire.
 
 Needs Debian's ``prometheus`` package (``prometheus`` and ``promtool``; ``make test`` installs
-it). Without it the module is skipped.
+it). Without it the tests that need it are skipped.
 
 CUDA memory: ``elbo_serve_cuda_memory_allocated_bytes`` exists only on a server that runs on a
 GPU. On a CPU server its expressions must be valid and return *no* series (the dashboard's
@@ -38,7 +38,7 @@ CUDA_ONLY_METRIC = "elbo_serve_cuda_memory_allocated_bytes"
 # What the test puts for Grafana's interval macros: all of its traffic is in the last minute.
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 
-pytestmark = pytest.mark.skipif(
+needs_prometheus = pytest.mark.skipif(
     shutil.which("prometheus") is None or shutil.which("promtool") is None,
     reason="the real Prometheus is not installed (Debian package 'prometheus', with promtool; "
     "`make test` installs it): the dashboard and alert queries need it to be evaluated",
@@ -142,6 +142,7 @@ def _is_number(text: str) -> bool:
 # The files on their own --------------------------------------------------------------------------
 
 
+@needs_prometheus
 def test_rule_files_and_sample_config_pass_promtool_check():
     files = [str(PROMETHEUS_DIR / name) for name in RULE_FILES]
     checked = subprocess.run(["promtool", "check", "rules", *files], capture_output=True, text=True)
@@ -156,6 +157,7 @@ def test_rule_files_and_sample_config_pass_promtool_check():
     assert [job["job_name"] for job in sample["scrape_configs"]] == [JOB]
 
 
+@needs_prometheus
 def test_alert_unit_tests_pass_with_the_for_durations_as_written():
     """alerts_test.yml: synthetic series make every alert fire after its `for:` (a day of
     history for the drift baseline), and the healthy cases stay quiet."""
@@ -373,6 +375,7 @@ def traffic(service, prometheus) -> dict:
     return seen
 
 
+@needs_prometheus
 def test_traffic_got_the_answers_it_was_meant_to(traffic):
     for name in ("sample vae", "sample ddpm", "score vae", "score ddpm", "score noise"):
         assert set(traffic[name]) == {200}, (name, traffic[name])
@@ -383,6 +386,7 @@ def test_traffic_got_the_answers_it_was_meant_to(traffic):
     assert set(traffic["unknown task"]) == {404}
 
 
+@needs_prometheus
 def test_alerts_fire_on_a_dead_replica_and_on_flagged_images(service, prometheus, traffic):
     """ElboServeTargetDown for the port where nothing listens, ElboServeFlaggedRateHigh for
     the VAE after the noise; the healthy replica raises no availability alert."""
@@ -415,6 +419,7 @@ def test_alerts_fire_on_a_dead_replica_and_on_flagged_images(service, prometheus
     assert not active & quiet, f"alerts on a healthy replica: {active & quiet}"
 
 
+@needs_prometheus
 def test_every_dashboard_expression_returns_series(service, prometheus, traffic):
     _, device = service
     client, _ = prometheus
@@ -428,6 +433,7 @@ def test_every_dashboard_expression_returns_series(service, prometheus, traffic)
     assert checked >= 20
 
 
+@needs_prometheus
 def test_every_rule_expression_is_valid_and_its_quantities_return_series(
     service, prometheus, traffic
 ):
