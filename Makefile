@@ -4,7 +4,7 @@ VENV := .venv
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint data install serve image image-test
+.PHONY: test lint data install serve prometheus image image-test
 
 install: $(VENV)/.installed
 
@@ -20,7 +20,13 @@ $(FMNIST_DIR)/t10k-images-idx3-ubyte.gz:
 	$(SUDO) apt-get update -q
 	$(SUDO) apt-get install -y -q dataset-fashion-mnist
 
-test: install data
+# The real Prometheus (and promtool) for tests/deploy/test_observability.py, which evaluates the
+# dashboard's and the alerts' queries against a running service; Debian's package, 2.42.
+prometheus:
+	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
+
+test: install data prometheus
 	$(VENV)/bin/python -m pytest
 
 lint: install
