@@ -43,7 +43,7 @@ serve: install
 # The container image. BASE_IMAGE defaults to a Debian bookworm base built here by debootstrap
 # (no image registry is reachable from these machines); where one is, pass
 # BASE_IMAGE=debian:bookworm-slim TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu.
-IMAGE ?= elbo-serve:latest
+IMAGE ?= elbo-serve:cpu
 LOCAL_BASE_IMAGE := elbo-serve-base:bookworm
 BASE_IMAGE ?= $(LOCAL_BASE_IMAGE)
 TORCH_INDEX_URL ?=

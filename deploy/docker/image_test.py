@@ -1,6 +1,6 @@
 """Runs the elbo-serve image and checks what a user touches; exits non-zero on the first miss.
 
-    python deploy/docker/image_test.py --image elbo-serve:latest
+    python deploy/docker/image_test.py --image elbo-serve:cpu
 
 It starts a container with its port published on 127.0.0.1 only, waits for the image's own
 health check to say healthy, calls /readyz, /livez, /models, /sample (each served model),
@@ -214,7 +214,7 @@ def run(image: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", default="elbo-serve:latest")
+    parser.add_argument("--image", default="elbo-serve:cpu")
     args = parser.parse_args()
     try:
         run(args.image)

@@ -14,7 +14,7 @@ import pytest
 from models.core.repository import servable_checkpoints
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGE = os.environ.get("ELBO_SERVE_IMAGE", "elbo-serve:latest")
+IMAGE = os.environ.get("ELBO_SERVE_IMAGE", "elbo-serve:cpu")
 
 
 def _dockerfile_copies() -> set[str]:
