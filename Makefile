@@ -24,7 +24,7 @@ test: install data
 	$(VENV)/bin/python -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check models service tests load_tests
+	$(VENV)/bin/ruff check models service offline tests load_tests
 
 .PHONY: baselines
 baselines: install data
