@@ -128,8 +128,8 @@ class CheckpointFiles:
 
 
 def scorer_for(checkpoint: Checkpoint, options: ScoreOptions) -> CalibratedScorer:
-    """The checkpoint's calibrated scorer for ``options`` (NoCalibrationError or OptionError,
-    naming the option, when the model or its card cannot honour them)."""
+    """The checkpoint's calibrated scorer for ``options`` (an OptionError naming the option
+    when the model or its card cannot honour them)."""
     from models.eval.calibrated import CalibratedScorer
     from models.kinds import kind_of
 

@@ -81,8 +81,9 @@ class Summary:
 
 def run(spark: SparkSession, job: Job) -> Summary:
     """Score ``job.input`` into ``job.output``. Raises ImageScoringError (naming the images)
-    when images cannot be scored and ``on_error`` is 'fail'; NoCalibrationError or OptionError
-    (naming the option) before any work when the checkpoint cannot honour the options."""
+    when images cannot be scored and ``on_error`` is 'fail'; an OptionError naming the option
+    (NoCalibrationError for a calibration the card lacks) before any work when the checkpoint
+    cannot honour the options."""
     from models.core.checkpoints import load_checkpoint, require_model_card
 
     options = job.options
@@ -335,7 +336,6 @@ def main(argv: list[str] | None = None) -> Summary:
     from pyspark.errors import AnalysisException
     from pyspark.sql import SparkSession
 
-    from models.eval.calibrated import NoCalibrationError
     from models.kinds import OptionError
 
     args = parse_args(argv)
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> Summary:
     spark = running or spark_session(args.master)
     try:
         summary = run(spark, job)
-    except (NoCalibrationError, OptionError) as error:
+    except OptionError as error:  # a missing calibration too
         raise SystemExit(f"error: --{error.field.replace('_', '-')}: {error.message}") from error
     except (ImageScoringError, FileNotFoundError, ValueError, AnalysisException) as error:
         raise SystemExit(f"error: {error}") from error

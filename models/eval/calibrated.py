@@ -41,13 +41,10 @@ if TYPE_CHECKING:
 CORRECTIONS = (*SCORE_KINDS, TERM_DENSITY_CORRECTION)
 
 
-class NoCalibrationError(LookupError):
-    """The model card has no calibration for a method and correction; ``field`` names the
-    option to change."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field, self.message = field, message
+class NoCalibrationError(OptionError):
+    """The model card has no calibration for the method and correction asked for: options this
+    model cannot honour until its card has one (``field`` names which to change; the service
+    answers 409, where other OptionErrors are 400s)."""
 
 
 @dataclass(frozen=True)
