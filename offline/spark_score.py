@@ -205,12 +205,12 @@ def ship_code(spark: SparkSession) -> None:
     import offline
 
     context = spark.sparkContext
-    if context.applicationId in _shipped:
-        return
+    roots = [Path(package.__file__).parent for package in (models, offline)]
+    if context.applicationId in _shipped or not all(root.is_dir() for root in roots):
+        return  # shipped already, or imported from a zip that spark-submit --py-files sends
     archive = Path(tempfile.mkdtemp(prefix="elbo-serve-code-")) / "elbo_serve_code.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
-        for package in (models, offline):
-            root = Path(package.__file__).parent
+        for root in roots:
             for path in sorted(root.rglob("*.py")):
                 zipped.write(path, path.relative_to(root.parent))
     context.addPyFile(str(archive))
