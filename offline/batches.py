@@ -83,6 +83,8 @@ class ScoreOptions:
     rows_per_call: int = 16  # rows per network call (ELBO_SERVE_BOUND_CALL_ROWS' default)
     torch_threads: int = 1  # per Python worker: one task slot, one core
     device: str = "cpu"
+    # channels_last networks on a CPU, as the service runs them (ELBO_SERVE_CHANNELS_LAST)
+    channels_last: bool = True
     on_error: OnError = "fail"
     id_column: str = "id"
     image_column: str = "image"
@@ -90,7 +92,10 @@ class ScoreOptions:
     @property
     def scorer_key(self) -> tuple[Any, ...]:
         """What the loaded scorer depends on (the rest only changes how images are fed)."""
-        return (self.model_name, self.method, self.correction, self.fpr, self.k, self.device)
+        return (
+            *(self.model_name, self.method, self.correction, self.fpr, self.k),
+            *(self.device, self.channels_last),
+        )
 
 
 @dataclass(frozen=True)
@@ -155,9 +160,14 @@ def worker_scorer(files: CheckpointFiles, options: ScoreOptions, on_load=None) -
     if key not in _loaded:
         import torch
 
+        from models.nn.acceleration import Acceleration, accelerate
+
         _loaded.clear()  # a new job's model replaces the last one
         torch.set_num_threads(options.torch_threads)
-        _loaded[key] = scorer_for(files.load(options.device), options)
+        checkpoint = files.load(options.device)
+        if options.channels_last and next(checkpoint.model.parameters()).device.type == "cpu":
+            accelerate(checkpoint.model, Acceleration(channels_last=True))
+        _loaded[key] = scorer_for(checkpoint, options)
         if on_load is not None:
             on_load()
     return _loaded[key]

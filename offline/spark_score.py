@@ -300,6 +300,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rows-per-call", type=_positive, default=16, help="per network call")
     parser.add_argument("--torch-threads", type=_positive, default=1, help="per Python worker")
     parser.add_argument("--device", default="cpu", help="cpu, cuda[:N] or auto, per executor")
+    parser.add_argument(
+        "--no-channels-last",
+        dest="channels_last",
+        action="store_false",
+        help="CPU networks in the default memory format (the service runs channels_last)",
+    )
     parser.add_argument("--partitions", type=_positive, help="repartition the input into N")
     parser.add_argument("--master", help="Spark master (default: spark-submit's, or local[*])")
     return parser.parse_args(argv)
@@ -316,6 +322,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
         rows_per_call=args.rows_per_call,
         torch_threads=args.torch_threads,
         device=args.device,
+        channels_last=args.channels_last,
         on_error=args.on_error,
         id_column=args.id_column,
         image_column=args.image_column,
