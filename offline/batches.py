@@ -92,10 +92,8 @@ class ScoreOptions:
     @property
     def scorer_key(self) -> tuple[Any, ...]:
         """What the loaded scorer depends on (the rest only changes how images are fed)."""
-        return (
-            *(self.model_name, self.method, self.correction, self.fpr, self.k),
-            *(self.device, self.channels_last),
-        )
+        names = ("model_name", "method", "correction", "fpr", "k", "device", "channels_last")
+        return tuple(getattr(self, name) for name in names)
 
 
 @dataclass(frozen=True)
