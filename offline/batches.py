@@ -7,11 +7,13 @@ One model per worker process: the checkpoint arrives as its files' bytes (broadc
 driver), is written to a temporary directory, loaded and checked once (the model card's weights
 hash included), and kept for every later batch and task of that process, which PySpark reuses.
 
-Randomness: each image gets its own generator seeded with ``seed``, which is what a /score
-request holding that image alone gets. An image's score therefore depends on the image and the
-seed only, never on the batch, partition or order it was read in, and equals the ``/score``
-answer to ``{"images": [image], "seed": seed}`` with the same options (to float rounding: the
-network sees batches of another size).
+Randomness: each image gets its own generator, seeded as a /score request holding that image
+alone seeds it, with the image's seed: by default a hash of the job's ``seed`` and the image's
+id (:func:`image_seed`), so that images draw independently of one another, as the held-out
+images that calibrated the thresholds did; with ``same_seed``, the job's seed itself. The seed
+is written beside the score: the ``/score`` answer to ``{"images": [image], "seed": seed}``
+with the same options is the row's numbers (to float rounding: the network sees batches of
+another size). A score never depends on the batch, partition or order the image was read in.
 
 Images that cannot be scored: PNG bytes are read as /score reads them (:mod:`models.core.png`:
 8-bit, the model's mode and size; nothing is converted), and a bound that comes out NaN or
@@ -80,6 +82,7 @@ class ScoreOptions:
     fpr: float = 0.05
     k: int | None = None
     seed: int = 0
+    same_seed: bool = False  # every image drawn with ``seed`` itself, not its image_seed
     rows_per_call: int = 16  # rows per network call (ELBO_SERVE_BOUND_CALL_ROWS' default)
     torch_threads: int = 1  # per Python worker: one task slot, one core
     device: str = "cpu"
@@ -128,6 +131,13 @@ class CheckpointFiles:
             return require_model_card(load_checkpoint(directory, resolve_device(device)))
         finally:
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def image_seed(seed: int, image_id: Any) -> int:
+    """The seed of one image's draws: a hash of the job's ``seed`` and the image's id, in
+    0..2^63 - 1 as /score takes seeds. Ids should be unique; images with one id share draws."""
+    digest = hashlib.blake2b(f"{seed}:{image_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def scorer_for(checkpoint: Checkpoint, options: ScoreOptions) -> CalibratedScorer:
@@ -195,8 +205,12 @@ def score_frame(scorer: CalibratedScorer, frame: pd.DataFrame, options: ScoreOpt
         except ImageFormatError as error:
             problems[i] = str(error)
     _stop_on(problems, ids, options)
-    rows, judged = _score(scorer, arrays, problems, ids, options)
-    return _frame(ids, rows, judged, problems, scorer, options)
+    if options.same_seed:
+        seeds = [options.seed] * len(ids)
+    else:
+        seeds = [image_seed(options.seed, image_id) for image_id in ids]
+    rows, judged = _score(scorer, arrays, seeds, problems, ids, options)
+    return _frame(ids, seeds, rows, judged, problems, scorer, options)
 
 
 def _png_bytes(data: Any) -> bytes:
@@ -212,6 +226,7 @@ def _png_bytes(data: Any) -> bytes:
 def _score(
     scorer: CalibratedScorer,
     arrays: Mapping[int, np.ndarray],
+    seeds: Sequence[int],
     problems: dict[int, str],
     ids: Sequence[Any],
     options: ScoreOptions,
@@ -226,7 +241,7 @@ def _score(
     rows = sorted(arrays)
     while rows:
         pixels = torch.from_numpy(np.stack([arrays[i] for i in rows]))
-        generators = [seeded_generator(options.seed) for _ in rows]
+        generators = [seeded_generator(seeds[i]) for i in rows]
         try:
             return rows, scorer.score(pixels, generators, options.rows_per_call)
         except NonFiniteError as error:
@@ -252,6 +267,7 @@ def _stop_on(problems: Mapping[int, str], ids: Sequence[Any], options: ScoreOpti
 
 def _frame(
     ids: list[Any],
+    seeds: list[int],
     rows: Sequence[int],
     judged: ImageScores | None,
     problems: Mapping[int, str],
@@ -276,9 +292,9 @@ def _frame(
         "correction": scorer.correction,
         "fpr": scorer.fpr,
         "threshold": scorer.threshold,
-        "seed": options.seed,
     }
     columns: dict[str, Any] = {options.id_column: ids, **numbers, "is_anomaly": flags}
     columns["error"] = [problems.get(i) for i in range(n)]
     columns.update({name: [value] * n for name, value in constant.items()})
+    columns["seed"] = seeds
     return pd.DataFrame(columns)[[options.id_column, *(name for name, _ in RESULT_COLUMNS)]]

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 InputFormat = Literal["auto", "parquet", "images"]
 INPUT_FORMATS: tuple[InputFormat, ...] = ("auto", "parquet", "images")
 PNG_GLOB = "*.{png,PNG}"
+MAX_SEED = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -267,6 +268,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be in 0..{MAX_SEED}, as /score takes, got {value}")
+    return value
+
+
 def _rate(text: str) -> float:
     value = float(text)
     if not 0.0 < value < 1.0:
@@ -294,7 +302,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--correction", choices=("none", "png", "terms"), default="none")
     parser.add_argument("--fpr", type=_rate, default=0.05, help="false-positive rate (0.05)")
     parser.add_argument("--k", type=_positive, help="default and only choice: the calibration's")
-    parser.add_argument("--seed", type=int, default=0, help="seed of each image's draws (0)")
+    parser.add_argument(
+        "--seed",
+        type=_seed,
+        default=0,
+        help="each image's draws are seeded with a hash of this and its id (0)",
+    )
+    parser.add_argument(
+        "--same-seed",
+        action="store_true",
+        help="seed every image's draws with --seed itself (all images then share them)",
+    )
     parser.add_argument("--on-error", choices=ON_ERROR, default="fail")
     parser.add_argument("--batch-size", type=_positive, default=64, help="images per batch")
     parser.add_argument("--rows-per-call", type=_positive, default=16, help="per network call")
@@ -319,6 +337,7 @@ def job_from_args(args: argparse.Namespace) -> Job:
         fpr=args.fpr,
         k=args.k,
         seed=args.seed,
+        same_seed=args.same_seed,
         rows_per_call=args.rows_per_call,
         torch_threads=args.torch_threads,
         device=args.device,

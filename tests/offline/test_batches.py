@@ -21,6 +21,7 @@ from offline.batches import (
     CheckpointFiles,
     ImageScoringError,
     ScoreOptions,
+    image_seed,
     score_batches,
     score_frame,
     worker_scorer,
@@ -60,8 +61,22 @@ def test_each_image_scores_as_it_does_alone_in_any_batch(files, pngs):
     # the same draws; the network's float32 rounding may differ with the batch size
     assert together["score"].tolist() == pytest.approx(alone["score"].tolist(), abs=1e-5)
     assert together["is_anomaly"].tolist() == alone["is_anomaly"].tolist()
-    assert together["error"].isna().all() and set(together["seed"]) == {3}
+    assert together["error"].isna().all()
+    assert together["seed"].tolist() == [image_seed(3, i) for i in pngs]  # one per image
     assert set(together["method"]) == {"elbo"} and together["k"].isna().all()
+
+
+def test_same_seed_draws_every_image_with_the_seed_itself(files, pngs):
+    options = ScoreOptions("tiny", seed=3, same_seed=True)
+    out = score_frame(worker_scorer(files, options), _frame(pngs), options)
+    assert set(out["seed"]) == {3}
+
+
+def test_image_seeds_are_stable_distinct_and_take_what_score_takes():
+    seeds = [image_seed(0, f"image-{i}") for i in range(1000)]
+    assert len(set(seeds)) == 1000 and all(0 <= s < 2**63 for s in seeds)
+    assert image_seed(0, "a.png") == image_seed(0, "a.png") != image_seed(1, "a.png")
+    assert image_seed(0, "a.png") == 2095119232181453263  # the same on every machine
 
 
 def test_a_worker_loads_its_model_once_for_every_batch(files, pngs):

@@ -19,19 +19,20 @@ from service_testing import concurrently
 from models.core.checkpoints import read_model_card
 from models.eval.anomaly import Calibration
 from models.eval.calibrated import calibration_for
-from offline.batches import ImageScoringError, ScoreOptions
+from offline.batches import ImageScoringError, ScoreOptions, image_seed
 from offline.spark_score import Job, main, run
 from service.imaging import encode_png
 
 SEED = 7
 FPR = 0.05
-# model, input format, method, correction: both kinds, both inputs, every correction, and the
-# stochastic bounds (IWAE's draws, the DDPM's timesteps and noise) that the seed must fix
+# model, input format, method, correction, every image seeded with SEED itself (else with its
+# image_seed): both kinds, both inputs, every correction, both seedings, and the stochastic
+# bounds (IWAE's draws, the DDPM's timesteps and noise) that the seed must fix
 CASES = [
-    ("vae", "parquet", "elbo", "png"),
-    ("vae", "images", "iwae", "none"),
-    ("ddpm", "parquet", "vlb_mc", "terms"),
-    ("ddpm", "images", "vlb_mc", "png"),
+    ("vae", "parquet", "elbo", "png", False),
+    ("vae", "images", "iwae", "none", True),
+    ("ddpm", "parquet", "vlb_mc", "terms", False),
+    ("ddpm", "images", "vlb_mc", "png", False),
 ]
 
 
@@ -77,23 +78,23 @@ def _between(values: np.ndarray, a: float, b: float) -> bool:
     return bool(np.any((values >= low) & (values <= high)))
 
 
-def _scored(client, name: str, image: bytes, **options) -> tuple[int, dict]:
+def _scored(client, name: str, image: bytes, seed: int = SEED, **options) -> tuple[int, dict]:
     """/score's answer for ``image`` sent alone."""
-    body = {"model": name, "images": [base64.b64encode(image).decode()], "seed": SEED}
+    body = {"model": name, "images": [base64.b64encode(image).decode()], "seed": seed}
     response = client.post("/score", json={**body, "fpr": FPR, **options})
     return response.status_code, response.json()
 
 
-@pytest.mark.parametrize(("name", "source", "method", "correction"), CASES)
+@pytest.mark.parametrize(("name", "source", "method", "correction", "same_seed"), CASES)
 def test_scores_equal_the_services_for_the_same_images_and_seed(
-    spark, client, served_checkpoints, images, tmp_path, name, source, method, correction
+    spark, client, served_checkpoints, images, tmp_path, name, source, method, correction, same_seed
 ):
     if source == "parquet":
         where = _parquet(tmp_path / "images.parquet", images)
     else:
         where = _folder(tmp_path / "images", images)
     options = {"method": method, "correction": correction}
-    job = _job(served_checkpoints[name], where, tmp_path / "scores", **options)
+    job = _job(served_checkpoints[name], where, tmp_path / "scores", same_seed=same_seed, **options)
 
     summary = run(spark, job)
 
@@ -102,8 +103,12 @@ def test_scores_equal_the_services_for_the_same_images_and_seed(
     # four partitions of four images on two Python workers: a model load per worker, not
     # per partition or batch
     assert summary.partitions == 4 and 1 <= summary.model_loads <= 2
+    seeds = {i: SEED if same_seed else image_seed(SEED, i) for i in images}
+    assert out["seed"].to_dict() == seeds  # independent draws per image unless same_seed
     calibration = _calibration(served_checkpoints[name], name, method, correction)
-    calls = [functools.partial(_scored, client, name, im, **options) for im in images.values()]
+    calls = [
+        functools.partial(_scored, client, name, images[i], seeds[i], **options) for i in images
+    ]
     answers = concurrently(calls)
     flags = []
     for image_id, (status, answer) in zip(images, answers, strict=True):
@@ -128,7 +133,7 @@ def test_scores_equal_the_services_for_the_same_images_and_seed(
         flags.append(expected["is_anomaly"])
     assert any(flags) and not all(flags)  # the threshold splits the set: the test can tell
     assert set(out["model"]) == {name} and set(out["method"]) == {answer["method"]}
-    assert set(out["correction"]) == {correction} and set(out["seed"]) == {SEED}
+    assert set(out["correction"]) == {correction}
 
 
 def _rgb_png(size: int) -> bytes:
@@ -178,7 +183,7 @@ def test_on_error_record_writes_each_problem_as_score_words_it(
         if image is None:
             assert row["error"] == "no image: the image column is null"
             continue
-        status, answer = _scored(client, "vae", image)
+        status, answer = _scored(client, "vae", image, int(row["seed"]))
         if status == 200:
             assert row["error"] is None
             assert row["score"] == pytest.approx(answer["results"][0]["score"], abs=1e-3)
