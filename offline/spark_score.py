@@ -91,7 +91,6 @@ def run(spark: SparkSession, job: Job) -> Summary:
     # Fail fast, on the driver: the card's calibration, the k and the threshold for the fpr.
     scorer_for(require_model_card(load_checkpoint(job.model_dir)), options)
     images = _spread(read_images(spark, job), spark, job.partitions)
-    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(job.batch_size))
     ship_code(spark)
     context = spark.sparkContext
     files = context.broadcast(CheckpointFiles.read(job.model_dir))
@@ -100,16 +99,25 @@ def run(spark: SparkSession, job: Job) -> Summary:
     def score(batches):  # on the executors
         return score_batches(batches, files.value, options, on_load=lambda: loads.add(1))
 
-    schema = output_schema(images, options.id_column)
+    scored = images.mapInPandas(score, output_schema(images, options.id_column))
+    batch_setting = "spark.sql.execution.arrow.maxRecordsPerBatch"
+    previous = spark.conf.get(batch_setting, None)
+    spark.conf.set(batch_setting, str(job.batch_size))
     start = time.perf_counter()
     try:
-        images.mapInPandas(score, schema).write.mode(
-            "overwrite" if job.overwrite else "errorifexists"
-        ).parquet(job.output)
+        scored.write.mode("overwrite" if job.overwrite else "errorifexists").parquet(job.output)
     except Exception as error:
-        raise _unwrapped(error) from error
+        found = re.search(r"ImageScoringError: ([^\n]*)", str(error))
+        if found is None:
+            raise
+        # an executor's error as itself, not inside Spark's report of the failed task
+        raise ImageScoringError(found.group(1)) from error
     finally:
         files.unpersist()
+        if previous is None:
+            spark.conf.unset(batch_setting)
+        else:
+            spark.conf.set(batch_setting, previous)
     seconds = time.perf_counter() - start
     return _summary(spark, job.output, seconds, loads.value, images.rdd.getNumPartitions())
 
@@ -216,12 +224,6 @@ def ship_code(spark: SparkSession) -> None:
                 zipped.write(path, path.relative_to(root.parent))
     context.addPyFile(str(archive))
     _shipped.add(context.applicationId)
-
-
-def _unwrapped(error: Exception) -> Exception:
-    """An executor's ImageScoringError as itself, not inside Spark's task-failure report."""
-    found = re.search(r"ImageScoringError: ([^\n]*)", str(error))
-    return ImageScoringError(found.group(1)) if found else error
 
 
 def _summary(spark: SparkSession, output: str, seconds: float, loads: int, parts: int) -> Summary:
