@@ -8,8 +8,9 @@ committed ``vae`` and ``ddpm``) by default, or ``ELBO_SERVE_MODEL_DIR`` / ``ELBO
 A checkpoint whose card has no calibration yet is copied and given one measured here on a few
 test images, so /score can be exercised before the evaluation CLI has run.
 
-pytest scopes a fixture to the directory of the conftest that names it: a run of both packages
-starts a ``client`` (and a ``server_url``) for each, over the same checkpoint directories.
+pytest scopes a fixture to the directory of the conftest that names it, so each package gets
+its own instance of these fixtures; those that must exist once per process (the calibrated
+copies, the in-process service) share what the first one made.
 """
 
 from __future__ import annotations
@@ -82,7 +83,13 @@ def _calibrated_checkpoints() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def client(served_checkpoints):
-    """In-process HTTP client on the service's ASGI app, ready (checkpoints loaded, warm)."""
+    """In-process HTTP client on the service's ASGI app, ready (checkpoints loaded, warm).
+
+    One per process, whichever conftest asks first: a second app in the process would register
+    BentoML's request metrics again (prometheus_client's DuplicateTimeseries)."""
+    if _in_process:
+        yield _in_process[0]
+        return
     from _bentoml_impl.server.serving import server_on_deployment
     from starlette.testclient import TestClient
 
@@ -92,7 +99,14 @@ def client(served_checkpoints):
     server_on_deployment(ElboServe)
     with TestClient(ElboServe.to_asgi()) as test_client:
         wait_ready(lambda path: test_client.get(path).status_code)
-        yield test_client
+        _in_process.append(test_client)
+        try:
+            yield test_client
+        finally:
+            _in_process.clear()
+
+
+_in_process: list = []  # the session's in-process client, once started
 
 
 @pytest.fixture(scope="session")
