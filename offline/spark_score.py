@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -332,21 +332,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def job_from_args(args: argparse.Namespace) -> Job:
+    """The job the command line asks for (its options are named as ScoreOptions' fields)."""
+    named = {field.name for field in fields(ScoreOptions)} - {"model_name"}
     options = ScoreOptions(
         model_name=args.model_name or args.model_dir.resolve().name,
-        method=args.method,
-        correction=args.correction,
-        fpr=args.fpr,
-        k=args.k,
-        seed=args.seed,
-        same_seed=args.same_seed,
-        rows_per_call=args.rows_per_call,
-        torch_threads=args.torch_threads,
-        device=args.device,
-        channels_last=args.channels_last,
-        on_error=args.on_error,
-        id_column=args.id_column,
-        image_column=args.image_column,
+        **{name: getattr(args, name) for name in named},
     )
     return Job(
         args.model_dir,
