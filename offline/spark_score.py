@@ -22,8 +22,10 @@ serving stack: nothing here imports bentoml or :mod:`service`.
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -217,7 +219,9 @@ def ship_code(spark: SparkSession) -> None:
     roots = [Path(package.__file__).parent for package in (models, offline)]
     if context.applicationId in _shipped or not all(root.is_dir() for root in roots):
         return  # shipped already, or imported from a zip that spark-submit --py-files sends
-    archive = Path(tempfile.mkdtemp(prefix="elbo-serve-code-")) / "elbo_serve_code.zip"
+    directory = tempfile.mkdtemp(prefix="elbo-serve-code-")
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)  # served while the driver runs
+    archive = Path(directory) / "elbo_serve_code.zip"
     with zipfile.ZipFile(archive, "w") as zipped:
         for root in roots:
             for path in sorted(root.rglob("*.py")):
