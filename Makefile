@@ -30,7 +30,7 @@ test: install data prometheus
 	$(VENV)/bin/python -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check models service tests load_tests
+	$(VENV)/bin/ruff check models service offline tests load_tests
 
 .PHONY: baselines
 baselines: install data

@@ -256,7 +256,7 @@ class ModelCalls:
     async def score(self, request: ScoreRequest) -> ScoreResponse:
         from models.kinds import TOTAL_NATS_PER_DIM
         from service.maps import map_fields
-        from service.scoring import score_k, scores, term_scores, threshold_for
+        from service.scoring import judge, score_k, scores, term_scores, threshold_for
 
         served = self.served(request.model)
         method = served.method(request.method)
@@ -281,17 +281,17 @@ class ModelCalls:
         if pixel is not None:
             nats = terms[TOTAL_NATS_PER_DIM]
             maps = map_fields(pixel, nats, x, request.map_normalisation)
-        flagged = score > threshold
-        percentiles = calibrated.calibration.percentile(score)
+        judged = judge(calibrated.calibration, threshold, score, bits_per_dim, png)
         self.metrics.IMAGES_SCORED.labels(served.name, method.name).inc(len(score))
-        self.metrics.ANOMALIES_FLAGGED.labels(served.name, method.name).inc(int(flagged.sum()))
+        flagged = int(judged.is_anomaly.sum())
+        self.metrics.ANOMALIES_FLAGGED.labels(served.name, method.name).inc(flagged)
         results = [
             ImageScore(
-                score=score[i],
-                bits_per_dim=float(bits_per_dim[i]),
-                png_bits_per_dim=png[i],
-                is_anomaly=bool(flagged[i]),
-                percentile=percentiles[i],
+                score=judged.score[i],
+                bits_per_dim=float(judged.bits_per_dim[i]),
+                png_bits_per_dim=judged.png_bits_per_dim[i],
+                is_anomaly=bool(judged.is_anomaly[i]),
+                percentile=judged.percentile[i],
                 **maps[i],
             )
             for i in range(len(score))

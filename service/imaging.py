@@ -11,22 +11,19 @@ import base64
 import binascii
 import io
 import math
-import struct
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from models.core.pixels import image_grid
+from models.core.png import PNG_MODES, ImageFormatError
+from models.core.png import png_to_array as decode_png
 from service.errors import RequestError
 
-_PNG_MODES = {1: "L", 3: "RGB"}  # channels -> the 8-bit PNG mode that holds them
-# IHDR colour type -> Pillow's mode name (PNG spec, Sec. 11.2.2).
-_PNG_COLOUR_TYPES = {0: "L", 2: "RGB", 3: "P", 4: "LA", 6: "RGBA"}
 _DATA_URL_PREFIX = "data:image/png;base64,"
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def decode_images(
@@ -47,64 +44,12 @@ def decode_images(
 
 
 def png_to_array(data: bytes, shape: tuple[int, int, int], where: str) -> np.ndarray:
-    """PNG bytes -> uint8 (C, H, W): an 8-bit grayscale ('L') PNG for C = 1, RGB for C = 3.
-
-    Format, size, bit depth and colour type are checked from the header before any pixel is
-    decoded, so a small file that inflates to gigabytes (a 0.87 MB PNG of 30000x30000 zeros)
-    costs nothing. The error says both: "expected a 32x32 RGB image, got 28x28 L".
-    """
-    c, h, w = shape
-    header = _png_header(data)
-    if header is not None and header != ((w, h), _PNG_MODES[c]):
-        raise RequestError(
-            where, f"expected {_describe(shape)}, got {_size(header[0])} {header[1]}"
-        )
+    """PNG bytes -> uint8 (C, H, W) of the model's ``shape``, the header checked before any
+    pixel is decoded (:mod:`models.core.png`); a RequestError naming ``where``."""
     try:
-        image = Image.open(io.BytesIO(data))  # reads the header only
-        _check_header(image, shape, where)
-        image.load()
-    except Image.DecompressionBombError as error:  # another format's header: too large
-        raise RequestError(where, f"expected {_describe(shape)} ({error})") from error
-    except UnidentifiedImageError as error:  # its message holds an object's address
-        raise RequestError(where, "not a readable PNG image (unrecognised data)") from error
-    # Pillow reports broken files as SyntaxError ("broken PNG file"), truncated ones as OSError.
-    except (OSError, ValueError, SyntaxError, EOFError) as error:
-        raise RequestError(where, f"not a readable PNG image ({error})") from error
-    array = np.asarray(image, dtype=np.uint8)
-    return array[None] if c == 1 else array.transpose(2, 0, 1)
-
-
-def _png_header(data: bytes) -> tuple[tuple[int, int], str] | None:
-    """((width, height), mode) from the IHDR chunk, which a PNG must start with (after its
-    8-byte signature); None when the bytes do not start like a PNG (Pillow then says what they
-    are). The mode is Pillow's name for the colour type, with the bit depth when it is not 8."""
-    if len(data) < 26 or not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    width, height, depth, colour_type = struct.unpack(">IIBB", data[16:26])
-    mode = _PNG_COLOUR_TYPES.get(colour_type, f"colour type {colour_type}")
-    return (width, height), mode if depth == 8 else f"{mode} ({depth}-bit)"
-
-
-def _check_header(image: Image.Image, shape: tuple[int, int, int], where: str) -> None:
-    c, h, w = shape
-    if image.format != "PNG":
-        raise RequestError(where, f"expected a PNG image, got {image.format}")
-    if image.size != (w, h) or image.mode != _PNG_MODES[c]:
-        raise RequestError(
-            where, f"expected {_describe(shape)}, got {_size(image.size)} {image.mode}"
-        )
-
-
-def _describe(shape: tuple[int, int, int]) -> str:
-    """(C, H, W) -> 'a 28x28 L image' (the PNG mode: L for grayscale, RGB for colour)."""
-    c, h, w = shape
-    if c not in _PNG_MODES:
-        raise ValueError(f"images have 1 (L) or 3 (RGB) channels, not {c}")
-    return f"a {w}x{h} {_PNG_MODES[c]} image"
-
-
-def _size(width_height: tuple[int, int]) -> str:
-    return f"{width_height[0]}x{width_height[1]}"
+        return decode_png(data, shape)
+    except ImageFormatError as error:
+        raise RequestError(where, str(error)) from error
 
 
 def _b64decode(text: str, where: str) -> bytes:
@@ -171,13 +116,13 @@ def decode_latents(
 
 def encode_png(image: torch.Tensor) -> bytes:
     """uint8 (C, H, W) -> PNG bytes: mode L for C = 1, RGB for C = 3."""
-    if image.ndim != 3 or image.dtype != torch.uint8 or image.shape[0] not in _PNG_MODES:
+    if image.ndim != 3 or image.dtype != torch.uint8 or image.shape[0] not in PNG_MODES:
         raise ValueError(f"need uint8 (C, H, W) with C = 1 or 3, got {tuple(image.shape)}")
     array = image.cpu().numpy()
     c = array.shape[0]
     pixels = array[0] if c == 1 else array.transpose(1, 2, 0)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode=_PNG_MODES[c]).save(buffer, format="PNG")
+    Image.fromarray(pixels, mode=PNG_MODES[c]).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -1,5 +1,5 @@
 """The architecture, checked on the source: the kind registry is the only place that knows
-what a VAE or a DDPM is, and models/ never imports the serving stack."""
+what a VAE or a DDPM is, and models/ and offline/ never import the serving stack."""
 
 from __future__ import annotations
 
@@ -62,21 +62,25 @@ def _python_files(*packages: str) -> list[str]:
 
 
 DISPATCHING = [
-    path for path in _python_files("models", "service") if not path.startswith(KIND_HOMES)
+    path
+    for path in _python_files("models", "service", "offline")
+    if not path.startswith(KIND_HOMES)
 ]
 
 
 @pytest.mark.parametrize("path", DISPATCHING)
 def test_only_the_registry_and_the_kind_modules_branch_on_the_kind(path):
-    """Training, evaluation, checkpoints and the service dispatch through models.kinds."""
+    """Training, evaluation, checkpoints, the service and offline scoring dispatch through
+    models.kinds."""
     assert _kind_branches((ROOT / path).read_text()) == []
 
 
 SERVING_STACK = ("bentoml", "pydantic", "prometheus_client", "service")
 
 
-@pytest.mark.parametrize("path", _python_files("models"))
-def test_models_never_imports_the_serving_stack(path):
+@pytest.mark.parametrize("path", _python_files("models", "offline"))
+def test_models_and_offline_scoring_never_import_the_serving_stack(path):
+    """Models run anywhere; Spark executors run offline/ with no BentoML installed."""
     tree = ast.parse((ROOT / path).read_text())
     imported = {
         alias.name
