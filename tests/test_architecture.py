@@ -78,9 +78,7 @@ def test_only_the_registry_and_the_kind_modules_branch_on_the_kind(path):
 SERVING_STACK = ("bentoml", "pydantic", "prometheus_client", "service")
 
 
-@pytest.mark.parametrize("path", _python_files("models", "offline"))
-def test_models_and_offline_scoring_never_import_the_serving_stack(path):
-    """Models run anywhere; Spark executors run offline/ with no BentoML installed."""
+def _imported_packages(path: str) -> set[str]:
     tree = ast.parse((ROOT / path).read_text())
     imported = {
         alias.name
@@ -89,4 +87,21 @@ def test_models_and_offline_scoring_never_import_the_serving_stack(path):
         for alias in node.names
     }
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert not {name for name in imported if name.split(".")[0] in SERVING_STACK}
+    return {name.split(".")[0] for name in imported}
+
+
+@pytest.mark.parametrize("path", _python_files("models", "offline"))
+def test_models_and_offline_scoring_never_import_the_serving_stack(path):
+    """Models run anywhere; Spark executors run offline/ with no BentoML installed."""
+    assert not _imported_packages(path) & set(SERVING_STACK)
+
+
+# Installed by the dev extra only: the image and `pip install .` lack them.
+DEV_ONLY = {"scipy", "sklearn", "pytest", "fastapi", "schemathesis", "kubernetes_validate"}
+
+
+@pytest.mark.parametrize("path", _python_files("service"))
+def test_the_service_imports_no_dev_only_package(path):
+    """A served feature that needs one fails in the image (models' scoring path: see
+    tests/models/test_typicality.py)."""
+    assert not _imported_packages(path) & DEV_ONLY

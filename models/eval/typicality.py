@@ -54,10 +54,16 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _whiten(cholesky: np.ndarray, z: np.ndarray) -> np.ndarray:
-    """L^-1 z for rows z (N, F) and the lower Cholesky factor L (F, F): (N, F)."""
-    from scipy.linalg import solve_triangular
+    """L^-1 z for rows z (N, F) and the lower Cholesky factor L (F, F): (N, F).
 
-    return solve_triangular(cholesky, z.T, lower=True).T
+    torch in float64 rather than scipy: the service scores with this, and scipy is a test-only
+    dependency (not in the image)."""
+    solved = torch.linalg.solve_triangular(
+        torch.from_numpy(np.asarray(cholesky, np.float64)),
+        torch.from_numpy(np.ascontiguousarray(np.asarray(z, np.float64).T)),
+        upper=False,
+    )
+    return solved.T.numpy()
 
 
 @dataclass(frozen=True)
@@ -116,15 +122,13 @@ class Density:
         w = _whiten(cholesky, z)  # (B, F)
         if self.estimator == "gaussian":
             return log_norm - 0.5 * (w**2).sum(axis=1)
-        from scipy.special import logsumexp
-
         assert self.points is not None, "a KDE needs its points"
         centres = _whiten(cholesky, self.points)  # (N, F)
         out = np.empty(len(w))
         for start in range(0, len(w), chunk):
             rows = w[start : start + chunk]
             d2 = ((rows[:, None, :] - centres[None, :, :]) ** 2).sum(axis=2)  # (b, N)
-            out[start : start + chunk] = logsumexp(-0.5 * d2, axis=1)
+            out[start : start + chunk] = torch.logsumexp(torch.from_numpy(-0.5 * d2), dim=1)
         return log_norm + out - math.log(len(centres))
 
     def score(self, vectors: np.ndarray) -> np.ndarray:

@@ -3,6 +3,7 @@ false-positive rate on other normal data, the card entry's round trip, and term 
 add up to their bound."""
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,19 @@ def test_kde_log_density_is_scipys_gaussian_kde_with_scotts_rule():
     z = (queries - fit.mean(axis=0)) / fit.std(axis=0, ddof=1)
     reference = stats.gaussian_kde(z_fit.T, bw_method="scott")
     np.testing.assert_allclose(density.log_density(queries), reference.logpdf(z.T), rtol=1e-9)
+
+
+@pytest.mark.parametrize("estimator", ["gaussian", "kde"])
+def test_scoring_needs_neither_scipy_nor_sklearn(estimator, monkeypatch):
+    # The service scores with a fitted density, and the image installs neither (dev only).
+    fit, queries = _correlated(300, 3), _correlated(40, 4)
+    density = Density.fit(fit, NAMES, estimator)
+    expected = density.score(queries)
+    for package in ("scipy", "scipy.linalg", "scipy.special", "sklearn", "sklearn.covariance"):
+        monkeypatch.setitem(sys.modules, package, None)  # any import of it now fails
+    with pytest.raises(ImportError):
+        import scipy.linalg  # noqa: F401
+    np.testing.assert_array_equal(density.score(queries), expected)
 
 
 @pytest.mark.parametrize("estimator", ["gaussian", "kde"])
