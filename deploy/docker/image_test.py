@@ -150,6 +150,11 @@ def check_score(base: str, pngs: dict[str, bytes]) -> None:
         scores = [reply["results"][0]["score"] for reply in (as_json, uploaded)]
         if scores[0] != scores[1]:
             raise ImageCheckError(f"/score {name}: JSON gave {scores[0]}, multipart {scores[1]}")
+        # The term density: its scoring must run on what the image installs (no scipy).
+        terms = {"model": name, "images": [base64.b64encode(png).decode()], "correction": "terms"}
+        status, raw = http(base + "/score", json.dumps(terms).encode())
+        if status not in (200, 409):  # 409: this model's card has no term density
+            raise ImageCheckError(f"/score correction terms {name}: HTTP {status}: {raw[:300]!r}")
     status, body = http(base + "/score", b'{"model": "no-such-model", "images": []}')
     if not 400 <= status < 500:
         raise ImageCheckError(f"/score with an unknown model: HTTP {status}, expected a 4xx")
