@@ -138,6 +138,7 @@ def check_sample(base: str, models: dict[str, dict]) -> dict[str, bytes]:
 
 
 def check_score(base: str, pngs: dict[str, bytes]) -> None:
+    terms_status = {}
     for name, png in pngs.items():
         as_json = post_json(
             base, "/score", {"model": name, "images": [base64.b64encode(png).decode()]}
@@ -155,10 +156,12 @@ def check_score(base: str, pngs: dict[str, bytes]) -> None:
         status, raw = http(base + "/score", json.dumps(terms).encode())
         if status not in (200, 409):  # 409: this model's card has no term density
             raise ImageCheckError(f"/score correction terms {name}: HTTP {status}: {raw[:300]!r}")
+        terms_status[name] = status
     status, body = http(base + "/score", b'{"model": "no-such-model", "images": []}')
     if not 400 <= status < 500:
         raise ImageCheckError(f"/score with an unknown model: HTTP {status}, expected a 4xx")
     print(f"ok   /score by JSON and multipart agree for {len(pngs)} models; bad input is {status}")
+    print(f"ok   /score correction terms answers {terms_status}")
 
 
 def check_metrics(base: str, models: dict[str, dict]) -> None:
