@@ -68,6 +68,15 @@ CUDA_MEMORY_BYTES = Gauge(
     multiprocess_mode="livesum",
 )
 
+CUDA_PEAK_MEMORY_BYTES = Gauge(
+    PREFIX + "cuda_memory_peak_bytes",
+    "Most CUDA memory held by tensors since the previous model call ended: the working set of "
+    "the last call, which the allocated gauge (read once the call's tensors are freed) misses. "
+    "Largest over live workers; absent on CPU.",
+    ["device"],
+    multiprocess_mode="livemax",
+)
+
 
 def observe_batch(model: str, operation: str, items: int, seconds: float) -> None:
     INFERENCE_SECONDS.labels(model, operation).observe(seconds)
@@ -79,3 +88,5 @@ def observe_cuda_memory(device: str) -> None:
 
     if device.startswith("cuda"):
         CUDA_MEMORY_BYTES.labels(device).set(torch.cuda.memory_allocated(device))
+        CUDA_PEAK_MEMORY_BYTES.labels(device).set(torch.cuda.max_memory_allocated(device))
+        torch.cuda.reset_peak_memory_stats(device)

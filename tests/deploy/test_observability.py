@@ -34,7 +34,8 @@ DASHBOARD = REPO_ROOT / "deploy" / "grafana" / "elbo-serve-dashboard.json"
 PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULE_FILES = ("rules.yml", "alerts.yml")
 JOB = "elbo-serve"
-CUDA_ONLY_METRIC = "elbo_serve_cuda_memory_allocated_bytes"
+# elbo_serve_cuda_memory_allocated_bytes and elbo_serve_cuda_memory_peak_bytes
+CUDA_ONLY_METRIC = "elbo_serve_cuda_memory_"
 # What the test puts for Grafana's interval macros: all of its traffic is in the last minute.
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 
