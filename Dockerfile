@@ -29,9 +29,12 @@ WORKDIR /build
 # suite passed with, written by `make image`) and pip-ca.crt (the CA bundle pip needs behind a
 # TLS-intercepting proxy, used for this stage only); all three are optional.
 COPY wheelhouse/ wheelhouse/
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
 # The project's dependencies, not the project: its code is copied as is into the final stage.
+# pyproject.toml names README.md as the readme; an empty one will do, so that editing the
+# README does not reinstall every package.
 RUN set -eu; \
+    touch README.md; \
     if [ -f wheelhouse/pip-ca.crt ]; then export PIP_CERT="$PWD/wheelhouse/pip-ca.crt"; fi; \
     constraints=""; \
     if [ -f wheelhouse/constraints.txt ]; then constraints="-c wheelhouse/constraints.txt"; fi; \

@@ -18,8 +18,10 @@ IMAGE = os.environ.get("ELBO_SERVE_IMAGE", "elbo-serve:cpu")
 
 
 def _dockerfile_copies() -> set[str]:
-    text = (ROOT / "Dockerfile").read_text()
-    return {source for source in re.findall(r"^COPY (?!--from)(\S+)", text, flags=re.M)}
+    """Every source of the Dockerfile's COPY lines from the build context (the last word of a
+    COPY is its destination)."""
+    lines = re.findall(r"^COPY (?!--from)(.+)$", (ROOT / "Dockerfile").read_text(), flags=re.M)
+    return {source for line in lines for source in line.split()[:-1]}
 
 
 def _dockerignore_allows() -> set[str]:
