@@ -35,7 +35,7 @@ PROMETHEUS_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULE_FILES = ("rules.yml", "alerts.yml")
 JOB = "elbo-serve"
 # elbo_serve_cuda_memory_allocated_bytes and elbo_serve_cuda_memory_peak_bytes
-CUDA_ONLY_METRIC = "elbo_serve_cuda_memory_"
+CUDA_ONLY_PREFIX = "elbo_serve_cuda_memory_"
 # What the test puts for Grafana's interval macros: all of its traffic is in the last minute.
 GRAFANA_MACROS = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "5m"}
 
@@ -487,8 +487,8 @@ def _substitute(expr: str, values: dict[str, str]) -> str:
 
 
 def _assert_series(where: str, expr: str, result: list[dict], device: str) -> None:
-    if CUDA_ONLY_METRIC in expr and not device.startswith("cuda"):
-        assert result == [], f"{where}: {CUDA_ONLY_METRIC} on a {device} server: {result}"
+    if CUDA_ONLY_PREFIX in expr and not device.startswith("cuda"):
+        assert result == [], f"{where}: {CUDA_ONLY_PREFIX} on a {device} server: {result}"
         return
     assert result, f"{where}: {expr!r} returned no series"
     finite = [s for s in result if math.isfinite(float(s["value"][1]))]
