@@ -180,7 +180,14 @@ def ddim(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
     _, ddpm = _checkpoints(Settings.from_env().resolve_device())
     steps = ints(args.ddim_steps)
     samplers = ddim_steps_report(
-        ddpm, args.classifier, steps, args.ddim_samples, args.ancestral_samples, 250, args.ddim_eta
+        ddpm,
+        args.classifier,
+        steps,
+        args.ddim_samples,
+        args.ancestral_samples,
+        250,
+        args.ddim_eta,
+        ints(args.ancestral_steps) if args.ancestral_steps else [],
     )
     return {"samplers": samplers}
 

@@ -60,6 +60,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--ddim-samples", type=int, default=1000, help="DDIM part: images per step count.")
     add("--ddim-eta", type=float, default=0.0, help="DDIM part: eta of every DDIM sampler.")
     add("--ancestral-samples", type=int, default=100, help="DDIM part: ancestral images.")
+    add(
+        "--ancestral-steps",
+        default="",
+        help="DDIM part: step counts of respaced ancestral sampling with the model's variances "
+        "(Nichol & Dhariwal 2021), on --ddim-samples images each; empty: none.",
+    )
     add("--soak-seconds", type=float, default=600.0, help="Soak part: duration.")
     add("--soak-concurrency", type=int, default=8, help="Soak part: moderate load.")
     add(

@@ -85,14 +85,15 @@ class SampleRequest(_Request):
         None,
         max_length=32,
         description="One of the model's samplers (GET /models); default: its first. DDPMs: "
-        "'ddim' (Song et al. 2020, `steps` steps) or 'ancestral' (Ho et al. 2020, all T "
-        "steps; slow on CPU, prefer /sample_task). VAEs: 'prior'.",
+        "'ddim' (Song et al. 2020, `steps` steps) or 'ancestral' (Ho et al. 2020: all T "
+        "steps, slow on CPU, prefer /sample_task; or `steps` of them respaced with the "
+        "model's learned variances, Nichol & Dhariwal 2021). VAEs: 'prior'.",
     )
     steps: int | None = Field(
         None,
         ge=1,
-        description="Diffusion models, DDIM: denoising steps, 1..T of the model (GET /models "
-        "gives each model's range; default 50).",
+        description="Diffusion models: denoising steps, 1..T of the model (GET /models "
+        "gives each model's range). Default: 50 for DDIM, all T for ancestral sampling.",
     )
     eta: float | None = Field(
         None,

@@ -59,23 +59,31 @@ def likelihood_report(ddpm: DDPM, ctx: EvalContext) -> tuple[Likelihood, torch.T
 
 
 def evaluation_samplers(ddpm: DDPM, ctx: EvalContext) -> dict[str, tuple[int, Sampler]]:
-    """DDIM with ``ddim_steps`` steps at ``ctx.ddim_eta`` (Song et al. 2020, Eq. 12), and
-    ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2) on fewer images."""
+    """DDIM with ``ddim_steps`` steps at ``ctx.ddim_eta`` (Song et al. 2020, Eq. 12) and
+    ancestral sampling over as many respaced steps with the model's variances (Nichol &
+    Dhariwal 2021, Sec. 4), both on ``fd_samples`` images; ancestral sampling over all T
+    steps (Ho et al. 2020, Algorithm 2) on fewer."""
     shape = ddpm.image_shape
-    steps = ctx.sizes.ddim_steps
+    steps, num_timesteps = ctx.sizes.ddim_steps, ddpm.diffusion.num_timesteps
 
     def ddim(n: int) -> torch.Tensor:
         x = ddim_sample(ddpm.diffusion, ddpm, (n, *shape), steps, ctx.generator, ctx.ddim_eta)
         return signed_unit_to_pixels(x.cpu())
 
-    def ancestral(n: int) -> torch.Tensor:
-        x = ddpm_ancestral_sample(ddpm.diffusion, ddpm, (n, *shape), ctx.generator)
-        return signed_unit_to_pixels(x.cpu())
+    def ancestral(ancestral_steps: int) -> Sampler:
+        def draw(n: int) -> torch.Tensor:
+            x = ddpm_ancestral_sample(
+                ddpm.diffusion, ddpm, (n, *shape), ctx.generator, steps=ancestral_steps
+            )
+            return signed_unit_to_pixels(x.cpu())
 
-    return {
-        f"ddim_{steps}": (ctx.sizes.fd_samples, ddim),
-        f"ancestral_{ddpm.diffusion.num_timesteps}": (ctx.sizes.ancestral_samples, ancestral),
-    }
+        return draw
+
+    samplers = {f"ddim_{steps}": (ctx.sizes.fd_samples, ddim)}
+    if steps < num_timesteps:
+        samplers[f"ancestral_{steps}"] = (ctx.sizes.fd_samples, ancestral(steps))
+    samplers[f"ancestral_{num_timesteps}"] = (ctx.sizes.ancestral_samples, ancestral(num_timesteps))
+    return samplers
 
 
 def score_methods(ddpm: DDPM, ctx: EvalContext) -> list[ScoreMethod]:

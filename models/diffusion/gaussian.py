@@ -78,23 +78,26 @@ class GaussianDiffusion(nn.Module):
     config, so they are not saved in checkpoints.
     """
 
-    def __init__(self, config: DiffusionConfig) -> None:
+    def __init__(self, config: DiffusionConfig, betas: torch.Tensor | None = None) -> None:
+        """The config's chain, or one of the given ``betas`` (T',) float64 with the config's
+        variance type (a respaced chain: :func:`models.diffusion.respacing.respaced`)."""
         super().__init__()
         self.config = config
-        self.num_timesteps = config.num_timesteps
-        betas = (
-            linear_beta_schedule(config.num_timesteps)
-            if config.schedule == "linear"
-            else cosine_beta_schedule(config.num_timesteps)
-        )
+        if betas is None:
+            betas = (
+                linear_beta_schedule(config.num_timesteps)
+                if config.schedule == "linear"
+                else cosine_beta_schedule(config.num_timesteps)
+            )
+        self.num_timesteps = len(betas)
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
-        # beta-tilde_t, Ho et al. Eq. 7; zero at t=0, so its log is clipped to the t=1 value.
+        # beta-tilde_t, Ho et al. Eq. 7; zero at t=0, so its log is clipped to the t=1 value
+        # (a one-step respaced chain has none: beta_0, which only its unused variance sees).
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-        posterior_log_variance = torch.log(
-            torch.cat([posterior_variance[1:2], posterior_variance[1:]])
-        )
+        first_variance = posterior_variance[1:2] if len(betas) > 1 else betas[:1]
+        posterior_log_variance = torch.log(torch.cat([first_variance, posterior_variance[1:]]))
         buffers = {
             "betas": betas,
             "alphas_cumprod": alphas_cumprod,
@@ -109,7 +112,7 @@ class GaussianDiffusion(nn.Module):
             * alphas.sqrt()
             / (1.0 - alphas_cumprod),
             # fixed_large uses beta_t, with beta-tilde_1 at t=0 for a sensible decoder variance.
-            "fixed_large_log_variance": torch.log(torch.cat([posterior_variance[1:2], betas[1:]])),
+            "fixed_large_log_variance": torch.log(torch.cat([first_variance, betas[1:]])),
         }
         for name, value in buffers.items():
             self.register_buffer(name, value, persistent=False)

@@ -40,7 +40,11 @@ from models.nn.batch_invariance import FixedChunkDenoiser
 if TYPE_CHECKING:
     from models.kinds import Generators, Terms
 
-DDIM_STEPS = Option(50, "DDIM steps, 1..T (more is slower and closer to the ODE)")
+SAMPLE_STEPS = Option(
+    50,
+    "denoising steps, 1..T (more is slower and better): DDIM's default 50; ancestral "
+    "sampling's default all T, fewer respaced (Nichol & Dhariwal 2021)",
+)
 
 
 def _terms(bound: DiffusionBound) -> Terms:
@@ -107,7 +111,7 @@ class DDPMKind(ModelKind):
     term_method = "vlb_mc"
     exports_ema = True
     sample_options = {
-        "steps": DDIM_STEPS,
+        "steps": SAMPLE_STEPS,
         # 1 by default: with the bundled DDPM, DDIM-50 at eta 1 reaches a lower Fréchet
         # distance than at eta 0 (model card, README).
         "eta": Option(1.0, "DDIM noise: 0 is the deterministic ODE, 1 DDPM-like noise"),
@@ -173,14 +177,16 @@ class DDPMKind(ModelKind):
     def check_sample_options(
         self, model: nn.Module, options: dict[str, Any], given: Mapping[str, Any]
     ) -> dict[str, Any]:
-        """Ancestral sampling always runs all T steps (Ho et al. 2020, Algorithm 2)."""
-        if options["sampler"] == "ancestral":
-            if "steps" in given:
-                raise OptionError(
-                    "steps", "ancestral sampling always runs all T steps; leave it out"
-                )
-            return {**options, "steps": model.diffusion.num_timesteps}
-        return options
+        """Ancestral sampling runs all T steps unless ``steps`` asks for fewer (a respaced
+        chain, Nichol & Dhariwal 2021, Sec. 4), with the model's own variances: no eta."""
+        if options["sampler"] != "ancestral":
+            return options
+        if "eta" in given:
+            raise OptionError(
+                "eta", "ancestral sampling draws with the model's own variances; leave it out"
+            )
+        steps = options["steps"] if "steps" in given else model.diffusion.num_timesteps
+        return {"sampler": "ancestral", "steps": steps}
 
     def option_limits(self, model: nn.Module) -> dict[str, tuple[int, int]]:
         return {"steps": (1, model.diffusion.num_timesteps)}
@@ -192,11 +198,14 @@ class DDPMKind(ModelKind):
         options: Mapping[str, Any],
         chunk_rows: int | None,
     ) -> Progressive[torch.Tensor]:
-        """DDIM (Song et al. 2020, Eq. 12) at ``steps`` and ``eta``, or ancestral sampling."""
+        """DDIM (Song et al. 2020, Eq. 12) at ``steps`` and ``eta``, or ancestral sampling
+        over ``steps`` of the (respaced) chain."""
         shape = (len(generators), *model.image_shape)
         net = _denoiser(model, chunk_rows)
         if options["sampler"] == "ancestral":
-            return ddpm_ancestral_sample_progressive(model.diffusion, net, shape, generators)
+            return ddpm_ancestral_sample_progressive(
+                model.diffusion, net, shape, generators, steps=options["steps"]
+            )
         return ddim_sample_progressive(
             model.diffusion, net, shape, options["steps"], generators, options["eta"]
         )
@@ -251,8 +260,6 @@ class DDPMKind(ModelKind):
 
     def denoising_steps(self, model: nn.Module, work: Work) -> int:
         options = work.options or {}
-        if work.operation == "sample" and options.get("sampler") == "ancestral":
-            return model.diffusion.num_timesteps
         steps = options.get("steps", 0) if work.operation != "likelihood" else 0
         return 2 * steps if work.operation == "encode" else steps  # invert, then decode back
 

@@ -1,4 +1,5 @@
-"""Sampling loops: ancestral DDPM (Ho et al. 2020, Algorithm 2), DDIM (Song et al. 2020,
+"""Sampling loops: ancestral DDPM (Ho et al. 2020, Algorithm 2; over a respaced chain of
+fewer steps, Nichol & Dhariwal 2021, Sec. 4), DDIM (Song et al. 2020,
 Eq. 12) with any number of steps and any eta, and deterministic DDIM inversion x_0 -> x_T.
 
 ``model`` is any callable (x_t (B, C, H, W), t (B,)) -> network output, e.g. a :class:`DDPM`.
@@ -16,6 +17,7 @@ import torch
 from models.core.noise import Generators, randn_rows
 from models.core.progressive import ProgressCallback, Progressive, run_to_end
 from models.diffusion.gaussian import GaussianDiffusion
+from models.diffusion.respacing import respaced, spaced_timesteps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -31,9 +33,13 @@ def ddpm_ancestral_sample(
     generator: Generators,
     clip_denoised: bool = True,
     on_step: ProgressCallback | None = None,
+    steps: int | None = None,
 ) -> torch.Tensor:
-    """x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t) for all T steps (Algorithm 2)."""
-    loop = ddpm_ancestral_sample_progressive(diffusion, model, shape, generator, clip_denoised)
+    """x_T ~ N(0, I), then x_{t-1} ~ p(x_{t-1} | x_t) for all T steps (Algorithm 2), or for
+    ``steps`` evenly spaced ones of the respaced chain (Nichol & Dhariwal 2021, Sec. 4)."""
+    loop = ddpm_ancestral_sample_progressive(
+        diffusion, model, shape, generator, clip_denoised, steps
+    )
     return run_to_end(loop, on_step)
 
 
@@ -44,29 +50,26 @@ def ddpm_ancestral_sample_progressive(
     shape: Sequence[int],
     generator: Generators,
     clip_denoised: bool = True,
+    steps: int | None = None,
 ) -> Progressive[torch.Tensor]:
-    """:func:`ddpm_ancestral_sample`, yielding after each of the T steps."""
+    """:func:`ddpm_ancestral_sample`, yielding after each step."""
+    total = diffusion.num_timesteps if steps is None else steps
+    network_timesteps = spaced_timesteps(diffusion.num_timesteps, total).tolist()
+    chain = (
+        diffusion
+        if total == diffusion.num_timesteps
+        else respaced(diffusion, torch.tensor(network_timesteps))
+    )
     device = diffusion.betas.device
     x = randn_rows(shape, generator, device)
-    total = diffusion.num_timesteps
-    for done, t in enumerate(reversed(range(total)), start=1):
-        timesteps = _timesteps_like(x, t)
-        step = diffusion.p_mean_variance(model(x, timesteps), x, timesteps, clip_denoised)
+    for done, i in enumerate(reversed(range(total)), start=1):
+        output = model(x, _timesteps_like(x, network_timesteps[i]))
+        step = chain.p_mean_variance(output, x, _timesteps_like(x, i), clip_denoised)
         x = step.mean
-        if t > 0:  # no noise on the final step: the output is the decoder's mean
+        if i > 0:  # no noise on the final step: the output is the decoder's mean
             x = x + torch.exp(0.5 * step.log_variance) * randn_rows(shape, generator, device)
         yield done, total
     return x
-
-
-def ddim_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
-    """``steps`` increasing timestep indices from 0 to T-1, evenly spaced: (steps,).
-
-    The last one is always T-1, so even a one-step sampler starts from the true prior.
-    """
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be in 1..{num_timesteps}, got {steps}")
-    return torch.linspace(num_timesteps - 1, 0, steps).round().long().flip(0)
 
 
 def _alpha_bar(diffusion: GaussianDiffusion, t: int) -> torch.Tensor:
@@ -139,7 +142,7 @@ def ddim_loop_progressive(
         raise ValueError(f"eta must be >= 0, got {eta}")
     if eta > 0 and generator is None:
         raise ValueError("eta > 0 draws noise: pass a generator")
-    times = ddim_timesteps(diffusion.num_timesteps, steps).flip(0).tolist()  # T-1 ... 0
+    times = spaced_timesteps(diffusion.num_timesteps, steps).flip(0).tolist()  # T-1 ... 0
     x = x_T
     for i, t in enumerate(times):
         t_prev = times[i + 1] if i + 1 < len(times) else -1
@@ -221,7 +224,7 @@ def ddim_invert_progressive(
     diffusion: GaussianDiffusion, model: Denoiser, x_start: torch.Tensor, steps: int
 ) -> Progressive[torch.Tensor]:
     """:func:`ddim_invert`, yielding after each step."""
-    times = ddim_timesteps(diffusion.num_timesteps, steps).tolist()  # 0 ... T-1
+    times = spaced_timesteps(diffusion.num_timesteps, steps).tolist()  # 0 ... T-1
     x = x_start
     current = -1  # x_0 itself: abar = 1
     for i, t_next in enumerate(times):

@@ -20,6 +20,7 @@ def test_in_process_parts_write_the_expected_json(tmp_path, capsys):
     argv = ["--quick", "--parts", "raw,ddim", "--batch-sizes", "1,2", "--raw-seconds", "0.05"]
     argv += ["--matmul-size", "64", "--ddim-steps", "2", "--ddim-samples", "4", "--out", str(out)]
     argv += ["--raw-ddim-steps", "2"]  # DDIM-50 of the bundled UNet is seconds per call on CPU
+    argv += ["--ancestral-steps", "2"]
     assert main(argv) == 0
     results = json.loads(out.read_text())
     assert {"command", "hardware", "options", "raw", "ddim"} <= set(results)
@@ -32,5 +33,6 @@ def test_in_process_parts_write_the_expected_json(tmp_path, capsys):
     ddim = results["ddim"]["samplers"]["ddim_2"]
     assert ddim["num_samples"] == 4 and ddim["frechet_distance"] > 0
     assert ddim["seconds_per_image"] > 0
+    assert set(results["ddim"]["samplers"]) == {"ddim_2", "ancestral_2"}
     printed = capsys.readouterr().out
     assert "raw vae_elbo items/s" in printed and "ddim_2 (4 images)" in printed

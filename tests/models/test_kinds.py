@@ -36,11 +36,18 @@ def test_a_given_value_past_the_models_range_is_refused_naming_it(ddpm, operatio
     assert str(raised.value) == "steps: this model takes 1..20 steps, got 21"
 
 
-def test_ancestral_sampling_runs_all_steps_and_refuses_a_step_count(ddpm):
+def test_ancestral_sampling_runs_all_steps_unless_asked_for_fewer(ddpm):
     kind = kind_of(ddpm)
-    assert kind.sample_options_for(ddpm, "ancestral", {})["steps"] == 20
-    with pytest.raises(OptionError, match="^steps: ancestral sampling always runs all T steps"):
-        kind.sample_options_for(ddpm, "ancestral", {"steps": 5})
+    assert kind.sample_options_for(ddpm, "ancestral", {}) == {"sampler": "ancestral", "steps": 20}
+    assert kind.sample_options_for(ddpm, "ancestral", {"steps": 5})["steps"] == 5
+    with pytest.raises(OptionError, match="^steps: this model takes 1..20 steps, got 21"):
+        kind.sample_options_for(ddpm, "ancestral", {"steps": 21})
+
+
+def test_ancestral_sampling_refuses_an_eta(ddpm):
+    """Its variances are the model's own (learned or fixed): an eta would change nothing."""
+    with pytest.raises(OptionError, match="^eta: ancestral sampling draws with the model's own"):
+        kind_of(ddpm).sample_options_for(ddpm, "ancestral", {"eta": 0.0})
 
 
 def test_an_option_the_kind_does_not_take_is_refused(ddpm):

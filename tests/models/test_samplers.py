@@ -6,12 +6,12 @@ from models.core.config import DiffusionConfig
 from models.core.noise import seeded_generator
 from models.diffusion.ddpm import DDPM
 from models.diffusion.gaussian import GaussianDiffusion
+from models.diffusion.respacing import spaced_timesteps
 from models.diffusion.samplers import (
     ddim_decode,
     ddim_invert,
     ddim_loop,
     ddim_sample,
-    ddim_timesteps,
     ddpm_ancestral_sample,
 )
 
@@ -32,14 +32,14 @@ def tiny_ddpm(tiny_ddpm_config) -> DDPM:
     return model
 
 
-def test_ddim_timesteps_span_the_whole_chain():
-    assert ddim_timesteps(1000, 1).tolist() == [999]
-    assert ddim_timesteps(1000, 1000).tolist() == list(range(1000))
-    ten = ddim_timesteps(1000, 10)
+def test_spaced_timesteps_span_the_whole_chain():
+    assert spaced_timesteps(1000, 1).tolist() == [999]
+    assert spaced_timesteps(1000, 1000).tolist() == list(range(1000))
+    ten = spaced_timesteps(1000, 10)
     assert ten[0] == 0 and ten[-1] == 999 and torch.all(ten[1:] > ten[:-1])
     for bad in (0, 1001):
         with pytest.raises(ValueError, match="steps must be in 1..1000"):
-            ddim_timesteps(1000, bad)
+            spaced_timesteps(1000, bad)
 
 
 def test_ddim_with_eta_zero_is_deterministic(tiny_ddpm):

@@ -49,7 +49,7 @@ def test_every_operation_keeps_the_published_contract(client, document):
     status code and content type, a body valid by its documented schema.
 
     Limited, as load_tests/fuzz.py explains: costs are capped (DDIM steps <= 4, n <= 2,
-    k <= 8; DDPM ancestral sampling becomes DDIM and the 1,000-call vlb_exact bound vlb_mc),
+    k <= 8, also for DDPM ancestral sampling; the 1,000-call vlb_exact bound becomes vlb_mc),
     half of the valid requests carry real images, latents or the id of a task of their own
     kind (BentoML answers any task's id at any task's routes, with the other task's result).
     The longer run is ``python -m load_tests.fuzz`` (README)."""

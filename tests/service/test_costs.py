@@ -35,6 +35,7 @@ DDIM_50 = {"sampler": "ddim", "steps": 50, "eta": 1.0}
         (DDPM, Work("likelihood", 2, "vlb_mc", 20), {"unet": 42}),  # L_0 and k timesteps
         (DDPM, Work("sample", 16, options=DDIM_50), {"unet": 800}),
         (DDPM, Work("sample", 4, options={"sampler": "ancestral", "steps": 1000}), {"unet": 4000}),
+        (DDPM, Work("sample", 4, options={"sampler": "ancestral", "steps": 50}), {"unet": 200}),
         (DDPM, Work("encode", 3, options={"steps": 20}), {"unet": 120}),  # invert, decode back
         (DDPM, Work("decode", 3, options={"steps": 20}), {"unet": 60}),
     ],

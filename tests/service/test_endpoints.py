@@ -29,6 +29,7 @@ def test_health_endpoints(client):
         {"model": "vae", "n": 3, "seed": 7, "temperature": 0.5, "sample_pixels": True},
         {"model": "ddpm", "n": 2, "seed": 7, "steps": 3},
         {"model": "ddpm", "n": 2, "seed": 7, "steps": 3, "eta": 1.0},
+        {"model": "ddpm", "n": 2, "seed": 7, "sampler": "ancestral", "steps": 3},
     ],
 )
 def test_sample_is_reproducible_by_seed(client, body):
@@ -39,6 +40,16 @@ def test_sample_is_reproducible_by_seed(client, body):
     assert first["images"] == again["images"]
     assert first["images"] != other["images"]
     assert png_pixels(first["images"][0]).shape == (28, 28)
+
+
+def test_respaced_ancestral_sampling_is_not_ddim_under_another_name(client):
+    """Both run 4 network calls from the same x_T, but ancestral steps draw with the
+    model's learned variances where DDIM at eta = 1 uses the posterior's."""
+    body = {"model": "ddpm", "n": 1, "seed": 7, "steps": 4}
+    ancestral = client.post("/sample", json={**body, "sampler": "ancestral"}).json()
+    ddim = client.post("/sample", json={**body, "sampler": "ddim", "eta": 1.0}).json()
+    assert (ancestral["sampler"], ancestral["steps"]) == ("ancestral", 4)
+    assert ancestral["images"] != ddim["images"]
 
 
 def test_sample_without_seed_returns_the_seed_that_redraws_it(client):
