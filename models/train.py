@@ -11,6 +11,10 @@
 ``OUT/validation.txt`` for the evaluation, and its loss is logged at every saved step
 (:mod:`models.training.sources`).
 
+``--start-from DIR`` begins from the weights of an exported checkpoint of the same kind and
+model config instead of a fresh initialisation: fine-tune the bundled model on your own
+images, or train a checkpoint further (:meth:`Trainer.start_from`).
+
 The kind is a name in the registry (:mod:`models.kinds`); the loop is
 :class:`models.training.trainer.Trainer`. Run it again with the same --out to resume where it
 stopped: ``state.pt`` (weights, EMA, optimizer and both random generators) is written every
@@ -90,6 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the networks (slow to start)"
     )
+    parser.add_argument(
+        "--start-from",
+        type=Path,
+        help="an exported checkpoint directory of the same kind and model config to start "
+        "from instead of a fresh initialisation (fine-tuning, e.g. checkpoints/ddpm on your "
+        "own images); a run that resumes --out keeps its own state",
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads or 1))
@@ -116,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         accelerate(trainer.model, Acceleration(args.channels_last, compile=args.compile))
     if trainer.try_resume():
         print(f"resuming {args.out} at step {trainer.step}", file=sys.stderr)
+    elif args.start_from is not None:
+        try:
+            trainer.start_from(args.start_from)
+        except (ValueError, FileNotFoundError) as error:  # CheckpointError is a ValueError
+            parser.error(f"--start-from: {error}")
+        print(f"starting from the weights of {args.start_from}", file=sys.stderr)
     described = data.description
     print(
         f"training on {described['training_images']} images of {args.data}, "

@@ -8,7 +8,8 @@ A :class:`Trainer` owns one run directory:
 
 The objective is the kind's ``training_loss`` and the exported weights are the EMA copy when
 the kind's ``exports_ema`` says so. Given the seed, a run is deterministic on one device,
-interrupted or not.
+interrupted or not. A run may start from an exported checkpoint's weights instead of a fresh
+initialisation (:meth:`Trainer.start_from`: fine-tuning, or training a checkpoint further).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from models.core.checkpoints import save_checkpoint
+from models.core.checkpoints import (
+    WEIGHTS_FILE,
+    load_checkpoint,
+    read_config,
+    save_checkpoint,
+    weights_sha256,
+)
+from models.core.config import config_to_dict
 from models.core.pixels import pixels_to_signed_unit
 from models.nn.acceleration import native_bf16_supported
 from models.training.experiment import Experiment
@@ -46,6 +54,25 @@ def _same_trajectory(saved: dict[str, Any], current: dict[str, Any]) -> bool:
         return {**experiment, "train": train}
 
     return without_total(saved) == without_total(current)
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dictionary as {"unet.base_channels": 64, ...}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        flat.update(_leaves(value, name + ".") if isinstance(value, dict) else {name: value})
+    return flat
+
+
+def config_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+    """'name: theirs != ours' for every config entry that differs, sorted by name."""
+    a, b = _leaves(theirs), _leaves(ours)
+    return [
+        f"{name}: {a.get(name)!r} != {b.get(name)!r}"
+        for name in sorted(set(a) | set(b))
+        if a.get(name) != b.get(name)
+    ]
 
 
 def check_images(images: torch.Tensor, experiment: Experiment) -> None:
@@ -88,6 +115,8 @@ class Trainer:
         self.data_generator = torch.Generator().manual_seed(self.config.seed)
         self.noise_generator = torch.Generator().manual_seed(self.config.seed + 1)
         self.step = 0
+        # The exported checkpoint this run's weights started from (start_from), if any.
+        self.started_from: dict[str, Any] | None = None
         # bf16 autocast only where bf16 is in hardware: on a CPU without it (AVX-512 without
         # AVX512-BF16 or AMX) oneDNN emulates bf16, measured 3-4x slower than float32.
         self.autocast_bf16 = self.config.autocast_bf16 and (
@@ -105,6 +134,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "data_generator": self.data_generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
+            "started_from": self.started_from,
         }
         tmp = self.out / (STATE_FILE + ".tmp")
         torch.save(state, tmp)
@@ -128,8 +158,40 @@ class Trainer:
         self.data_generator.set_state(state["data_generator"].cpu())
         self.noise_generator.set_state(state["noise_generator"].cpu())
         self.step = state["step"]
+        self.started_from = state.get("started_from")
         self._truncate_log_after(self.step)
         return True
+
+    def start_from(self, directory: Path) -> None:
+        """Begin from the weights of the exported checkpoint in ``directory`` instead of a
+        fresh initialisation: fine-tuning (the bundled model on your own images), or training
+        a checkpoint further. It must be of this run's kind and model config; the raw and EMA
+        weights both start at its weights, and the optimizer, the warm-up, the step count and
+        the generators start afresh, as in any new run. ``training.json`` records the source.
+        Raises ValueError naming what differs."""
+        kind, config = read_config(directory)
+        if kind != self.experiment.kind:
+            raise ValueError(
+                f"{directory} holds a {kind}; this run trains a {self.experiment.kind}"
+            )
+        differences = config_differences(
+            config_to_dict(config), config_to_dict(self.experiment.model_config)
+        )
+        if differences:
+            raise ValueError(
+                f"{directory}: its model config differs from this run's: " + "; ".join(differences)
+            )
+        weights = load_checkpoint(directory, self.device).model.state_dict()
+        self.model.load_state_dict(weights)
+        self.ema.load_state_dict(weights)
+        source_training = directory / TRAINING_FILE
+        self.started_from = {
+            "directory": str(directory),
+            "weights_sha256": weights_sha256(directory / WEIGHTS_FILE),
+            "steps_done": json.loads(source_training.read_text()).get("steps_done")
+            if source_training.exists()
+            else None,
+        }
 
     def _truncate_log_after(self, step: int) -> None:
         """A killed run may have logged steps it never saved; they are about to be redone."""
@@ -157,6 +219,8 @@ class Trainer:
         }
         if self.data is not None:
             training["data"] = self.data
+        if self.started_from is not None:
+            training["started_from"] = self.started_from
         (directory / TRAINING_FILE).write_text(json.dumps(training, indent=2) + "\n")
         return directory
 

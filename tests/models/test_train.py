@@ -1,5 +1,6 @@
 import dataclasses
 import gzip
+import hashlib
 import json
 import math
 import struct
@@ -428,3 +429,59 @@ def test_fashion_mnist_refuses_an_rgb_config_and_a_validation_fraction(tmp_path,
             ]
         )
     assert "test split" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["vae", "ddpm"])
+def test_a_run_started_from_a_checkpoint_begins_at_its_weights_and_records_it(tmp_path, kind):
+    experiment = _experiments()[kind]
+    (tmp_path / "source").mkdir()
+    Trainer(experiment, tmp_path / "source", torch.device("cpu")).run(_images())
+    source = tmp_path / "source" / "checkpoint"
+    tuned = Trainer(experiment, tmp_path / "tuned", torch.device("cpu"))
+    (tmp_path / "tuned").mkdir()
+    tuned.start_from(source)
+    exported = load_checkpoint(source).model.state_dict()
+    for name, tensor in exported.items():
+        assert torch.equal(tuned.model.state_dict()[name], tensor), name
+        assert torch.equal(tuned.ema.state_dict()[name], tensor), name
+    assert tuned.step == 0  # a new run: its own warm-up and step count
+
+    tuned.run(_images(), stop_after=3)
+    resumed = Trainer(experiment, tmp_path / "tuned", torch.device("cpu"))
+    assert resumed.try_resume()
+    resumed.run(_images())
+    training = json.loads((tmp_path / "tuned" / "checkpoint" / "training.json").read_text())
+    assert training["steps_done"] == 6
+    assert training["started_from"] == {
+        "directory": str(source),
+        "weights_sha256": hashlib.sha256((source / "model.safetensors").read_bytes()).hexdigest(),
+        "steps_done": 6,
+    }
+
+
+def test_starting_from_a_checkpoint_of_another_config_or_kind_names_what_differs(tmp_path):
+    experiments = _experiments()
+    (tmp_path / "vae").mkdir()
+    Trainer(experiments["vae"], tmp_path / "vae", torch.device("cpu")).run(_images(), stop_after=1)
+    source = tmp_path / "vae" / "checkpoint"
+    wider = dataclasses.replace(
+        experiments["vae"],
+        model_config=dataclasses.replace(experiments["vae"].model_config, latent_dim=8),
+    )
+    with pytest.raises(ValueError, match="its model config differs .*latent_dim: 4 != 8"):
+        Trainer(wider, tmp_path / "wider", torch.device("cpu")).start_from(source)
+    with pytest.raises(ValueError, match="holds a vae; this run trains a ddpm"):
+        Trainer(experiments["ddpm"], tmp_path / "ddpm", torch.device("cpu")).start_from(source)
+
+
+def test_the_cli_fine_tunes_a_checkpoint_on_a_folder(tmp_path, capsys):
+    data, config = _square_pngs(tmp_path / "squares"), _cli_config(tmp_path)
+    assert _train(config, data, tmp_path / "base") == 0
+    base = tmp_path / "base" / "checkpoint"
+    assert _train(config, data, tmp_path / "tuned", "--start-from", str(base)) == 0
+    assert "starting from the weights of" in capsys.readouterr().err
+    training = json.loads((tmp_path / "tuned" / "checkpoint" / "training.json").read_text())
+    assert training["started_from"]["directory"] == str(base)
+    with pytest.raises(SystemExit):
+        _train(config, data, tmp_path / "bad", "--start-from", str(tmp_path / "missing"))
+    assert "--start-from:" in capsys.readouterr().err
