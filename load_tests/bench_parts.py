@@ -98,7 +98,7 @@ def http(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
     peak_rss, cuda_memory = {}, {}
     for kind, names in SERVERS.items():
         with _server(kind, args, scratch) as (url, process):
-            idle_cuda = _cuda_memory_gauge(url)
+            idle_cuda = _cuda_memory_gauges(url)
             with bench_http.PeakRss(process.pid) as rss:
                 cells[kind] = {
                     name: [
@@ -109,18 +109,22 @@ def http(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
                 }
             peak_rss[kind] = rss.peak
             if idle_cuda is not None:
-                cuda_memory[kind] = {"idle": idle_cuda, "after_load": _cuda_memory_gauge(url)}
+                cuda_memory[kind] = {"idle": idle_cuda, "after_load": _cuda_memory_gauges(url)}
     return {
         "cells": cells,
         "peak_rss_bytes": peak_rss,
-        "cuda_memory_allocated_bytes": cuda_memory,
+        "cuda_memory_bytes": cuda_memory,
         **_ratios(cells, results.get("raw")),
     }
 
 
-def _cuda_memory_gauge(url: str) -> float | None:
-    """The server's elbo_serve_cuda_memory_allocated_bytes (None: no such series, e.g. CPU,
-    or no /metrics at all, as on the FastAPI baseline)."""
+CUDA_GAUGES = ("elbo_serve_cuda_memory_allocated_bytes", "elbo_serve_cuda_memory_peak_bytes")
+
+
+def _cuda_memory_gauges(url: str) -> dict[str, float] | None:
+    """The server's CUDA memory gauges, each summed over its series: the memory held between
+    calls and the last call's peak (None: no such series, e.g. CPU, or no /metrics at all,
+    as on the FastAPI baseline)."""
     try:
         with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
             text = response.read().decode()
@@ -128,12 +132,17 @@ def _cuda_memory_gauge(url: str) -> float | None:
         if error.code == 404:
             return None
         raise
-    values = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("elbo_serve_cuda_memory_allocated_bytes{")
-    ]
-    return sum(values) if values else None
+    gauges = {
+        name: [
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name + "{")
+        ]
+        for name in CUDA_GAUGES
+    }
+    return (
+        {name: sum(values) for name, values in gauges.items()} if gauges[CUDA_GAUGES[0]] else None
+    )
 
 
 def _per_level(a: list[dict], b: list[dict], key: str) -> dict[str, float]:

@@ -44,6 +44,10 @@ def _http_rows(http: dict[str, Any]) -> list[tuple[str, str]]:
             rows.append((f"{key} {name}", _levels(levels)))
     for server, rss in http["peak_rss_bytes"].items():
         rows.append((f"peak RSS {server}", f"{rss / MIB:,.0f} MiB"))
+    for server, moments in http.get("cuda_memory_bytes", {}).items():
+        for moment, gauges in moments.items():
+            shown = ", ".join(f"{name}: {value / MIB:,.0f} MiB" for name, value in gauges.items())
+            rows.append((f"CUDA memory {server} {moment}", shown))
     return rows
 
 
