@@ -98,7 +98,7 @@ def http(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
     peak_rss, cuda_memory = {}, {}
     for kind, names in SERVERS.items():
         with _server(kind, args, scratch) as (url, process):
-            idle_cuda = _cuda_memory_gauges(url)
+            idle_cuda = cuda_memory_gauges(url)
             with bench_http.PeakRss(process.pid) as rss:
                 cells[kind] = {
                     name: [
@@ -109,7 +109,7 @@ def http(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
                 }
             peak_rss[kind] = rss.peak
             if idle_cuda is not None:
-                cuda_memory[kind] = {"idle": idle_cuda, "after_load": _cuda_memory_gauges(url)}
+                cuda_memory[kind] = {"idle": idle_cuda, "after_load": cuda_memory_gauges(url)}
     return {
         "cells": cells,
         "peak_rss_bytes": peak_rss,
@@ -121,7 +121,7 @@ def http(args: Any, results: dict[str, Any], scratch: Path) -> dict[str, Any]:
 CUDA_GAUGES = ("elbo_serve_cuda_memory_allocated_bytes", "elbo_serve_cuda_memory_peak_bytes")
 
 
-def _cuda_memory_gauges(url: str) -> dict[str, float] | None:
+def cuda_memory_gauges(url: str) -> dict[str, float] | None:
     """The server's CUDA memory gauges, each summed over its series: the memory held between
     calls and the last call's peak (None: no such series, e.g. CPU, or no /metrics at all,
     as on the FastAPI baseline)."""

@@ -3,7 +3,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from load_tests.bench_parts import _cuda_memory_gauges
+from load_tests.bench_parts import cuda_memory_gauges
 
 GPU_METRICS = """\
 # HELP elbo_serve_cuda_memory_allocated_bytes CUDA memory held by tensors
@@ -48,6 +48,6 @@ def _serving(status: int, body: str):
 def test_the_benchmark_reads_both_cuda_gauges_summed_over_devices(status, body, expected):
     server = _serving(status, body)
     try:
-        assert _cuda_memory_gauges(f"http://127.0.0.1:{server.server_port}") == expected
+        assert cuda_memory_gauges(f"http://127.0.0.1:{server.server_port}") == expected
     finally:
         server.shutdown()
