@@ -107,7 +107,9 @@ def test_ddpm_card_splits_the_exact_bound_into_its_terms(tmp_path, classifier_di
     # The exact-bound anomaly scores of the first test images reuse the likelihood pass.
     exact = card["anomaly"]["methods"]["vlb_exact"]
     assert exact["normal_images"] == 4 and card["calibration"]["vlb_mc"]["k"] == 4
-    _check_common_sections(card, tmp_path, ["vlb_exact", "vlb_mc"], ["ddim_3", "ancestral_3", "ancestral_10"])
+    _check_common_sections(
+        card, tmp_path, ["vlb_exact", "vlb_mc"], ["ddim_3", "ancestral_3", "ancestral_10"]
+    )
     assert "exact VLB, T = 10, 6 test images" in printed
 
 

@@ -18,20 +18,6 @@ from models.diffusion.samplers import (
 SHAPE = (3, 1, 8, 8)
 
 
-@pytest.fixture(scope="module")
-def tiny_ddpm(tiny_ddpm_config) -> DDPM:
-    torch.manual_seed(0)
-    config = tiny_ddpm_config(
-        num_timesteps=50, variance="fixed_small", attention_resolutions=(4,), num_heads=2
-    )
-    model = DDPM(config).eval()
-    # The output layer starts at zero; perturb it so the network's output depends on its input.
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.05 * torch.randn_like(parameter))
-    return model
-
-
 def test_spaced_timesteps_span_the_whole_chain():
     assert spaced_timesteps(1000, 1).tolist() == [999]
     assert spaced_timesteps(1000, 1000).tolist() == list(range(1000))
