@@ -110,6 +110,10 @@ class ServedModel:
             "latent_shape": list(self.latent_shape),
             "methods": methods,
             "samplers": list(self.kind.samplers(self.model)),
+            "sampler_defaults": {
+                sampler: self.kind.sample_options_for(self.model, sampler, {})
+                for sampler in self.kind.samplers(self.model)
+            },
             "options": options,
         }
 

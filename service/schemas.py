@@ -358,6 +358,10 @@ class ModelInfo(_Schema):
     latent_shape: list[int] = Field(description="Shape of one latent from /encode for /decode.")
     methods: dict[str, MethodInfo] = Field(description="Its bounds; the first is the default.")
     samplers: list[str] = Field(description="Its samplers; the first is the default.")
+    sampler_defaults: dict[str, dict[str, Any]] = Field(
+        description="Per sampler, the options /sample runs it with when a request sets none "
+        "(a DDPM's DDIM takes 50 steps, its ancestral sampling all T)."
+    )
     options: dict[str, dict[str, OptionInfo]] = Field(
         description="Per operation (sample, encode, decode), the options it takes."
     )

@@ -102,6 +102,11 @@ def test_every_servable_directory_is_listed_under_its_name(client):
     assert ddpm["methods"]["vlb_mc"]["k_range"] == [2, 1998]
     assert ddpm["options"]["sample"]["steps"]["range"] == [1, 1000]
     assert ddpm["samplers"] == ["ddim", "ancestral"]
+    assert ddpm["sampler_defaults"] == {
+        "ddim": {"sampler": "ddim", "steps": 50, "eta": 1.0},
+        "ancestral": {"sampler": "ancestral", "steps": 1000},
+    }
+    assert models["tiny_rgb"]["sampler_defaults"]["prior"]["sampler"] == "prior"
 
 
 @pytest.mark.parametrize("name", sorted(SHAPES))
