@@ -18,7 +18,7 @@ runs one slice per ``next()``, one network call, and between slices hands its la
 cheaper batch waiting for one, taking it back once that is done. So a cheap request waits at
 most for the network calls in progress, however long the work holding the lanes, and the
 long work keeps every lane when nothing cheaper waits. A sliced batch whose requests all went
-away (their futures were cancelled) stops at the next slice.
+away (their futures were cancelled) stops at the next slice, and ``on_stop`` hears of it.
 """
 
 from __future__ import annotations
@@ -138,7 +138,8 @@ class KeyedBatcher:
     larger than that runs alone).
     ``cost`` is its estimated work in any unit common to all items (default: its size); a
     batch's priority is its items' total. ``on_batch(key, items, seconds)`` is told about
-    every executed call, with the seconds it spent in a lane.
+    every executed call, with the seconds it spent in a lane; ``on_stop(key, items, seconds)``
+    of every sliced call stopped part-way because all its submitters went away.
     """
 
     def __init__(
@@ -147,12 +148,14 @@ class KeyedBatcher:
         wait_s: float = 0.01,
         on_batch: BatchObserver | None = None,
         lanes: int = 1,
+        on_stop: BatchObserver | None = None,
     ) -> None:
         if lanes < 1:
             raise ValueError(f"lanes must be >= 1, got {lanes}")
         self.max_batch_items = max_batch_items
         self.wait_s = wait_s
         self.on_batch = on_batch
+        self.on_stop = on_stop
         self.lanes = lanes
         self._queues: dict[Hashable, _Queue] = {}
         self._lanes = _Lanes(lanes)
@@ -235,6 +238,8 @@ class KeyedBatcher:
                     pending.future.set_exception(error)
             return
         if results is None:  # nobody waits for them any more
+            if self.on_stop is not None:
+                self.on_stop(key, sum(p.size for p in batch), seconds)
             return
         if self.on_batch is not None:
             self.on_batch(key, sum(p.size for p in batch), seconds)

@@ -97,7 +97,8 @@ class ModelCalls:
         cls, settings: Settings, device: str, metrics: Any, observe: Callable[..., None]
     ) -> ModelCalls:
         """Load the repository onto ``device`` (with the CPU speed modes settings ask for),
-        and a batcher that reports each executed batch to ``observe(key, items, seconds)``."""
+        and a batcher that reports each executed batch to ``observe(key, items, seconds)``
+        and counts those stopped because their requests went away."""
         import torch
 
         from models.nn.acceleration import Acceleration, accelerate
@@ -127,7 +128,11 @@ class ModelCalls:
             max_batch, wait_s = settings.max_batch_images(device), settings.batch_wait_ms / 1000
         else:  # one request per model call, sent at once
             max_batch, wait_s = 1, 0.0
-        batcher = KeyedBatcher(max_batch, wait_s, observe, lanes)
+
+        def stopped(key: BatchKey, items: int, seconds: float) -> None:
+            metrics.BATCHES_STOPPED.labels(key.model, key.operation).inc()
+
+        batcher = KeyedBatcher(max_batch, wait_s, observe, lanes, on_stop=stopped)
         logger.info("%d model lanes, %d torch threads each", lanes, torch.get_num_threads())
         return cls(
             repository,

@@ -13,6 +13,9 @@
   to what the service answers (service/openapi.py).
 - :class:`RequestTimeout`: BentoML's request timeout without its per-request timer leak;
   :func:`use_leak_free_timeout` puts it where BentoML builds its own.
+
+:func:`install_http_adapters` also puts :class:`service.disconnects.CancelOnDisconnect` in
+front of them: a request whose client disconnects stops its work.
 """
 
 from __future__ import annotations
@@ -289,6 +292,7 @@ def use_leak_free_timeout() -> None:
 def install_http_adapters(service: Any, settings: Settings) -> None:
     """Everything between HTTP and the endpoints of ``service`` (the BentoML class)."""
     from service.auth import HEALTH_PATHS, ApiKeys
+    from service.disconnects import CancelOnDisconnect
     from service.errors import use_one_line_client_error_logs
     from service.openapi import published_document
     from service.repository import summaries
@@ -296,6 +300,10 @@ def install_http_adapters(service: Any, settings: Settings) -> None:
     # Added first, so it runs first: without a valid key (when keys are set) nothing else runs.
     open_paths = () if settings.auth_health else HEALTH_PATHS
     service.add_asgi_middleware(ApiKeys, keys=settings.api_keys, open_paths=open_paths)
+    # Before anything reads the body, so that every read goes through it: once the body is
+    # read, a client that disconnects cancels its request and the batcher drops its work.
+    endpoints = [api.route for api in service.apis.values()]
+    service.add_asgi_middleware(CancelOnDisconnect, endpoints=endpoints)
     # A body over the limit is refused before anything reads it.
     service.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Uploaded PNG files and GET /models, translated before BentoML parses the request.

@@ -50,6 +50,18 @@ IMAGES_SCORED = Counter(
     "Images /score scored (the denominator of the flagged rate).",
     ["model", "method"],
 )
+REQUESTS_ABANDONED = Counter(
+    PREFIX + "requests_abandoned_total",
+    "Requests cancelled because their client disconnected before the answer was complete "
+    "(service/disconnects.py).",
+    ["endpoint"],
+)
+BATCHES_STOPPED = Counter(
+    PREFIX + "batches_stopped_total",
+    "Model calls stopped part-way because every request in them had gone away (its client "
+    "disconnected, or it timed out): work not done for nobody.",
+    ["model", "operation"],
+)
 CHECKPOINT_LOAD_SECONDS = Gauge(
     PREFIX + "checkpoint_load_seconds",
     "Seconds it took to load each checkpoint (slowest worker).",

@@ -332,13 +332,20 @@ def test_progressive_work_reports_its_results_and_time_in_the_lane_once():
     assert observed == [("p", 3)]
 
 
-def test_progressive_work_stops_when_every_request_went_away():
+def test_progressive_work_stops_when_every_request_went_away_and_says_so():
     import threading
 
     started, finish, stopped = threading.Semaphore(0), threading.Event(), threading.Event()
+    executed, stops = [], []
 
     async def main():
-        batcher = KeyedBatcher(8, wait_s=0.0, lanes=1)
+        batcher = KeyedBatcher(
+            8,
+            wait_s=0.0,
+            lanes=1,
+            on_batch=lambda key, items, seconds: executed.append(key),
+            on_stop=lambda key, items, seconds: stops.append((key, items)),
+        )
         job = asyncio.ensure_future(
             batcher.submit("heavy", _expensive(started, finish, stopped), 0, cost=1000.0)
         )
@@ -350,6 +357,8 @@ def test_progressive_work_stops_when_every_request_went_away():
 
     assert asyncio.run(main()) == 1
     assert not finish.is_set()
+    assert stops == [("heavy", 1)]
+    assert executed == ["next"]  # the stopped call is no executed batch
 
 
 def test_a_failing_slice_fails_every_item_of_its_batch():
