@@ -54,12 +54,9 @@ def ddpm_ancestral_sample_progressive(
 ) -> Progressive[torch.Tensor]:
     """:func:`ddpm_ancestral_sample`, yielding after each step."""
     total = diffusion.num_timesteps if steps is None else steps
-    network_timesteps = spaced_timesteps(diffusion.num_timesteps, total).tolist()
-    chain = (
-        diffusion
-        if total == diffusion.num_timesteps
-        else respaced(diffusion, torch.tensor(network_timesteps))
-    )
+    times = spaced_timesteps(diffusion.num_timesteps, total)  # the network's timesteps
+    chain = diffusion if total == diffusion.num_timesteps else respaced(diffusion, times)
+    network_timesteps = times.tolist()
     device = diffusion.betas.device
     x = randn_rows(shape, generator, device)
     for done, i in enumerate(reversed(range(total)), start=1):
