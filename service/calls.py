@@ -59,6 +59,23 @@ def as_task(task: str) -> str:
     )
 
 
+def _publish_calibrations(repository: Repository, metrics: Any) -> None:
+    """Each served model card's calibration of the bound, per method, as gauges: the reference
+    that the bits/dim of served images (labelled by the same model and method) are compared
+    with."""
+    from service.scoring import bound_calibrations
+
+    for served in repository.values():
+        for method, calibration in bound_calibrations(served.card).items():
+            metrics.set_calibration(
+                served.name,
+                method,
+                calibration.mean,
+                calibration.std,
+                len(calibration.normal_scores),
+            )
+
+
 class BatchKey(NamedTuple):
     """Everything a batched model call depends on besides its inputs."""
 
@@ -113,6 +130,7 @@ class ModelCalls:
             device,
             lambda name, seconds: metrics.CHECKPOINT_LOAD_SECONDS.labels(name).set(seconds),
         )
+        _publish_calibrations(repository, metrics)
         if (acceleration := settings.acceleration(device)) != Acceleration():
             for served in repository.values():
                 accelerate(served.model, acceleration)

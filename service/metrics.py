@@ -62,6 +62,28 @@ BATCHES_STOPPED = Counter(
     "disconnected, or it timed out): work not done for nobody.",
     ["model", "operation"],
 )
+# The model card's calibration of each method, set once as the models load. Every worker sets
+# the same figures, so the largest is each of them, with no pid label.
+CALIBRATION_MEAN_BITS_PER_DIM = Gauge(
+    PREFIX + "calibration_mean_bits_per_dim",
+    "Mean bound of the model card's held-out normal images, in bits/dim: the reference for "
+    "elbo_serve_likelihood_bits_per_dim of the same model and method.",
+    ["model", "method"],
+    multiprocess_mode="max",
+)
+CALIBRATION_STD_BITS_PER_DIM = Gauge(
+    PREFIX + "calibration_std_bits_per_dim",
+    "Standard deviation (N - 1) of the bounds of the model card's held-out normal images, in "
+    "bits/dim.",
+    ["model", "method"],
+    multiprocess_mode="max",
+)
+CALIBRATION_IMAGES = Gauge(
+    PREFIX + "calibration_images",
+    "Held-out normal images the model card's calibration was measured on.",
+    ["model", "method"],
+    multiprocess_mode="max",
+)
 CHECKPOINT_LOAD_SECONDS = Gauge(
     PREFIX + "checkpoint_load_seconds",
     "Seconds it took to load each checkpoint (slowest worker).",
@@ -93,6 +115,14 @@ CUDA_PEAK_MEMORY_BYTES = Gauge(
 def observe_batch(model: str, operation: str, items: int, seconds: float) -> None:
     INFERENCE_SECONDS.labels(model, operation).observe(seconds)
     BATCH_ITEMS.labels(model, operation).observe(items)
+
+
+def set_calibration(
+    model: str, method: str, mean_bits_per_dim: float, std_bits_per_dim: float, images: int
+) -> None:
+    CALIBRATION_MEAN_BITS_PER_DIM.labels(model, method).set(mean_bits_per_dim)
+    CALIBRATION_STD_BITS_PER_DIM.labels(model, method).set(std_bits_per_dim)
+    CALIBRATION_IMAGES.labels(model, method).set(images)
 
 
 def observe_cuda_memory(device: str) -> None:

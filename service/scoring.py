@@ -13,6 +13,7 @@ from models.eval import calibrated
 from models.eval.calibrated import (
     CalibratedScore,
     NoCalibrationError,
+    bound_calibrations,
     judge,
     score_k,
     scores,
@@ -23,6 +24,7 @@ from service.errors import MissingCalibrationError
 
 __all__ = [
     "CalibratedScore",
+    "bound_calibrations",
     "calibration_for",
     "judge",
     "score_k",

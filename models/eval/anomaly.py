@@ -126,6 +126,18 @@ class Calibration:
         return cls(np.sort(_as_numpy(normal_scores)), source)
 
     @property
+    def mean(self) -> float:
+        """The mean held-out normal score: where served scores of normal inputs centre."""
+        return float(self.normal_scores.mean())
+
+    @property
+    def std(self) -> float:
+        """The sample standard deviation (N - 1) of the held-out normal scores; NaN for one."""
+        if len(self.normal_scores) < 2:
+            return float("nan")
+        return float(self.normal_scores.std(ddof=1))
+
+    @property
     def min_fpr(self) -> float:
         """Below 1/N the (1 - fpr) quantile is just the largest held-out score."""
         return 1.0 / len(self.normal_scores)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from models.core.card import (
+    BITS_PER_DIM,
     SCORE_KINDS,
     TERM_DENSITY_CORRECTION,
     MethodCalibration,
@@ -99,6 +100,19 @@ def _calibrated(calibrations: dict[str, MethodCalibration]) -> str:
         if entry.term_density is not None
     ]
     return ", ".join(pairs) or "nothing"
+
+
+def bound_calibrations(card: Mapping[str, Any]) -> dict[str, Calibration]:
+    """method -> the held-out normal images' bounds in bits/dim (correction 'none'), for
+    every method the card calibrates: what the bound of images like the calibration's centres
+    on, the reference for the bounds of served images."""
+    return {
+        method: Calibration.of(
+            entry.scores[BITS_PER_DIM].normal_scores, entry.scores[BITS_PER_DIM].source
+        )
+        for method, entry in calibrations_in(card).items()
+        if BITS_PER_DIM in entry.scores
+    }
 
 
 def threshold_for(calibration: Calibration, fpr: float) -> float:

@@ -2,7 +2,7 @@
 service: every PromQL expression in deploy/grafana/elbo-serve-dashboard.json and in
 deploy/prometheus/*.yml is found here by reading the files (a new panel or rule is tested with
 no change to this file), evaluated over Prometheus's HTTP API after real traffic, and must be
-valid and return series; two alerts are made to fire.
+valid and return series; three alerts are made to fire.
 
 Needs Debian's ``prometheus`` package (``prometheus`` and ``promtool``; ``make test`` installs
 it). Without it the tests that need it are skipped.
@@ -389,8 +389,11 @@ def test_traffic_got_the_answers_it_was_meant_to(traffic):
 
 @needs_prometheus
 def test_alerts_fire_on_a_dead_replica_and_on_flagged_images(service, prometheus, traffic):
-    """ElboServeTargetDown for the port where nothing listens, ElboServeFlaggedRateHigh for
-    the VAE after the noise; the healthy replica raises no availability alert."""
+    """ElboServeTargetDown for the port where nothing listens, ElboServeFlaggedRateHigh and
+    ElboServeScoreOffCalibration for the VAE after the noise (the card's calibration gauges
+    match the served bounds' model and method labels); the healthy replica raises no
+    availability alert, and ElboServeScoreDrift none for the VAE: its reference, the traffic
+    of the last day, is the same noise."""
     client, dead = prometheus
 
     def firing():
@@ -399,10 +402,17 @@ def test_alerts_fire_on_a_dead_replica_and_on_flagged_images(service, prometheus
             (a["labels"]["alertname"], a["labels"].get("instance", a["labels"].get("model")))
             for a in alerts
         }
-        wanted = {("ElboServeTargetDown", dead), ("ElboServeFlaggedRateHigh", "vae")}
+        wanted = {
+            ("ElboServeTargetDown", dead),
+            ("ElboServeFlaggedRateHigh", "vae"),
+            ("ElboServeScoreOffCalibration", "vae"),
+        }
         return alerts if wanted <= names else None
 
-    alerts = client.wait_for(firing, "ElboServeTargetDown and ElboServeFlaggedRateHigh firing")
+    alerts = client.wait_for(
+        firing,
+        "ElboServeTargetDown, ElboServeFlaggedRateHigh and ElboServeScoreOffCalibration firing",
+    )
     flagged = next(a for a in alerts if a["labels"]["alertname"] == "ElboServeFlaggedRateHigh")
     assert flagged["labels"] == {
         "alertname": "ElboServeFlaggedRateHigh",
@@ -415,9 +425,20 @@ def test_alerts_fire_on_a_dead_replica_and_on_flagged_images(service, prometheus
     assert "flagged" in flagged["annotations"]["summary"]
     down = next(a for a in alerts if a["labels"]["alertname"] == "ElboServeTargetDown")
     assert down["labels"]["instance"] == dead
+    off = next(a for a in alerts if a["labels"]["alertname"] == "ElboServeScoreOffCalibration")
+    assert off["labels"] == {
+        "alertname": "ElboServeScoreOffCalibration",
+        "job": JOB,
+        "model": "vae",
+        "method": "elbo",
+        "severity": "warning",
+    }
+    assert float(off["value"]) > 1  # noise scores bits/dim above the calibration's ~3.2
     active = {a["labels"]["alertname"] for a in client.alerts()}
     quiet = {"ElboServeNoReplicaUp", "ElboServeNotReady", "ElboServeHighErrorRatio"}
     assert not active & quiet, f"alerts on a healthy replica: {active & quiet}"
+    drift = [a for a in client.alerts() if a["labels"]["alertname"] == "ElboServeScoreDrift"]
+    assert not [a for a in drift if a["labels"]["model"] == "vae"], drift
 
 
 @needs_prometheus

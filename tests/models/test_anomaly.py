@@ -97,6 +97,16 @@ def test_calibration_refuses_a_false_positive_rate_it_cannot_resolve():
         calibration.threshold(0.001)
 
 
+def test_calibration_mean_and_std_are_those_of_its_normal_scores(scores):
+    import statistics
+
+    normal, _ = scores
+    calibration = Calibration.of(normal, "test scores")
+    assert calibration.mean == pytest.approx(statistics.fmean(normal.tolist()), abs=1e-12)
+    assert calibration.std == pytest.approx(statistics.stdev(normal.tolist()), abs=1e-12)
+    assert np.isnan(Calibration.of([3.0], "one score").std)
+
+
 def test_png_bits_per_dim_of_rgb_images_is_their_rgb_png_size_over_c_h_w():
     import io
 

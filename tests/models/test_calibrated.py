@@ -11,7 +11,7 @@ from models.core.noise import seeded_generator
 from models.core.pixels import pixels_to_signed_unit
 from models.core.progressive import run_to_end
 from models.eval.anomaly import Calibration
-from models.eval.calibrated import CalibratedScorer, NoCalibrationError
+from models.eval.calibrated import CalibratedScorer, NoCalibrationError, bound_calibrations
 from models.kinds import OptionError, kind_of
 from models.vae.model import VAE
 
@@ -66,3 +66,19 @@ def test_scorer_runs_the_calibrations_k_and_judges_against_its_scores(vae):
 def test_options_the_card_cannot_honour_name_the_option(vae, options, error, message):
     with pytest.raises(error, match=message):
         _scorer(vae, **options)
+
+
+def test_bound_calibrations_are_each_methods_raw_bits_per_dim_scores():
+    raw = Calibration.of(NORMAL_SCORES, "fixture").to_dict((0.05,))
+    minus_png = Calibration.of(NORMAL_SCORES - 5.0, "fixture").to_dict((0.05,))
+    card = {
+        "calibration": {
+            "iwae": {"k": 3, "scores": {"bits_per_dim": raw, "bits_per_dim_minus_png": minus_png}},
+            "only_png": {"k": None, "scores": {"bits_per_dim_minus_png": minus_png}},
+        }
+    }
+    found = bound_calibrations(card)
+    assert list(found) == ["iwae"]  # a method with no raw calibration has no bound reference
+    assert found["iwae"].normal_scores.tolist() == sorted(raw["normal_scores"])
+    assert found["iwae"].mean == pytest.approx(9.0 - 1 / 128)  # (-20..19) / 64 averages -1/128
+    assert bound_calibrations({}) == {}

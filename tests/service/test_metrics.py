@@ -1,5 +1,5 @@
 """service/metrics.py on its own: what the CUDA gauges read (no GPU needed: torch.cuda's
-memory counters are stood in for)."""
+memory counters are stood in for), and the calibration gauges."""
 
 import pytest
 import torch
@@ -47,3 +47,13 @@ def test_no_cuda_gauge_is_set_on_cpu(fake_cuda_memory):
     metrics.observe_cuda_memory("cpu")
     labelled = {labels for labels in metrics.CUDA_PEAK_MEMORY_BYTES._metrics}
     assert ("cpu",) not in labelled
+
+
+def test_calibration_gauges_hold_the_figures_set_for_each_model_and_method():
+    metrics.set_calibration("a", "elbo", 3.25, 0.9, 2000)
+    metrics.set_calibration("a", "iwae", 3.0, 0.8, 50)
+    assert metrics.CALIBRATION_MEAN_BITS_PER_DIM.labels("a", "elbo")._value.get() == 3.25
+    assert metrics.CALIBRATION_STD_BITS_PER_DIM.labels("a", "elbo")._value.get() == 0.9
+    assert metrics.CALIBRATION_IMAGES.labels("a", "elbo")._value.get() == 2000
+    assert metrics.CALIBRATION_MEAN_BITS_PER_DIM.labels("a", "iwae")._value.get() == 3.0
+    assert metrics.CALIBRATION_IMAGES.labels("a", "iwae")._value.get() == 50

@@ -2,6 +2,7 @@
 model calls and none is dropped."""
 
 import dataclasses
+import statistics
 
 import pytest
 from service_testing import concurrently, metric_value, png_b64
@@ -61,6 +62,51 @@ def test_load_and_warm_up_are_recorded_with_bentomls_own_metrics(client):
     assert metric_value(client, "elbo_serve_checkpoint_load_seconds", model="vae") > 0
     assert metric_value(client, "elbo_serve_warmup_seconds") > 0
     assert "bentoml_service_request_total" in text or "bentoml_api_server" in text
+
+
+def test_calibration_gauges_carry_each_served_cards_normal_scores(client, served_checkpoints):
+    """For every served model and calibrated method, the mean, standard deviation and count of
+    its card's held-out normal bounds, labelled as the bits/dim histogram labels served images
+    (so that PromQL matches them one to one)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from models.core.checkpoints import read_model_card
+
+    expected = {}
+    for name, directory in served_checkpoints.items():
+        for method, entry in read_model_card(directory)["calibration"].items():
+            normal = entry["scores"]["bits_per_dim"]["normal_scores"]
+            expected[name, method] = (
+                statistics.fmean(normal),
+                statistics.stdev(normal),
+                len(normal),
+            )
+    assert expected
+
+    def labelled(name: str) -> dict[tuple[str, str], float]:
+        families = text_string_to_metric_families(client.get("/metrics").text)
+        return {
+            (s.labels["model"], s.labels["method"]): s.value
+            for family in families
+            for s in family.samples
+            if s.name == name and s.labels["model"] in served_checkpoints  # not other tests'
+        }
+
+    means = labelled("elbo_serve_calibration_mean_bits_per_dim")
+    stds = labelled("elbo_serve_calibration_std_bits_per_dim")
+    images = labelled("elbo_serve_calibration_images")
+    assert means.keys() == stds.keys() == images.keys() == expected.keys()
+    for key, (mean, std, count) in expected.items():
+        assert means[key] == pytest.approx(mean, abs=1e-9), key
+        assert stds[key] == pytest.approx(std, abs=1e-9), key
+        assert images[key] == count, key
+    # the warm-up bounded an image per model with its default method: the same labels
+    from _bentoml_sdk.service import get_current_service
+
+    bounded = labelled("elbo_serve_likelihood_bits_per_dim_count")
+    for name, served in get_current_service().calls.repository.items():
+        default = (name, served.method(None).name)
+        assert default in bounded and default in means, (default, sorted(bounded))
 
 
 @pytest.fixture
