@@ -230,10 +230,12 @@ class ModelCalls:
             run = functools.partial(self.runners.bound, served.method(method), served.model)
         run = functools.partial(run, k=k, max_batch=self.bound_call_rows)
         cost = served.cost(Work("likelihood", job.rows, method, k))
-        terms = await self.batcher.submit(key, run, job, job.rows, cost.gflop)
-        for value in terms["total_bits_per_dim"].tolist():
+        return await self.batcher.submit(key, run, job, job.rows, cost.gflop)
+
+    def _observe_bounds(self, served: ServedModel, method: str, bits_per_dim) -> None:
+        """Each incoming image's bound, once, into the histogram the drift alerts read."""
+        for value in bits_per_dim.tolist():
             self.metrics.LIKELIHOOD_BITS_PER_DIM.labels(served.name, method).observe(value)
-        return terms
 
     async def _term_vector(self, served: ServedModel, method: str, k: int | None, job):
         """The kind's term vectors (B, F) of ``method``'s bound (its term method)."""
@@ -267,6 +269,7 @@ class ModelCalls:
         x = self._images(served, request.images)
         job = self.runners.ImagesJob(x, request.seed, progress)
         terms = await self._bound(served, method.name, k, job)
+        self._observe_bounds(served, method.name, terms["total_bits_per_dim"])
         names = [name for name in ImageBound.model_fields if name in terms]
         columns = {name: terms[name].tolist() for name in names}
         results = [
@@ -300,6 +303,7 @@ class ModelCalls:
             score, bits_per_dim, png = term_scores(vectors, calibrated.density, x)
             if pixel is not None:  # the maps come from the bound itself, a second pass
                 terms = await self._bound(served, method.name, k, job, per_dim=True)
+        self._observe_bounds(served, method.name, bits_per_dim)
         maps = [{}] * len(x)
         if pixel is not None:
             nats = terms[TOTAL_NATS_PER_DIM]

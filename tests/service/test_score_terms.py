@@ -7,7 +7,7 @@ import dataclasses
 import math
 
 import pytest
-from service_testing import png_b64
+from service_testing import metric_value, png_b64
 
 from models.core.card import calibrations_in
 from models.eval.typicality import Density, fit_and_calibrate, with_term_density
@@ -54,6 +54,19 @@ def term_calibrated(client, monkeypatch):
         )
         _replace_card(monkeypatch, name, with_term_density(card, method, density))
     return client
+
+
+@pytest.mark.parametrize("maps", [False, True])
+def test_score_with_terms_counts_each_image_once_for_the_drift_alerts(
+    term_calibrated, images, maps
+):
+    """The bits/dim histogram the drift alerts read sees every /score image, whichever
+    correction scored it (and once, though maps take a second pass over the bound)."""
+    count = "elbo_serve_likelihood_bits_per_dim_count"
+    before = metric_value(term_calibrated, count, model="vae")
+    body = {"model": "vae", "images": images, "correction": "terms", "maps": maps}
+    assert term_calibrated.post("/score", json=body).status_code == 200
+    assert metric_value(term_calibrated, count, model="vae") == before + len(images)
 
 
 @pytest.mark.parametrize("name", ["vae", "ddpm"])
