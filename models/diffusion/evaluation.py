@@ -59,16 +59,20 @@ def likelihood_report(ddpm: DDPM, ctx: EvalContext) -> tuple[Likelihood, torch.T
 
 
 def evaluation_samplers(ddpm: DDPM, ctx: EvalContext) -> dict[str, tuple[int, Sampler]]:
-    """DDIM with ``ddim_steps`` steps at ``ctx.ddim_eta`` (Song et al. 2020, Eq. 12) and
-    ancestral sampling over as many respaced steps with the model's variances (Nichol &
-    Dhariwal 2021, Sec. 4), both on ``fd_samples`` images; ancestral sampling over all T
-    steps (Ho et al. 2020, Algorithm 2) on fewer."""
+    """On ``fd_samples`` images each: DDIM with ``ddim_steps`` steps at ``ctx.ddim_eta`` (the
+    served default) and at eta = 0 (Song et al. 2020, Eq. 12), and ancestral sampling over
+    as many respaced steps with the model's variances (Nichol & Dhariwal 2021, Sec. 4); on
+    fewer, ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2). Which of the
+    first three is best depends on the model, so the card measures them all."""
     shape = ddpm.image_shape
     steps, num_timesteps = ctx.sizes.ddim_steps, ddpm.diffusion.num_timesteps
 
-    def ddim(n: int) -> torch.Tensor:
-        x = ddim_sample(ddpm.diffusion, ddpm, (n, *shape), steps, ctx.generator, ctx.ddim_eta)
-        return signed_unit_to_pixels(x.cpu())
+    def ddim(eta: float) -> Sampler:
+        def draw(n: int) -> torch.Tensor:
+            x = ddim_sample(ddpm.diffusion, ddpm, (n, *shape), steps, ctx.generator, eta)
+            return signed_unit_to_pixels(x.cpu())
+
+        return draw
 
     def ancestral(ancestral_steps: int) -> Sampler:
         def draw(n: int) -> torch.Tensor:
@@ -79,7 +83,9 @@ def evaluation_samplers(ddpm: DDPM, ctx: EvalContext) -> dict[str, tuple[int, Sa
 
         return draw
 
-    samplers = {f"ddim_{steps}": (ctx.sizes.fd_samples, ddim)}
+    samplers = {f"ddim_{steps}": (ctx.sizes.fd_samples, ddim(ctx.ddim_eta))}
+    if ctx.ddim_eta != 0:
+        samplers[f"ddim_{steps}_eta0"] = (ctx.sizes.fd_samples, ddim(0.0))
     if steps < num_timesteps:
         samplers[f"ancestral_{steps}"] = (ctx.sizes.fd_samples, ancestral(steps))
     samplers[f"ancestral_{num_timesteps}"] = (ctx.sizes.ancestral_samples, ancestral(num_timesteps))

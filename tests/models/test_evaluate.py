@@ -108,7 +108,10 @@ def test_ddpm_card_splits_the_exact_bound_into_its_terms(tmp_path, classifier_di
     exact = card["anomaly"]["methods"]["vlb_exact"]
     assert exact["normal_images"] == 4 and card["calibration"]["vlb_mc"]["k"] == 4
     _check_common_sections(
-        card, tmp_path, ["vlb_exact", "vlb_mc"], ["ddim_3", "ancestral_3", "ancestral_10"]
+        card,
+        tmp_path,
+        ["vlb_exact", "vlb_mc"],
+        ["ddim_3", "ddim_3_eta0", "ancestral_3", "ancestral_10"],
     )
     assert "exact VLB, T = 10, 6 test images" in printed
 
@@ -307,7 +310,7 @@ def test_ddpm_on_a_folder_calibrates_and_serves(tmp_path, folders, capsys):
         ddpm, tmp_path, ["--normal", str(normal), "--outliers", str(noise)], capsys
     )
     assert card.sample_quality is None and card.sample_grids is not None
-    assert set(card.sample_grids.grids) == {"ddim_3", "ancestral_3", "ancestral_10"}
+    assert set(card.sample_grids.grids) == {"ddim_3", "ddim_3_eta0", "ancestral_3", "ancestral_10"}
     assert card.anomaly.outlier_sets == (noise.name,)
     exact = card.anomaly.methods["vlb_exact"]
     assert exact.normal_images == 8 and set(exact.sets) == {noise.name}
