@@ -9,7 +9,7 @@ set -u
 source scripts/gpu/env.sh
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, bentoml; print('torch', torch.__version__, 'bentoml', bentoml.__version__, torch.cuda.get_device_name())" || exit 1
-DDPM_MINUTES=${DDPM_MINUTES:-14}
+DDPM_MINUTES=${DDPM_MINUTES:-12}
 setsid nohup python3 -m models.train ddpm --config configs/ddpm_fmnist_large.json \
     --start-from checkpoints/ddpm --out $RUNS/ddpm --device cuda --threads 4 \
     --time-limit-minutes "$DDPM_MINUTES" > $RUNS/ddpm_train.log 2>&1 < /dev/null &
