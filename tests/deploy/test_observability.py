@@ -413,26 +413,12 @@ def test_alerts_fire_on_a_dead_replica_and_on_flagged_images(service, prometheus
         firing,
         "ElboServeTargetDown, ElboServeFlaggedRateHigh and ElboServeScoreOffCalibration firing",
     )
-    flagged = next(a for a in alerts if a["labels"]["alertname"] == "ElboServeFlaggedRateHigh")
-    assert flagged["labels"] == {
-        "alertname": "ElboServeFlaggedRateHigh",
-        "job": JOB,
-        "model": "vae",
-        "method": "elbo",
-        "severity": "warning",
-    }
+    flagged = _vae_warning(alerts, "ElboServeFlaggedRateHigh")
     assert float(flagged["value"]) > 0.8  # 160 noise images among 178
     assert "flagged" in flagged["annotations"]["summary"]
     down = next(a for a in alerts if a["labels"]["alertname"] == "ElboServeTargetDown")
     assert down["labels"]["instance"] == dead
-    off = next(a for a in alerts if a["labels"]["alertname"] == "ElboServeScoreOffCalibration")
-    assert off["labels"] == {
-        "alertname": "ElboServeScoreOffCalibration",
-        "job": JOB,
-        "model": "vae",
-        "method": "elbo",
-        "severity": "warning",
-    }
+    off = _vae_warning(alerts, "ElboServeScoreOffCalibration")
     assert float(off["value"]) > 1  # noise scores bits/dim above the calibration's ~3.2
     active = {a["labels"]["alertname"] for a in client.alerts()}
     quiet = {"ElboServeNoReplicaUp", "ElboServeNotReady", "ElboServeHighErrorRatio"}
@@ -514,3 +500,17 @@ def _assert_series(where: str, expr: str, result: list[dict], device: str) -> No
     assert result, f"{where}: {expr!r} returned no series"
     finite = [s for s in result if math.isfinite(float(s["value"][1]))]
     assert finite, f"{where}: {expr!r} returned only NaN/Inf: {result}"
+
+
+def _vae_warning(alerts: list[dict], name: str) -> dict:
+    """The alert called ``name`` among ``alerts``, checked to be a warning about the VAE's
+    elbo on this test's job."""
+    alert = next(a for a in alerts if a["labels"]["alertname"] == name)
+    assert alert["labels"] == {
+        "alertname": name,
+        "job": JOB,
+        "model": "vae",
+        "method": "elbo",
+        "severity": "warning",
+    }
+    return alert
