@@ -27,7 +27,6 @@ from tqdm import tqdm
 from models.core.checkpoints import (
     WEIGHTS_FILE,
     load_checkpoint,
-    read_config,
     save_checkpoint,
     weights_sha256,
 )
@@ -65,7 +64,7 @@ def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def config_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
+def _config_differences(theirs: dict[str, Any], ours: dict[str, Any]) -> list[str]:
     """'name: theirs != ours' for every config entry that differs, sorted by name."""
     a, b = _leaves(theirs), _leaves(ours)
     return [
@@ -169,19 +168,19 @@ class Trainer:
         weights both start at its weights, and the optimizer, the warm-up, the step count and
         the generators start afresh, as in any new run. ``training.json`` records the source.
         Raises ValueError naming what differs."""
-        kind, config = read_config(directory)
-        if kind != self.experiment.kind:
+        source = load_checkpoint(directory, self.device)
+        if source.kind != self.experiment.kind:
             raise ValueError(
-                f"{directory} holds a {kind}; this run trains a {self.experiment.kind}"
+                f"{directory} holds a {source.kind}; this run trains a {self.experiment.kind}"
             )
-        differences = config_differences(
-            config_to_dict(config), config_to_dict(self.experiment.model_config)
+        differences = _config_differences(
+            config_to_dict(source.model.config), config_to_dict(self.experiment.model_config)
         )
         if differences:
             raise ValueError(
                 f"{directory}: its model config differs from this run's: " + "; ".join(differences)
             )
-        weights = load_checkpoint(directory, self.device).model.state_dict()
+        weights = source.model.state_dict()
         self.model.load_state_dict(weights)
         self.ema.load_state_dict(weights)
         source_training = directory / TRAINING_FILE
