@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from models.kinds import OptionError, kind_of
 
@@ -42,6 +43,15 @@ def test_ancestral_sampling_runs_all_steps_unless_asked_for_fewer(ddpm):
     assert kind.sample_options_for(ddpm, "ancestral", {"steps": 5})["steps"] == 5
     with pytest.raises(OptionError, match="^steps: this model takes 1..20 steps, got 21"):
         kind.sample_options_for(ddpm, "ancestral", {"steps": 21})
+
+
+@pytest.mark.parametrize(("given", "calls"), [({}, 20), ({"steps": 3}, 3)])
+def test_ancestral_sampling_makes_one_network_call_per_step_it_was_given(ddpm, given, calls):
+    kind = kind_of(ddpm)
+    options = kind.sample_options_for(ddpm, "ancestral", given)
+    generators = [torch.Generator().manual_seed(0)]
+    progress = list(kind.sample(ddpm.eval(), generators, options, None))
+    assert progress == [(done, calls) for done in range(1, calls + 1)]
 
 
 def test_ancestral_sampling_refuses_an_eta(ddpm):
