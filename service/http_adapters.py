@@ -289,7 +289,9 @@ def use_leak_free_timeout() -> None:
     traffic.TimeoutMiddleware = RequestTimeout  # type: ignore[misc]
 
 
-def install_http_adapters(service: Any, settings: Settings) -> None:
+def install_http_adapters(
+    service: Any, settings: Settings, task_requests: dict[str, Any] | None = None
+) -> None:
     """Everything between HTTP and the endpoints of ``service`` (the BentoML class)."""
     from service.auth import HEALTH_PATHS, ApiKeys
     from service.disconnects import CancelOnDisconnect
@@ -309,6 +311,15 @@ def install_http_adapters(service: Any, settings: Settings) -> None:
     # Uploaded PNG files and GET /models, translated before BentoML parses the request.
     service.add_asgi_middleware(MultipartImages)
     service.add_asgi_middleware(GetModels)
+    # The task routes, from the task store shared by every replica (service/tasks/routes.py).
+    from service.tasks.routes import TaskRoutes
+
+    service.add_asgi_middleware(
+        TaskRoutes,
+        kinds=task_requests or {},
+        config=settings.task_store_config(),
+        keys_on=bool(settings.api_keys),
+    )
 
     def document() -> dict[str, Any]:
         """BentoML's OpenAPI document, corrected to what the service answers."""

@@ -132,3 +132,34 @@ def observe_cuda_memory(device: str) -> None:
         CUDA_MEMORY_BYTES.labels(device).set(torch.cuda.memory_allocated(device))
         CUDA_PEAK_MEMORY_BYTES.labels(device).set(torch.cuda.max_memory_allocated(device))
         torch.cuda.reset_peak_memory_stats(device)
+
+# Tasks (service/tasks/). The queue is shared by every replica, so each reports the same depth:
+# aggregate with max(), not sum().
+TASKS_QUEUED = Gauge(
+    PREFIX + "tasks_queued",
+    "Tasks waiting in the task store for a replica with capacity (the store's count, the same "
+    "from every replica).",
+    multiprocess_mode="max",
+)
+TASKS_RUNNING = Gauge(
+    PREFIX + "tasks_running",
+    "Tasks this replica is running now.",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+TASK_ATTEMPTS = Counter(
+    PREFIX + "task_attempts_total",
+    "Runs of tasks started (a task runs again after a lapsed lease or a failed attempt).",
+    ["kind"],
+)
+TASK_LEASE_EXPIRIES = Counter(
+    PREFIX + "task_lease_expiries_total",
+    "Tasks taken over because the replica running them stopped renewing their lease.",
+    ["kind"],
+)
+TASK_SECONDS = Histogram(
+    PREFIX + "task_seconds",
+    "Seconds from a task's start on a replica to its stored answer, by kind and outcome.",
+    ["kind", "status"],
+    buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)

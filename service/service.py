@@ -20,8 +20,9 @@ import time
 from typing import Any
 
 import bentoml
+from starlette.responses import JSONResponse
 
-from service.errors import RequestError, answers_request_errors
+from service.errors import answers_request_errors
 from service.http_adapters import install_http_adapters
 from service.schemas import (
     DecodeRequest,
@@ -58,14 +59,20 @@ class ElboServe:
         # set PROMETHEUS_MULTIPROC_DIR.
         from service import metrics
         from service.calls import ModelCalls
-        from service.progress import ProgressStore
+        from service.tasks import open_store
+        from service.tasks.worker import TaskWorker
 
         # Read again here (not only at import) so each new instance sees the environment.
         settings = Settings.from_env()
         self.device = settings.resolve_device()
         self.metrics = metrics
         self.calls = ModelCalls.from_settings(settings, self.device, metrics, self._observe)
-        self.progress = ProgressStore(settings.progress_dir)
+        handlers = {
+            "sample_task": task_handler(SampleRequest, self.calls.sample),
+            "likelihood_task": task_handler(LikelihoodRequest, self.calls.likelihood),
+        }
+        store = open_store(settings.task_store_config())
+        self.tasks = TaskWorker(store, handlers, settings.task_concurrency, metrics)
         self._ready = False
 
     # Health -------------------------------------------------------------------------------
@@ -89,7 +96,17 @@ class ElboServe:
             return
         self.metrics.WARMUP_SECONDS.set(time.perf_counter() - start)
         self._ready = True
+        # Warm: take tasks from the store from now on.
+        self._task_loop = asyncio.get_running_loop().create_task(self.tasks.run())
         logger.info("warm-up done in %.1f s", time.perf_counter() - start)
+
+    @bentoml.on_shutdown
+    async def _stop_tasks(self) -> None:
+        # A task stopped here is run again elsewhere once its lease lapses.
+        if loop := getattr(self, "_task_loop", None):
+            loop.cancel()
+        for running in list(self.tasks.running):
+            running.cancel()
 
     def __is_ready__(self) -> bool:
         return self._ready
@@ -144,38 +161,32 @@ class ElboServe:
             answers without work, so the HTTP benchmark can measure the framework's ceiling."""
             return {"images": len(fields["images"])}
 
-    # Long work as tasks: POST .../submit, GET .../status?task_id=, GET .../get?task_id= ----
+    # Long work as tasks: POST .../submit, GET .../status|get?task_id=, PUT .../cancel, and
+    # POST /task_progress, answered from the task store by any replica (service/tasks/routes.py,
+    # installed below); these two declare the routes' request schemas in the published
+    # contract and run one request at once, as the synchronous form did.
 
     @bentoml.task(input_spec=SampleRequest)
     @answers_request_errors
-    async def sample_task(self, ctx: bentoml.Context, **fields: Any) -> SampleResponse:
+    async def sample_task(self, **fields: Any) -> SampleResponse:
         """/sample as a background task (for ancestral sampling); progress at /task_progress.
         No cost ceiling: it yields the model to cheaper requests between network calls."""
         request = SampleRequest.model_construct(**fields)
-        return await self.calls.sample(request, self._task_reporter(ctx), synchronous=False)
+        return await self.calls.sample(request, synchronous=False)
 
     @bentoml.task(input_spec=LikelihoodRequest)
     @answers_request_errors
-    async def likelihood_task(self, ctx: bentoml.Context, **fields: Any) -> LikelihoodResponse:
+    async def likelihood_task(self, **fields: Any) -> LikelihoodResponse:
         """/likelihood as a background task (for vlb_exact); progress at /task_progress.
         No cost ceiling: it yields the model to cheaper requests between network calls."""
         request = LikelihoodRequest.model_construct(**fields)
-        return await self.calls.likelihood(request, self._task_reporter(ctx), synchronous=False)
+        return await self.calls.likelihood(request, synchronous=False)
 
     @bentoml.api(input_spec=ProgressRequest)
-    @answers_request_errors
     async def task_progress(self, **fields: Any) -> ProgressResponse:
-        """Denoising steps (or bound rows) done so far by a submitted task."""
-        task_id = fields["task_id"]
-        record = self.progress.read(task_id)
-        if record is None:
-            raise RequestError("task_id", f"no progress recorded for task {task_id!r} (yet)")
-        done, total = record
-        return ProgressResponse(task_id=task_id, done=done, total=total, fraction=done / total)
-
-    def _task_reporter(self, ctx: bentoml.Context):
-        task_id = getattr(ctx.request.state, "task_id", None)
-        return self.progress.reporter(task_id) if task_id else None
+        """Denoising steps (or bound rows) done so far by a submitted task (answered from the
+        task store before this runs)."""
+        raise RuntimeError("answered by service.tasks.routes.TaskRoutes")
 
     def _observe(self, key, items: int, seconds: float) -> None:
         self.metrics.observe_batch(key.model, key.operation, items, seconds)
@@ -184,6 +195,27 @@ class ElboServe:
         self.metrics.observe_cuda_memory(self.device)
 
 
-# API keys, body limit, PNG uploads, GET /models, the corrected /docs.json, the leak-free
-# timeout and one-line client-error logs (service/http_adapters.py).
-install_http_adapters(ElboServe, SETTINGS)
+def task_handler(schema, call):
+    """A task kind's work for the worker loop: the stored body -> the answer that the
+    synchronous endpoint would give (a 4xx for a bad value, as there)."""
+    from service.tasks.store import Result
+
+    @answers_request_errors
+    async def run(body: bytes, progress) -> Any:
+        return await call(schema.model_validate_json(body), progress, synchronous=False)
+
+    run.__name__ = schema.__name__  # for the log line of a 4xx
+
+    async def handle(body: bytes, progress) -> Result:
+        answer = await run(body, progress)
+        if isinstance(answer, JSONResponse):
+            return Result(answer.status_code, bytes(answer.body))
+        return Result(200, answer.model_dump_json().encode())
+
+    return handle
+
+
+TASK_REQUESTS = {"sample_task": SampleRequest, "likelihood_task": LikelihoodRequest}
+# API keys, body limit, PNG uploads, GET /models, the corrected /docs.json, the task routes,
+# the leak-free timeout and one-line client-error logs (service/http_adapters.py).
+install_http_adapters(ElboServe, SETTINGS, TASK_REQUESTS)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from models.nn.acceleration import Acceleration
+    from service.tasks.store import StoreConfig
 from typing import NamedTuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +39,27 @@ def _positive_int(name: str, default: int) -> int:
     if value < 1:
         raise ValueError(f"{ENV_PREFIX}{name} must be a positive integer, got {text!r}")
     return value
+
+
+def _positive_float(name: str, default: float) -> float:
+    text = _env(name, str(default))
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"{ENV_PREFIX}{name} must be a positive number, got {text!r}")
+    return value
+
+
+def _task_store(text: str) -> str:
+    text = text.strip()
+    if text and not text.startswith("redis://"):
+        raise ValueError(
+            f"{ENV_PREFIX}TASK_STORE must be empty (SQLite under {ENV_PREFIX}TASK_DIR) or "
+            f"redis://HOST:PORT/DB, got {text!r}"
+        )
+    return text
 
 
 def available_cores() -> int:
@@ -151,8 +173,19 @@ class Settings:
     # for IWAE there); the serving benchmark has not run on a GPU yet.
     cpu_max_request_gflop: float = 10_000.0
     cuda_max_request_gflop: float = 1_000_000.0
-    # Where long-running tasks record their progress (shared by all workers).
-    progress_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-progress"))
+    # Tasks (docs/tasks.md): "" keeps them in a SQLite file under `task_dir`, which outlives
+    # the server (one machine); redis://HOST:PORT/DB in a Redis every replica shares.
+    task_store: str = ""
+    task_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-tasks"))
+    # A running task's lease: a replica that stops renewing it (it died) loses the task this
+    # long after, and another replica runs it again; each run is an attempt, at most this many.
+    task_lease_s: float = 30.0
+    task_max_attempts: int = 3
+    # How long finished tasks (and their answers) are kept; most tasks waiting before a
+    # submit is answered 429; tasks one worker runs at once (besides synchronous requests).
+    task_retention_s: float = 86_400.0
+    task_max_queued: int = 1_000
+    task_concurrency: int = 1
     # CPU speed modes of the networks (models.nn.acceleration; measured side by side by
     # `python -m load_tests.bench_cpu_modes`, figures in the README). channels_last: about
     # 1.3x at the CPU batch of 64 and with 4-row chunks, bounds within 3e-6 bits/dim, images
@@ -196,7 +229,13 @@ class Settings:
             workers=int(_env("WORKERS", str(defaults.workers))),
             model_lanes=int(_env("MODEL_LANES", str(defaults.model_lanes))),
             torch_threads=int(_env("TORCH_THREADS", str(defaults.torch_threads))),
-            progress_dir=Path(_env("PROGRESS_DIR", str(defaults.progress_dir))),
+            task_store=_task_store(_env("TASK_STORE", defaults.task_store)),
+            task_dir=Path(_env("TASK_DIR", str(defaults.task_dir))),
+            task_lease_s=_positive_float("TASK_LEASE_S", defaults.task_lease_s),
+            task_max_attempts=_positive_int("TASK_MAX_ATTEMPTS", defaults.task_max_attempts),
+            task_retention_s=_positive_float("TASK_RETENTION_S", defaults.task_retention_s),
+            task_max_queued=_positive_int("TASK_MAX_QUEUED", defaults.task_max_queued),
+            task_concurrency=_positive_int("TASK_CONCURRENCY", defaults.task_concurrency),
             channels_last=_flag("CHANNELS_LAST", defaults.channels_last),
             compile=_flag("COMPILE", defaults.compile),
             bf16_autocast=_flag("BF16_AUTOCAST", defaults.bf16_autocast),
@@ -206,6 +245,18 @@ class Settings:
             cuda_max_request_gflop=float(
                 _env("CUDA_MAX_REQUEST_GFLOP", str(defaults.cuda_max_request_gflop))
             ),
+        )
+
+    def task_store_config(self) -> StoreConfig:
+        from service.tasks.store import StoreConfig
+
+        return StoreConfig(
+            url=self.task_store,
+            directory=str(self.task_dir),
+            lease_s=self.task_lease_s,
+            max_attempts=self.task_max_attempts,
+            retention_s=self.task_retention_s,
+            max_queued=self.task_max_queued,
         )
 
     def served_directories(self) -> dict[str, Path]:

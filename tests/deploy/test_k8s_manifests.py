@@ -430,7 +430,7 @@ def test_runs_as_non_root_on_a_read_only_root_with_volumes_where_it_writes(resou
     env = environment(spec)
     written = [  # what the service writes (README "Kubernetes"): BentoML's home, /tmp
         Path(env["BENTOML_HOME"]),
-        settings_from(env, monkeypatch).progress_dir,
+        settings_from(env, monkeypatch).task_dir,
         Path("/tmp"),
     ]
     for path in written:

@@ -28,7 +28,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ.setdefault("BENTOML_HOME", str(_SCRATCH / "bentoml"))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_SCRATCH / "prometheus")
 (_SCRATCH / "prometheus").mkdir()
-os.environ["ELBO_SERVE_PROGRESS_DIR"] = str(_SCRATCH / "progress")
+os.environ["ELBO_SERVE_TASK_DIR"] = str(_SCRATCH / "tasks")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -231,6 +231,6 @@ def test_likelihood_task_runs_the_exact_bound(client, images):
     assert client.post("/task_progress", json={"task_id": task_id}).json()["fraction"] == 1.0
 
 
-def test_unknown_task_progress_is_a_400(client):
+def test_unknown_task_progress_is_a_404(client):
     response = client.post("/task_progress", json={"task_id": "nope"})
-    assert response.status_code == 400 and response.json()["field"] == "task_id"
+    assert response.status_code == 404 and response.json()["field"] == "task_id"
