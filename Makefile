@@ -4,7 +4,7 @@ VENV := .venv
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint data install serve prometheus image image-test
+.PHONY: test lint data install serve prometheus servers image image-test
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,13 @@ prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
 
-test: install data prometheus
+# Redis and HAProxy for the task-store and replica tests (tests/service/test_task_store.py,
+# tests/deploy/test_replicas.py), which start them themselves; Debian's packages.
+servers:
+	@command -v redis-server >/dev/null && command -v haproxy >/dev/null || { \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server haproxy; }
+
+test: install data prometheus servers
 	$(VENV)/bin/python -m pytest
 
 lint: install

@@ -31,7 +31,8 @@ K8S = REPO_ROOT / "deploy" / "k8s"
 BASE = K8S / "base"
 GPU = K8S / "overlays" / "gpu"
 OWN_MODELS = K8S / "examples" / "own-models"
-KUSTOMIZATIONS = {"base": BASE, "gpu": GPU, "own-models": OWN_MODELS}
+REDIS = K8S / "examples" / "redis"
+KUSTOMIZATIONS = {"base": BASE, "gpu": GPU, "own-models": OWN_MODELS, "redis": REDIS}
 # The Kubernetes versions the manifests are validated against: the oldest they need (the
 # preStop `sleep` action is on by default from 1.30) and the newest schemas of the pinned
 # kubernetes-validate (pyproject.toml).
