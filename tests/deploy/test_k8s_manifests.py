@@ -90,7 +90,12 @@ def base_resources() -> list[dict[str, Any]]:
 
 
 def one(resources: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [resource for resource in resources if resource["kind"] == kind]
+    """The service's resource of ``kind`` (the redis example's task store has its own)."""
+    found = [
+        resource
+        for resource in resources
+        if resource["kind"] == kind and not resource["metadata"]["name"].endswith("-redis")
+    ]
     assert len(found) == 1, f"expected one {kind}, found {len(found)}"
     return found[0]
 
