@@ -37,16 +37,22 @@ def server_environment(overrides: Mapping[str, str], bentoml_home: Path) -> dict
     # `bentoml serve` sets its own multi-process metrics directory; an inherited one
     # (the in-process tests set it) would be shared with this process.
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    # The SQLite task store too, unless ``overrides`` name one: a server's tasks are its own.
+    if "ELBO_SERVE_TASK_DIR" not in overrides:
+        env["ELBO_SERVE_TASK_DIR"] = str(bentoml_home / "tasks")
     return env
 
 
 @contextmanager
 def running_server(
-    env: Mapping[str, str], log_path: Path, ready_timeout_s: float = 180.0
+    env: Mapping[str, str],
+    log_path: Path,
+    ready_timeout_s: float = 180.0,
+    port: int | None = None,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``bentoml serve`` from the repository root on a free loopback port; yields its URL
-    and process once /readyz answers 200, and stops it afterwards."""
-    port = free_port()
+    """``bentoml serve`` from the repository root on ``port`` (default: a free loopback one);
+    yields its URL and process once /readyz answers 200, and stops it afterwards."""
+    port = port or free_port()
     bentoml = Path(sys.executable).parent / "bentoml"
     command = [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)]
     with running_process(command, port, env, log_path, ready_timeout_s) as served:
