@@ -43,6 +43,10 @@ class TaskWorker:
         self.name = worker_name()
         self.tick_s = min(1.0, store.config.lease_s / 3)
         self.running: set[asyncio.Task] = set()
+        for kind in handlers:  # every kind's series from the start, at 0 (rate() needs them)
+            metrics.TASKS_RUNNING.labels(kind).set(0)
+            metrics.TASK_ATTEMPTS.labels(kind)
+            metrics.TASK_LEASE_EXPIRIES.labels(kind)
 
     async def run(self) -> None:
         """Claim and start tasks until cancelled; a store that is down is asked again."""
