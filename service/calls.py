@@ -94,7 +94,9 @@ def _key_options(options: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted(options.items()))
 
 
-def _step_scheduler(batcher: Any, max_batch: int, age_s: float, observe, metrics: Any):
+def _step_scheduler(
+    batcher: Any, max_batch: int, age_s: float, call_rows: int, observe, metrics: Any
+):
     """A step scheduler on the batcher's lanes, reporting each call as a batch of operation
     'steps' and each request dropped part-way as a stopped one."""
     from service.stepping import StepScheduler
@@ -105,7 +107,7 @@ def _step_scheduler(batcher: Any, max_batch: int, age_s: float, observe, metrics
     def stopped(model: str, rows: int, seconds: float) -> None:
         metrics.BATCHES_STOPPED.labels(model, "steps").inc()
 
-    return StepScheduler(batcher.lane_pool, max_batch, age_s, stepped, stopped)
+    return StepScheduler(batcher.lane_pool, max_batch, age_s, stepped, stopped, call_rows=call_rows)
 
 
 class ModelCalls:
@@ -170,8 +172,8 @@ class ModelCalls:
         logger.info("%d model lanes, %d torch threads each", lanes, torch.get_num_threads())
         stepper = None
         if settings.step_batching and settings.batching:
-            age_s = settings.admission_age_s
-            stepper = _step_scheduler(batcher, max_batch, age_s, observe, metrics)
+            age_s, call_rows = settings.admission_age_s, settings.rows_per_bound_call(device)
+            stepper = _step_scheduler(batcher, max_batch, age_s, call_rows, observe, metrics)
             logger.info("step-level batching of sampling, encoding and decoding")
         return cls(
             repository,

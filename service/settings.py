@@ -107,6 +107,7 @@ class Settings:
     # rows (at least one per image), and a long bound hands its model lane to cheaper waiting
     # work between calls: fewer rows, shorter waits. On this project's CPU 16-row calls run
     # within 5% of the throughput of 64-row ones (VAE decoder and UNet, one thread each).
+    # Step-batched calls (step_batching) carry at most as many rows, for the same reason.
     bound_call_rows: int = 16
     cuda_bound_call_rows: int = 512
     # How long the first request of a batch waits for companions. Requests that arrive while

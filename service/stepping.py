@@ -11,10 +11,13 @@ step is done. So requests with different step counts, samplers or seeds share ev
 a request that arrives while others run joins them at the next step, and none waits for
 another's remaining steps.
 
-Admission keeps the batcher's manners (:mod:`service.batching`): a loop runs at most
+Admission keeps the batcher's manners (:mod:`service.batching`): a loop holds at most
 ``max_batch_items`` rows (a larger request runs alone); waiting requests go in cheapest
 first (estimated cost, then arrival), except that one waiting ``age_s`` or longer goes before
-every younger one, oldest first: under continuous cheap load long work still gets in. A
+every younger one, oldest first: under continuous cheap load long work still gets in. A call
+carries at most ``call_rows`` rows: when the running rows are more, the cheapest to finish
+go first (those not advanced for ``age_s`` before them), so a short request beside long ones
+runs at the speed of a small call, not of one carrying all their rows. A
 model gets up to ``loops`` loops, as many as there are lanes, and the lanes are the batcher's,
 shared with its other work: a loop holds one for one call at a time, with the priority of its
 running requests' remaining cost, so cheaper waiting work gets it between calls.
@@ -46,6 +49,7 @@ class _Request:
     progress: Callable[[int, int], None] | None = None
     rows: StepRows | None = None
     outcome: Any = None
+    advanced: float = 0.0  # when it last took a step (or arrived)
 
     def remaining_cost(self) -> float:
         if self.rows is None or not self.rows.total:
@@ -76,8 +80,10 @@ class StepScheduler:
         on_step: BatchObserver | None = None,
         on_stop: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
+        call_rows: int | None = None,
     ) -> None:
         self.lanes, self.max_batch_items, self.age_s = lanes, max_batch_items, age_s
+        self.call_rows = max_batch_items if call_rows is None else call_rows
         self.on_step, self.on_stop, self.clock = on_step, on_stop, clock
         self._models: dict[Hashable, _Model] = {}
         self._arrivals = itertools.count()
@@ -96,9 +102,9 @@ class StepScheduler:
         state = self._models.setdefault(model, _Model(network))
         future: asyncio.Future[Any] = loop.create_future()
         cost = float(size) if cost is None else cost
-        request = _Request(
-            make, finish, size, cost, next(self._arrivals), self.clock(), future, progress
-        )
+        now = self.clock()
+        request = _Request(make, finish, size, cost, next(self._arrivals), now, future, progress)
+        request.advanced = now
         state.waiting.append(request)
         if len(state.loops) < self.lanes.count:
             running: list[_Request] = []
@@ -111,7 +117,7 @@ class StepScheduler:
     def _admission_order(self, waiting: list[_Request]) -> list[_Request]:
         """Those waiting ``age_s`` or longer first, oldest first; then cheapest first."""
         now = self.clock()
-        aged = sorted((r for r in waiting if now - r.arrived >= self.age_s), key=lambda r: r.order)
+        aged = sorted((r for r in waiting if now - r.arrived >= self.age_s), key=_oldest)
         young = sorted((r for r in waiting if now - r.arrived < self.age_s), key=_cheapest)
         return aged + young
 
@@ -136,6 +142,25 @@ class StepScheduler:
             if self.on_stop is not None:
                 self.on_stop(model, request.size, 0.0)
 
+    def _call(self, running: list[_Request]) -> list[_Request]:
+        """The running requests the next call advances, at most ``call_rows`` rows: all of
+        them when they fit; else those not advanced for ``age_s`` first (oldest first),
+        then the cheapest to finish, skipping any that do not fit (one larger than the
+        budget goes alone when it comes first). So cheap work is not slowed by the rows of
+        long work beside it, and long work still takes a step at least every ``age_s``."""
+        if sum(r.size for r in running) <= self.call_rows:
+            return list(running)
+        now = self.clock()
+        aged = sorted((r for r in running if now - r.advanced >= self.age_s), key=_oldest)
+        young = [r for r in running if now - r.advanced < self.age_s]
+        call: list[_Request] = []
+        rows = 0
+        for request in aged + sorted(young, key=_remaining):
+            if not call or rows + request.size <= self.call_rows:
+                call.append(request)
+                rows += request.size
+        return call
+
     # The loop ------------------------------------------------------------------------------
 
     async def _loop(self, model: Hashable, state: _Model, running: list[_Request]) -> None:
@@ -147,22 +172,26 @@ class StepScheduler:
                     return
                 lane = LaneHold(self.lanes, _priority(running))
                 await lane.take()
+                call = self._call(running)
                 try:
                     start = time.perf_counter()
-                    error = await asyncio.to_thread(_step, state.network, running)
+                    error = await asyncio.to_thread(_step, state.network, call)
                     seconds = time.perf_counter() - start
                 finally:
                     lane.release()
                 if error is not None:  # the call failed: every request in it learns why
-                    for request in running:
+                    for request in call:
                         _answer(request, error)
-                    running.clear()
+                        running.remove(request)
                     continue
                 if self.on_step is not None:
-                    self.on_step(model, sum(r.size for r in running), seconds)
-                for request in [r for r in running if r.rows is not None and finished(r.rows)]:
-                    running.remove(request)
-                    _answer(request, request.outcome)
+                    self.on_step(model, sum(r.size for r in call), seconds)
+                now = self.clock()
+                for request in call:
+                    request.advanced = now
+                    if request.rows is not None and finished(request.rows):
+                        running.remove(request)
+                        _answer(request, request.outcome)
         finally:
             state.loops.remove(running)
             if not state.loops and state.waiting:  # submitted as the last loop ended
@@ -206,6 +235,14 @@ def _answer(request: _Request, outcome: Any) -> None:
 
 def _cheapest(request: _Request) -> tuple[float, int]:
     return request.cost, request.order
+
+
+def _remaining(request: _Request) -> tuple[float, int]:
+    return request.remaining_cost(), request.order
+
+
+def _oldest(request: _Request) -> int:
+    return request.order
 
 
 def _priority(running: list[_Request]) -> tuple[float, int]:

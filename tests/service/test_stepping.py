@@ -43,8 +43,8 @@ class RecordingNetwork:
         return x + 1000
 
 
-def _scheduler(lanes=1, max_items=64, age_s=2.0, **observers):
-    return StepScheduler(Lanes(lanes), max_items, age_s, **observers)
+def _scheduler(lanes=1, max_items=64, age_s=2.0, **options):
+    return StepScheduler(Lanes(lanes), max_items, age_s, **options)
 
 
 def _submit(scheduler, network, ident, total, size=1, cost=None, finish=None):
@@ -109,6 +109,23 @@ def test_a_request_larger_than_the_budget_runs_alone():
 
     result, calls = asyncio.run(main())
     assert result == 50 and [len(c) for c in calls] == [9, 9]
+
+
+def test_a_short_request_beside_long_ones_runs_in_small_calls_within_the_call_budget():
+    async def main():
+        scheduler, network = _scheduler(call_rows=8), RecordingNetwork(seconds=0.001)
+        longs = [asyncio.ensure_future(_submit(scheduler, network, i, 40, size=8)) for i in (1, 2)]
+        while len(network.calls) < 3:
+            await asyncio.sleep(0.001)
+        await _submit(scheduler, network, 0, 5)
+        short_calls = [c for c in network.calls if 0 in c]
+        await asyncio.gather(*longs)
+        return short_calls, network.calls
+
+    short_calls, calls = asyncio.run(main())
+    assert max(len(c) for c in calls) <= 8
+    assert short_calls == [[0]] * 5  # the cheapest to finish first, alone: no long rows to wait for
+    assert sum(1 in c for c in calls) == 40 and sum(2 in c for c in calls) == 40
 
 
 def _starving_load(age_s: float) -> tuple[bool, int]:
