@@ -49,13 +49,15 @@ def running_server(
     log_path: Path,
     ready_timeout_s: float = 180.0,
     port: int | None = None,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
-    """``bentoml serve`` from the repository root on ``port`` (default: a free loopback one);
-    yields its URL and process once /readyz answers 200, and stops it afterwards."""
-    port = port or free_port()
+    """``bentoml serve`` from ``cwd`` (this repository's root; another checkout's to measure
+    its code) on loopback ``port`` (default: a free one); yields its URL and process once
+    /readyz answers 200, and stops it afterwards."""
+    port = free_port() if port is None else port
     bentoml = Path(sys.executable).parent / "bentoml"
     command = [str(bentoml), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with running_process(command, port, env, log_path, ready_timeout_s) as served:
+    with running_process(command, port, env, log_path, ready_timeout_s, cwd) as served:
         yield served
 
 
@@ -66,11 +68,12 @@ def running_process(
     env: Mapping[str, str],
     log_path: Path,
     ready_timeout_s: float = 180.0,
+    cwd: Path = REPO_ROOT,
 ) -> Iterator[tuple[str, subprocess.Popen]]:
     """Any HTTP server ``command`` listening on loopback ``port`` with a /readyz route."""
     with open(log_path, "w") as out:
         process = subprocess.Popen(
-            command, cwd=REPO_ROOT, env=dict(env), stdout=out, stderr=subprocess.STDOUT
+            command, cwd=cwd, env=dict(env), stdout=out, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # torch stays unimported until a kind is used: the service's 
 
     from models.core.card import Likelihood
     from models.core.progressive import Progressive
+    from models.core.stepwise import Network, StepRows
     from models.eval.context import EvalContext, ScoreMethod
 
     Generators: TypeAlias = torch.Generator | Sequence[torch.Generator]
@@ -280,6 +281,39 @@ class ModelKind(Architecture, ABC):
         chunk_rows: int | None,
     ) -> Progressive[torch.Tensor]:
         """Latents (B, *latent_shape) -> images (B, C, H, W) in [-1, 1]."""
+
+    # Step-level loops (models.core.stepwise) -------------------------------------------------
+
+    # Operations whose work is a loop of network calls the kind offers as per-request rows
+    # (sample_rows, encode_rows, decode_rows), so that requests at different steps can share
+    # a call; the others run as one call of sample / encode / decode.
+    stepwise_operations: ClassVar[frozenset[str]] = frozenset()
+
+    def step_network(self, model: nn.Module, chunk_rows: int | None) -> Network:
+        """The network that the rows of :attr:`stepwise_operations` share calls of."""
+        raise NotImplementedError(f"a {self.name} model has no step-level loops")
+
+    def sample_rows(
+        self, model: nn.Module, generators: Sequence[torch.Generator], options: Mapping[str, Any]
+    ) -> StepRows:
+        """:meth:`sample`'s loop as one request's rows, row i drawn with generators[i]."""
+        raise NotImplementedError(f"a {self.name} model has no step-level sampling")
+
+    def encode_rows(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        options: Mapping[str, Any],
+    ) -> StepRows:
+        """:meth:`encode`'s loop as one request's rows; its result is encode's terms."""
+        raise NotImplementedError(f"a {self.name} model has no step-level encoding")
+
+    def decode_rows(
+        self, model: nn.Module, z: torch.Tensor, options: Mapping[str, Any]
+    ) -> StepRows:
+        """:meth:`decode`'s loop as one request's rows."""
+        raise NotImplementedError(f"a {self.name} model has no step-level decoding")
 
     # Cost ------------------------------------------------------------------------------------
 

@@ -19,6 +19,10 @@ cheaper batch waiting for one, taking it back once that is done. So a cheap requ
 most for the network calls in progress, however long the work holding the lanes, and the
 long work keeps every lane when nothing cheaper waits. A sliced batch whose requests all went
 away (their futures were cancelled) stops at the next slice, and ``on_stop`` hears of it.
+
+The lanes (``lane_pool``) are shared with the step scheduler (:mod:`service.stepping`), which,
+when step batching is on, runs sampling, encoding and decoding one network call at a time
+instead of as keyed batches.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ class _Queue:
     flush_scheduled: bool = False
 
 
-class _Lanes:
+class Lanes:
     """``count`` lanes; one that frees is handed to the waiter with the lowest priority."""
 
     def __init__(self, count: int) -> None:
@@ -95,10 +99,10 @@ class _Lanes:
         return bool(self._waiting) and self._waiting[0][0] < priority
 
 
-class _Hold:
+class LaneHold:
     """A batch's claim on one lane, which it may give up and take back between slices."""
 
-    def __init__(self, lanes: _Lanes, priority: Priority) -> None:
+    def __init__(self, lanes: Lanes, priority: Priority) -> None:
         self.lanes, self.priority, self.held = lanes, priority, False
 
     async def take(self) -> None:
@@ -158,7 +162,7 @@ class KeyedBatcher:
         self.on_stop = on_stop
         self.lanes = lanes
         self._queues: dict[Hashable, _Queue] = {}
-        self._lanes = _Lanes(lanes)
+        self.lane_pool = Lanes(lanes)
         self._arrivals = itertools.count()
 
     async def submit(
@@ -182,21 +186,21 @@ class KeyedBatcher:
     def _idle(self) -> bool:
         """Nothing running and nothing queued but the item just submitted: a lone request
         at low load gains nothing by waiting for companions."""
-        if self._lanes.busy or len(self._queues) != 1:
+        if self.lane_pool.busy or len(self._queues) != 1:
             return False
         (queue,) = self._queues.values()
         return len(queue.items) == 1
 
     async def _flush(self, key: Hashable, wait_s: float) -> None:
         await asyncio.sleep(wait_s)
-        lane = _Hold(self._lanes, _priority(self._queues[key].items))
+        lane = LaneHold(self.lane_pool, _priority(self._queues[key].items))
         await lane.take()
         try:
             await self._flush_in_lane(key, lane)
         finally:
             lane.release()
 
-    async def _flush_in_lane(self, key: Hashable, lane: _Hold) -> None:
+    async def _flush_in_lane(self, key: Hashable, lane: LaneHold) -> None:
         queue = self._queues[key]
         batch = self._take(queue, self._share(queue))
         # Whatever is left (or arrives from now on) goes in a later call.
@@ -211,7 +215,7 @@ class KeyedBatcher:
     def _share(self, queue: _Queue) -> int:
         """Items this call may take: with idle lanes, only its share of the queue, so that
         requests arriving together do not all wait for one lane while the others idle."""
-        idle = self.lanes - self._lanes.busy
+        idle = self.lanes - self.lane_pool.busy
         pending = sum(p.size for p in queue.items)
         return min(self.max_batch_items, max(1, math.ceil(pending / (idle + 1))))
 
@@ -225,7 +229,7 @@ class KeyedBatcher:
             total += pending.size
         return batch
 
-    async def _execute(self, key: Hashable, batch: list[_Pending[Any]], lane: _Hold) -> None:
+    async def _execute(self, key: Hashable, batch: list[_Pending[Any]], lane: LaneHold) -> None:
         if not batch:
             return
         # Equal keys promise equivalent functions: any item's will do.
@@ -252,7 +256,7 @@ class KeyedBatcher:
                 pending.future.set_result(result)
 
     async def _run(
-        self, run: BatchFunction, batch: list[_Pending[Any]], lane: _Hold
+        self, run: BatchFunction, batch: list[_Pending[Any]], lane: LaneHold
     ) -> tuple[Sequence[Any] | None, float]:
         """``run``'s results (None if every request went away first) and the seconds spent
         in a lane; a progressive run gives its lane to cheaper batches between slices."""

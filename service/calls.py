@@ -94,6 +94,22 @@ def _key_options(options: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(sorted(options.items()))
 
 
+def _step_scheduler(
+    batcher: Any, max_batch: int, age_s: float, call_rows: int, observe, metrics: Any
+):
+    """A step scheduler on the batcher's lanes, reporting each call as a batch of operation
+    'steps' and each request dropped part-way as a stopped one."""
+    from service.stepping import StepScheduler
+
+    def stepped(model: str, rows: int, seconds: float) -> None:
+        observe(BatchKey(model, "steps", denoising_steps=1), rows, seconds)
+
+    def stopped(model: str, rows: int, seconds: float) -> None:
+        metrics.BATCHES_STOPPED.labels(model, "steps").inc()
+
+    return StepScheduler(batcher.lane_pool, max_batch, age_s, stepped, stopped, call_rows=call_rows)
+
+
 class ModelCalls:
     def __init__(
         self,
@@ -104,10 +120,12 @@ class ModelCalls:
         ceiling: Ceiling,
         chunk_rows: int | None,
         bound_call_rows: int,
+        stepper: Any = None,
     ) -> None:
         self.repository, self.batcher, self.metrics = repository, batcher, metrics
         self.runners, self.ceiling = runners, ceiling
         self.chunk_rows, self.bound_call_rows = chunk_rows, bound_call_rows
+        self.stepper = stepper  # a StepScheduler, or None: every operation goes to the batcher
 
     @classmethod
     def from_settings(
@@ -152,6 +170,11 @@ class ModelCalls:
 
         batcher = KeyedBatcher(max_batch, wait_s, observe, lanes, on_stop=stopped)
         logger.info("%d model lanes, %d torch threads each", lanes, torch.get_num_threads())
+        stepper = None
+        if settings.step_batching and settings.batching:
+            age_s, call_rows = settings.admission_age_s, settings.rows_per_bound_call(device)
+            stepper = _step_scheduler(batcher, max_batch, age_s, call_rows, observe, metrics)
+            logger.info("step-level batching of sampling, encoding and decoding")
         return cls(
             repository,
             batcher,
@@ -160,6 +183,7 @@ class ModelCalls:
             ceiling,
             settings.chunk_rows(device),
             settings.rows_per_bound_call(device),
+            stepper,
         )
 
     def served(self, name: str) -> ServedModel:
@@ -182,12 +206,25 @@ class ModelCalls:
         """One sample, encode or decode job through the batcher, keyed by the model, the
         operation and its options, and run by that operation's generic runner."""
         options = work.options or {}
+        if self.stepper is not None and work.operation in served.kind.stepwise_operations:
+            return await self._steps(served, work, job, cost)
         steps = served.kind.denoising_steps(served.model, work)
         key = BatchKey(served.name, work.operation, _key_options(options), steps)
         run = functools.partial(
             runner, served.kind, served.model, options=options, chunk_rows=self.chunk_rows
         )
         return await self.batcher.submit(key, run, job, work.images, cost.gflop)
+
+    async def _steps(self, served: ServedModel, work: Work, job, cost: Cost):
+        """The job's loop in the model's step-level loop (service.stepping), sharing every
+        network call with the model's other running requests whatever their options."""
+        runner = self.runners.STEP_RUNNERS[work.operation]
+        request = runner(served.kind, served.model, job, work.options or {})
+        network = served.kind.step_network(served.model, self.chunk_rows)
+        progress = getattr(job, "progress", None)
+        return await self.stepper.submit(
+            served.name, network, request.make, request.finish, work.images, cost.gflop, progress
+        )
 
     # Sampling ------------------------------------------------------------------------------
 

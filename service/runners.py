@@ -12,7 +12,10 @@ instead of its result, which the batcher raises to that request alone.
 
 All of them are progressive (:mod:`models.core.progressive`): they yield after every network
 call, where the batcher may hand the model lane to cheaper work, and return the per-job
-results; outside the batcher, run them with :func:`models.core.progressive.run_to_end`.
+results; outside the batcher, run them with :func:`models.core.progressive.run_to_end`. Sampling,
+encoding and decoding also come as one job's :class:`StepRequest` (``*_rows``), for kinds
+whose loops come a step at a time, which the step scheduler (:mod:`service.stepping`) runs
+with every other request of the model in one network call per step.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from models.core.pixels import (
     signed_unit_to_pixels,
 )
 from models.core.progressive import Progressive, reported
+from models.core.stepwise import StepRows
 from models.kinds import TOTAL_NATS_PER_DIM, BoundMethod, ModelKind
 
 Progress = Callable[[int, int], None]
@@ -221,3 +225,50 @@ def decode(
     loop = kind.decode(model, z, options, chunk_rows)
     images = yield from reported(loop, _report(jobs))
     return _pixels(images, [job.rows for job in jobs])
+
+
+# The same operations as step-level requests (service.stepping) ------------------------------
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One job as the step scheduler runs it: ``make()`` builds its rows (in the worker
+    thread), ``finish(result)`` turns its loop's result into the job's answer."""
+
+    make: Callable[[], StepRows]
+    finish: Callable[[Any], Any]
+
+
+def sample_rows(
+    kind: ModelKind, model: nn.Module, job: SampleJob, options: Mapping[str, Any]
+) -> StepRequest:
+    """:func:`sample` for one job: uint8 (n, C, H, W), or its NonFiniteError."""
+    return StepRequest(
+        lambda: kind.sample_rows(model, _row_generators([(job.seed, job.n)]), options),
+        lambda x: _pixels(x, [job.n])[0],
+    )
+
+
+def encode_rows(
+    kind: ModelKind, model: nn.Module, job: ImagesJob, options: Mapping[str, Any]
+) -> StepRequest:
+    """:func:`encode` for one job."""
+
+    def make() -> StepRows:
+        x = _signed_unit([job], _device(model))
+        return kind.encode_rows(model, x, _row_generators([(job.seed, job.rows)]), options)
+
+    return StepRequest(make, lambda out: _checked(out, [job.rows], kind.encode_pixels)[0])
+
+
+def decode_rows(
+    kind: ModelKind, model: nn.Module, job: ImagesJob, options: Mapping[str, Any]
+) -> StepRequest:
+    """:func:`decode` for one job."""
+    return StepRequest(
+        lambda: kind.decode_rows(model, job.inputs.to(_device(model)), options),
+        lambda images: _pixels(images, [job.rows])[0],
+    )
+
+
+STEP_RUNNERS = {"sample": sample_rows, "encode": encode_rows, "decode": decode_rows}

@@ -129,6 +129,7 @@ class Settings:
     # rows (at least one per image), and a long bound hands its model lane to cheaper waiting
     # work between calls: fewer rows, shorter waits. On this project's CPU 16-row calls run
     # within 5% of the throughput of 64-row ones (VAE decoder and UNet, one thread each).
+    # Step-batched calls (step_batching) carry at most as many rows, for the same reason.
     bound_call_rows: int = 16
     cuda_bound_call_rows: int = 512
     # How long the first request of a batch waits for companions. Requests that arrive while
@@ -137,6 +138,14 @@ class Settings:
     # False: every request runs alone (no wait, one request per model call). For measuring
     # the batching gain; serving unbatched only wastes throughput.
     batching: bool = True
+    # True: sampling, encoding and decoding of kinds with step-level loops run in one
+    # denoising loop per model lane, every network call carrying the rows of all running
+    # requests at their own steps; requests join and leave between steps
+    # (service/stepping.py, docs/step_batching.md). False: whole requests batch by key.
+    step_batching: bool = False
+    # Under step batching, a request waiting this long is admitted before every younger one
+    # (cheapest first otherwise), so long work is not starved by a stream of short work.
+    admission_age_s: float = 2.0
     # Benchmark aid: a /noop endpoint that validates a /score payload and does nothing else,
     # the framework's own ceiling. Off in production.
     noop_endpoint: bool = False
@@ -220,6 +229,8 @@ class Settings:
             ),
             batch_wait_ms=float(_env("BATCH_WAIT_MS", str(defaults.batch_wait_ms))),
             batching=_flag("BATCHING", defaults.batching),
+            step_batching=_flag("STEP_BATCHING", defaults.step_batching),
+            admission_age_s=float(_env("ADMISSION_AGE_S", str(defaults.admission_age_s))),
             noop_endpoint=_flag("NOOP_ENDPOINT", defaults.noop_endpoint),
             request_timeout_s=int(_env("REQUEST_TIMEOUT_S", str(defaults.request_timeout_s))),
             max_concurrency=int(_env("MAX_CONCURRENCY", str(defaults.max_concurrency))),

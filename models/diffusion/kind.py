@@ -12,6 +12,7 @@ from models.core.config import DDPMConfig
 from models.core.flops import gflop_of
 from models.core.pixels import signed_unit_to_pixels
 from models.core.progressive import Progressive
+from models.core.stepwise import StepRows, Then, run_rows
 from models.diffusion.bound import (
     DiffusionBound,
     stratum_edges,
@@ -20,11 +21,10 @@ from models.diffusion.bound import (
 )
 from models.diffusion.ddpm import DDPM
 from models.diffusion.samplers import (
+    AncestralRows,
+    DDIMInversionRows,
+    DDIMRows,
     Denoiser,
-    ddim_decode_progressive,
-    ddim_invert_progressive,
-    ddim_sample_progressive,
-    ddpm_ancestral_sample_progressive,
 )
 from models.kinds import (
     TOTAL_NATS_PER_DIM,
@@ -192,6 +192,11 @@ class DDPMKind(ModelKind):
     def option_limits(self, model: nn.Module) -> dict[str, tuple[int, int]]:
         return {"steps": (1, model.diffusion.num_timesteps)}
 
+    stepwise_operations = frozenset({"sample", "encode", "decode"})
+
+    def step_network(self, model: nn.Module, chunk_rows: int | None) -> Denoiser:
+        return _denoiser(model, chunk_rows)
+
     def sample(
         self,
         model: nn.Module,
@@ -201,14 +206,17 @@ class DDPMKind(ModelKind):
     ) -> Progressive[torch.Tensor]:
         """DDIM (Song et al. 2020, Eq. 12) at ``steps`` and ``eta``, or ancestral sampling
         over ``steps`` of the (respaced) chain."""
+        rows = self.sample_rows(model, generators, options)
+        return run_rows(self.step_network(model, chunk_rows), rows)
+
+    def sample_rows(
+        self, model: nn.Module, generators: Sequence[torch.Generator], options: Mapping[str, Any]
+    ) -> StepRows:
         shape = (len(generators), *model.image_shape)
-        net = _denoiser(model, chunk_rows)
         if options["sampler"] == "ancestral":
-            return ddpm_ancestral_sample_progressive(
-                model.diffusion, net, shape, generators, steps=options["steps"]
-            )
-        return ddim_sample_progressive(
-            model.diffusion, net, shape, options["steps"], generators, options["eta"]
+            return AncestralRows(model.diffusion, shape, generators, steps=options["steps"])
+        return DDIMRows.from_prior(
+            model.diffusion, shape, options["steps"], generators, options["eta"]
         )
 
     def latent_shape(self, model: nn.Module) -> tuple[int, ...]:
@@ -225,24 +233,43 @@ class DDPMKind(ModelKind):
         """The DDIM-inverted ``latents`` x_T (B, C, H, W), their decoding back
         (``reconstruction``), its RMS error on the [-1, 1] scale and its largest error in
         8-bit levels."""
+        rows = self.encode_rows(model, x, generators, options)
+        return run_rows(self.step_network(model, chunk_rows), rows)
+
+    def encode_rows(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        generators: Sequence[torch.Generator],
+        options: Mapping[str, Any],
+    ) -> StepRows:
         steps = options["steps"]
-        net = _denoiser(model, chunk_rows)
-        latent = yield from ddim_invert_progressive(model.diffusion, net, x, steps)
-        decoded = yield from ddim_decode_progressive(model.diffusion, net, latent, steps)
-        level_errors = signed_unit_to_pixels(decoded).int() - signed_unit_to_pixels(x).int()
-        return {
-            "latents": latent,
-            "reconstruction": decoded,
-            "reconstruction_rmse": (decoded - x).pow(2).flatten(1).mean(dim=1).sqrt(),
-            "reconstruction_max_pixel_error": level_errors.abs().flatten(1).amax(dim=1),
-        }
+
+        def decoding(latent: torch.Tensor) -> StepRows:
+            return self.decode_rows(model, latent, options)
+
+        def terms(latent: torch.Tensor, decoded: torch.Tensor) -> Terms:
+            level_errors = signed_unit_to_pixels(decoded).int() - signed_unit_to_pixels(x).int()
+            return {
+                "latents": latent,
+                "reconstruction": decoded,
+                "reconstruction_rmse": (decoded - x).pow(2).flatten(1).mean(dim=1).sqrt(),
+                "reconstruction_max_pixel_error": level_errors.abs().flatten(1).amax(dim=1),
+            }
+
+        return Then(DDIMInversionRows(model.diffusion, x, steps), decoding, steps, terms)
 
     def decode(
         self, model: nn.Module, z: torch.Tensor, options: Mapping[str, Any], chunk_rows: int | None
     ) -> Progressive[torch.Tensor]:
         """x_T (B, C, H, W) -> images by deterministic DDIM (eta = 0)."""
-        net = _denoiser(model, chunk_rows)
-        return ddim_decode_progressive(model.diffusion, net, z, options["steps"])
+        return run_rows(self.step_network(model, chunk_rows), self.decode_rows(model, z, options))
+
+    def decode_rows(
+        self, model: nn.Module, z: torch.Tensor, options: Mapping[str, Any]
+    ) -> StepRows:
+        """:func:`models.diffusion.samplers.ddim_decode`'s rows: eta 0, unclipped."""
+        return DDIMRows(model.diffusion, z, options["steps"], clip_denoised=False)
 
     def networks_gflop(self, model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device

@@ -5,7 +5,11 @@ Eq. 12) with any number of steps and any eta, and deterministic DDIM inversion x
 ``model`` is any callable (x_t (B, C, H, W), t (B,)) -> network output, e.g. a :class:`DDPM`.
 Images are (B, C, H, W) in [-1, 1]; ``on_step(done, total)`` reports progress. Each loop
 also has a ``*_progressive`` form that yields after every network call
-(:mod:`models.core.progressive`).
+(:mod:`models.core.progressive`), and every loop is one class of per-request rows that
+advance one network call at a time (:class:`AncestralRows`, :class:`DDIMRows`,
+:class:`DDIMInversionRows`; :mod:`models.core.stepwise`), so that requests at different
+steps of different samplers can share a network call. The whole-batch loops run those rows
+alone: one implementation of each update.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import torch
 
 from models.core.noise import Generators, randn_rows
 from models.core.progressive import ProgressCallback, Progressive, run_to_end
+from models.core.stepwise import run_rows
 from models.diffusion.gaussian import GaussianDiffusion
 from models.diffusion.respacing import respaced, spaced_timesteps
 
@@ -43,7 +48,6 @@ def ddpm_ancestral_sample(
     return run_to_end(loop, on_step)
 
 
-@torch.no_grad()
 def ddpm_ancestral_sample_progressive(
     diffusion: GaussianDiffusion,
     model: Denoiser,
@@ -53,20 +57,48 @@ def ddpm_ancestral_sample_progressive(
     steps: int | None = None,
 ) -> Progressive[torch.Tensor]:
     """:func:`ddpm_ancestral_sample`, yielding after each step."""
-    total = diffusion.num_timesteps if steps is None else steps
-    times = spaced_timesteps(diffusion.num_timesteps, total)  # the network's timesteps
-    chain = diffusion if total == diffusion.num_timesteps else respaced(diffusion, times)
-    network_timesteps = times.tolist()
-    device = diffusion.betas.device
-    x = randn_rows(shape, generator, device)
-    for done, i in enumerate(reversed(range(total)), start=1):
-        output = model(x, _timesteps_like(x, network_timesteps[i]))
-        step = chain.p_mean_variance(output, x, _timesteps_like(x, i), clip_denoised)
+    rows = AncestralRows(diffusion, shape, generator, clip_denoised, steps)
+    return (yield from run_rows(model, rows))
+
+
+class AncestralRows:
+    """One request's rows (B, C, H, W) of :func:`ddpm_ancestral_sample`, a step at a time
+    (:class:`models.core.stepwise.StepRows`): x_T ~ N(0, I) drawn at once, then
+    x_{i-1} ~ p(x_{i-1} | x_i) over the (respaced) chain (Algorithm 2)."""
+
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        shape: Sequence[int],
+        generator: Generators,
+        clip_denoised: bool = True,
+        steps: int | None = None,
+    ) -> None:
+        self.total = diffusion.num_timesteps if steps is None else steps
+        times = spaced_timesteps(diffusion.num_timesteps, self.total)  # the network's timesteps
+        full = self.total == diffusion.num_timesteps
+        self.chain = diffusion if full else respaced(diffusion, times)
+        self.network_timesteps = times.tolist()
+        self.shape, self.generator, self.clip_denoised = tuple(shape), generator, clip_denoised
+        self.rows, self.done = self.shape[0], 0
+        self.x = randn_rows(shape, generator, diffusion.betas.device)
+
+    def network_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.total - 1 - self.done  # index on the chain, T'-1 ... 0
+        return self.x, _timesteps_like(self.x, self.network_timesteps[i])
+
+    def advance(self, output: torch.Tensor) -> None:
+        i = self.total - 1 - self.done
+        x = self.x
+        step = self.chain.p_mean_variance(output, x, _timesteps_like(x, i), self.clip_denoised)
         x = step.mean
         if i > 0:  # no noise on the final step: the output is the decoder's mean
-            x = x + torch.exp(0.5 * step.log_variance) * randn_rows(shape, generator, device)
-        yield done, total
-    return x
+            noise = randn_rows(self.shape, self.generator, x.device)
+            x = x + torch.exp(0.5 * step.log_variance) * noise
+        self.x, self.done = x, self.done + 1
+
+    def result(self) -> torch.Tensor:
+        return self.x
 
 
 def _alpha_bar(diffusion: GaussianDiffusion, t: int) -> torch.Tensor:
@@ -124,7 +156,6 @@ def ddim_loop(
     return run_to_end(loop, on_step)
 
 
-@torch.no_grad()
 def ddim_loop_progressive(
     diffusion: GaussianDiffusion,
     model: Denoiser,
@@ -135,20 +166,59 @@ def ddim_loop_progressive(
     clip_denoised: bool = True,
 ) -> Progressive[torch.Tensor]:
     """:func:`ddim_loop`, yielding after each step."""
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0, got {eta}")
-    if eta > 0 and generator is None:
-        raise ValueError("eta > 0 draws noise: pass a generator")
-    times = spaced_timesteps(diffusion.num_timesteps, steps).flip(0).tolist()  # T-1 ... 0
-    x = x_T
-    for i, t in enumerate(times):
-        t_prev = times[i + 1] if i + 1 < len(times) else -1
-        stochastic = eta > 0 and t_prev >= 0  # sigma is 0 on the step to x_0
-        noise = randn_rows(x.shape, generator, x.device) if stochastic else None
-        output = model(x, _timesteps_like(x, t))
-        x = ddim_step(diffusion, output, x, t, t_prev, eta, noise, clip_denoised)
-        yield i + 1, len(times)
-    return x
+    rows = DDIMRows(diffusion, x_T, steps, eta, generator, clip_denoised)
+    return (yield from run_rows(model, rows))
+
+
+class DDIMRows:
+    """One request's rows of :func:`ddim_loop` from x_T (B, C, H, W), a step at a time
+    (:class:`models.core.stepwise.StepRows`): DDIM Eq. 12 over ``steps`` spaced timesteps."""
+
+    def __init__(
+        self,
+        diffusion: GaussianDiffusion,
+        x_T: torch.Tensor,
+        steps: int,
+        eta: float = 0.0,
+        generator: Generators | None = None,
+        clip_denoised: bool = True,
+    ) -> None:
+        if eta < 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        if eta > 0 and generator is None:
+            raise ValueError("eta > 0 draws noise: pass a generator")
+        self.times = spaced_timesteps(diffusion.num_timesteps, steps).flip(0).tolist()  # T-1..0
+        self.diffusion, self.eta, self.generator = diffusion, eta, generator
+        self.clip_denoised = clip_denoised
+        self.x, self.rows, self.done, self.total = x_T, x_T.shape[0], 0, len(self.times)
+
+    @classmethod
+    def from_prior(
+        cls,
+        diffusion: GaussianDiffusion,
+        shape: Sequence[int],
+        steps: int,
+        generator: Generators,
+        eta: float = 0.0,
+        clip_denoised: bool = True,
+    ) -> DDIMRows:
+        """x_T ~ N(0, I) of ``shape`` drawn from ``generator``, then DDIM (:func:`ddim_sample`)."""
+        x_T = randn_rows(shape, generator, diffusion.betas.device)
+        return cls(diffusion, x_T, steps, eta, generator, clip_denoised)
+
+    def network_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, _timesteps_like(self.x, self.times[self.done])
+
+    def advance(self, output: torch.Tensor) -> None:
+        i, x = self.done, self.x
+        t, t_prev = self.times[i], self.times[i + 1] if i + 1 < self.total else -1
+        stochastic = self.eta > 0 and t_prev >= 0  # sigma is 0 on the step to x_0
+        noise = randn_rows(x.shape, self.generator, x.device) if stochastic else None
+        step = ddim_step(self.diffusion, output, x, t, t_prev, self.eta, noise, self.clip_denoised)
+        self.x, self.done = step, i + 1
+
+    def result(self) -> torch.Tensor:
+        return self.x
 
 
 def ddim_sample(
@@ -176,9 +246,8 @@ def ddim_sample_progressive(
     clip_denoised: bool = True,
 ) -> Progressive[torch.Tensor]:
     """:func:`ddim_sample`, yielding after each step."""
-    x_T = randn_rows(shape, generator, diffusion.betas.device)
-    loop = ddim_loop_progressive(diffusion, model, x_T, steps, eta, generator, clip_denoised)
-    return (yield from loop)
+    rows = DDIMRows.from_prior(diffusion, shape, steps, generator, eta, clip_denoised)
+    return (yield from run_rows(model, rows))
 
 
 def ddim_decode(
@@ -216,21 +285,36 @@ def ddim_invert(
     return run_to_end(ddim_invert_progressive(diffusion, model, x_start, steps), on_step)
 
 
-@torch.no_grad()
 def ddim_invert_progressive(
     diffusion: GaussianDiffusion, model: Denoiser, x_start: torch.Tensor, steps: int
 ) -> Progressive[torch.Tensor]:
     """:func:`ddim_invert`, yielding after each step."""
-    times = spaced_timesteps(diffusion.num_timesteps, steps).tolist()  # 0 ... T-1
-    x = x_start
-    current = -1  # x_0 itself: abar = 1
-    for i, t_next in enumerate(times):
-        eval_t = max(current, 0)
-        eps, _ = diffusion.split_model_output(model(x, _timesteps_like(x, eval_t)))
-        abar, abar_next = _alpha_bar(diffusion, current), _alpha_bar(diffusion, t_next)
+    return (yield from run_rows(model, DDIMInversionRows(diffusion, x_start, steps)))
+
+
+class DDIMInversionRows:
+    """One request's rows of :func:`ddim_invert` from x_0 (B, C, H, W), a step at a time
+    (:class:`models.core.stepwise.StepRows`)."""
+
+    def __init__(self, diffusion: GaussianDiffusion, x_start: torch.Tensor, steps: int) -> None:
+        self.times = spaced_timesteps(diffusion.num_timesteps, steps).tolist()  # 0 ... T-1
+        self.diffusion = diffusion
+        self.x, self.rows, self.done, self.total = x_start, x_start.shape[0], 0, len(self.times)
+
+    def _current(self) -> int:
+        return self.times[self.done - 1] if self.done else -1  # -1: x_0 itself, abar = 1
+
+    def network_input(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x, _timesteps_like(self.x, max(self._current(), 0))
+
+    def advance(self, output: torch.Tensor) -> None:
+        x, current, t_next = self.x, self._current(), self.times[self.done]
+        eps, _ = self.diffusion.split_model_output(output)
+        abar, abar_next = _alpha_bar(self.diffusion, current), _alpha_bar(self.diffusion, t_next)
         coefficients = torch.stack([abar, abar_next]).to(x.device, x.dtype)
         pred_xstart = (x - torch.sqrt(1 - coefficients[0]) * eps) / coefficients[0].sqrt()
         x = coefficients[1].sqrt() * pred_xstart + torch.sqrt(1 - coefficients[1]) * eps
-        current = t_next
-        yield i + 1, len(times)
-    return x
+        self.x, self.done = x, self.done + 1
+
+    def result(self) -> torch.Tensor:
+        return self.x
