@@ -6,8 +6,7 @@ import copy
 import pytest
 import torch
 
-from models.core.config import DDPMConfig, DiffusionConfig, UNetConfig, VAEConfig
-from models.diffusion.ddpm import DDPM
+from models.core.config import VAEConfig
 from models.nn.acceleration import Acceleration, bf16_autocast_usable
 from models.nn.mode_choice import (
     FP32_CANDIDATES,
@@ -27,15 +26,6 @@ WITH_BF16 = FP32_CANDIDATES | {"bf16": Acceleration(bf16_autocast=True)}
 def _tiny_vae() -> VAE:
     torch.manual_seed(0)
     return VAE(VAEConfig(image_size=8, latent_dim=4, channels=(8, 16), num_mixtures=2)).eval()
-
-
-def _tiny_ddpm() -> DDPM:
-    torch.manual_seed(0)
-    unet = UNetConfig(
-        image_size=8, base_channels=8, channel_mults=(1, 2), num_res_blocks=1,
-        attention_resolutions=(4,), num_heads=2,
-    )  # fmt: skip
-    return DDPM(DDPMConfig(unet, DiffusionConfig(num_timesteps=20, variance="learned_range")))
 
 
 def _timings(seconds: dict, diffs: dict):
@@ -92,8 +82,8 @@ def test_bf16_autocast_moves_a_real_bound_past_the_tolerance_and_is_refused_howe
     assert choice.mode != "bf16"
 
 
-def test_the_probe_bound_is_the_same_on_every_call_for_each_kind():
-    for model in (_tiny_vae(), _tiny_ddpm()):
+def test_the_probe_bound_is_the_same_on_every_call_for_each_kind(tiny_ddpm):
+    for model in (_tiny_vae(), tiny_ddpm):
         calls = hot_calls(model, 2)
         first, again = calls.calls[calls.bound](model), calls.calls[calls.bound](model)
         assert first.shape == (2,) and torch.isfinite(first).all()
