@@ -42,6 +42,7 @@ from models.nn.acceleration import (
     bf16_autocast_usable,
     native_bf16_supported,
 )
+from models.nn.mode_choice import ModeChoice, choose_mode, hot_calls
 from models.training.experiment import Experiment
 from models.training.trainer import Trainer
 from service import runners
@@ -135,6 +136,26 @@ def bounds_bits_per_dim(vae: Checkpoint, ddpm: Checkpoint, images: torch.Tensor)
     }
 
 
+# Which workloads are whose: the chooser's pick for a model is compared on these.
+MODEL_WORKLOADS = {
+    "vae": ("vae_elbo_", "train_vae_"),
+    "ddpm": ("ddpm_unet_", "ddim_step_", "train_ddpm_"),
+}
+
+
+def start_up_choices(checkpoints: dict[str, Checkpoint], modes: dict[str, Acceleration]) -> dict:
+    """What the service's start-up chooser picks for each model here, measured afresh."""
+    candidates = {n: m for n, m in modes.items() if not m.compile}
+    choices: dict[str, ModeChoice] = {}
+    for name, checkpoint in checkpoints.items():
+        print(f"[chooser] {name}", file=sys.stderr, flush=True)
+        model = checkpoint.model
+        choices[name] = choose_mode(
+            model, lambda m=model: hot_calls(m, CHUNK), candidates, None, ""
+        )
+    return {name: choice.to_dict() for name, choice in choices.items()}
+
+
 def seconds(work: Work, calls: int) -> float:
     start = time.perf_counter()
     for _ in range(calls):
@@ -153,6 +174,7 @@ def run(modes: dict[str, Acceleration], repeats: int, train_calls: int, threads:
         skipped = {n: "torch has no CPU bf16 here" for n, m in modes.items() if m.bf16_autocast}
     modes = {n: m for n, m in modes.items() if n not in skipped}
     scratch = Path(tempfile.mkdtemp(prefix="bench_cpu_modes_"))
+    chosen = start_up_choices({"vae": vae, "ddpm": ddpm}, modes)
 
     work: dict[str, dict[str, tuple[Work, int]]] = {}
     first_call_s: dict[str, dict[str, float]] = {}
@@ -203,6 +225,7 @@ def run(modes: dict[str, Acceleration], repeats: int, train_calls: int, threads:
         "first_call_seconds": first_call_s,
         "exactness": exactness,
         "adoptable_bits_per_dim": ADOPTABLE_BITS_PER_DIM,
+        "start_up_choice": chosen,
     }
 
 
@@ -228,6 +251,37 @@ def table(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {worst:.4f} | {compile_cell} |")
     for name, why in report["skipped"].items():
         lines.append(f"| {name} | skipped: {why} |")
+    return "\n".join(lines + ["", chosen_table(report)])
+
+
+def chosen_table(report: dict) -> str:
+    """Per model: the start-up chooser's pick, and its speed-up over each alternative on the
+    model's workloads (the interleaved medians above; above 1: the choice is faster)."""
+    medians = report["median_seconds_per_call"]
+    lines = [
+        "Start-up choice (models/nn/mode_choice.py, uncached) against each alternative, same run",
+        "| model | chosen | probe s | alternative | chosen's speed-up per workload |",
+        "|---|---|---|---|---|",
+    ]
+    for model, choice in report["start_up_choice"].items():
+        mode = choice["mode"]
+        workloads = [w for w in medians[mode] if w.startswith(MODEL_WORKLOADS[model])]
+        for other in medians:
+            if other == mode:
+                continue
+            cells = ", ".join(f"{w} {medians[other][w] / medians[mode][w]:.2f}x" for w in workloads)
+            probe = f"{choice['measure_seconds']:.1f}"
+            lines.append(f"| {model} | {mode} | {probe} | {other} | {cells} |")
+        refused = {
+            m: f"{d:.1e}"
+            for m, d in choice["bound_diff_bits_per_dim"].items()
+            if d > choice["tolerance_bits_per_dim"]
+        }
+        probe_speedups = {m: round(v, 2) for m, v in choice["speedup_over_fp32_eager"].items()}
+        lines.append(
+            f"| {model} | probe speed-ups over fp32_eager {probe_speedups}; refused by the "
+            f"bound check (bits/dim moved) {refused or 'none'} | | | |"
+        )
     return "\n".join(lines)
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from models.kinds import Work, check_k
 from service.costs import Cost, refuse_past_ceiling
@@ -40,6 +40,9 @@ from service.schemas import (
     ScoreResponse,
 )
 from service.settings import Ceiling, Settings
+
+if TYPE_CHECKING:
+    from models.nn.mode_choice import ModeChoice
 
 logger = logging.getLogger("elbo_serve")
 Progress = Callable[[int, int], None]
@@ -121,11 +124,13 @@ class ModelCalls:
         chunk_rows: int | None,
         bound_call_rows: int,
         stepper: Any = None,
+        cpu_modes: Mapping[str, ModeChoice] | None = None,
     ) -> None:
         self.repository, self.batcher, self.metrics = repository, batcher, metrics
         self.runners, self.ceiling = runners, ceiling
         self.chunk_rows, self.bound_call_rows = chunk_rows, bound_call_rows
         self.stepper = stepper  # a StepScheduler, or None: every operation goes to the batcher
+        self.cpu_modes = dict(cpu_modes or {})  # model -> its CPU speed mode (none on a GPU)
 
     @classmethod
     def from_settings(
@@ -136,9 +141,9 @@ class ModelCalls:
         and counts those stopped because their requests went away."""
         import torch
 
-        from models.nn.acceleration import Acceleration, accelerate
         from service import runners
         from service.batching import KeyedBatcher
+        from service.cpu_modes import serve_in_chosen_modes
         from service.repository import load_repository
 
         if (threads := settings.threads_per_call(device)) is not None:
@@ -149,10 +154,7 @@ class ModelCalls:
             lambda name, seconds: metrics.CHECKPOINT_LOAD_SECONDS.labels(name).set(seconds),
         )
         _publish_calibrations(repository, metrics)
-        if (acceleration := settings.acceleration(device)) != Acceleration():
-            for served in repository.values():
-                accelerate(served.model, acceleration)
-            logger.info("networks run with %s", acceleration.name)
+        cpu_modes = serve_in_chosen_modes(repository, settings, device, metrics)
         ceiling = settings.request_ceiling(device)
         logger.info(
             "GFLOP per image and network evaluation: %s; synchronous requests up to %s GFLOP",
@@ -184,6 +186,7 @@ class ModelCalls:
             settings.chunk_rows(device),
             settings.rows_per_bound_call(device),
             stepper,
+            cpu_modes,
         )
 
     def served(self, name: str) -> ServedModel:
@@ -412,6 +415,7 @@ class ModelCalls:
 
     def models(self, device: str) -> ModelsResponse:
         from models.core.config import config_to_dict
+        from service.cpu_modes import cpu_mode_info
 
         return ModelsResponse(
             models={
@@ -421,6 +425,7 @@ class ModelCalls:
                     device=device,
                     config=config_to_dict(served.model.config),
                     card=served.checkpoint.card,
+                    cpu_mode=cpu_mode_info(self.cpu_modes.get(name)),
                     **served.describe(),
                 )
                 for name, served in self.repository.items()

@@ -110,6 +110,22 @@ CUDA_PEAK_MEMORY_BYTES = Gauge(
     ["device"],
     multiprocess_mode="livemax",
 )
+# The CPU speed mode each model's networks run in (service/cpu_modes.py), set once at load.
+# Workers measure one at a time and share the cached choice, so they agree.
+CPU_MODE = Gauge(
+    PREFIX + "cpu_mode_info",
+    "1 for the CPU speed mode each model's networks run in; source: measured (at this start),"
+    " cached (measured by an earlier start on this CPU, torch and weights) or forced (a setting).",
+    ["model", "mode", "source", "cpu"],
+    multiprocess_mode="max",
+)
+CPU_MODE_PROBE_SECONDS = Gauge(
+    PREFIX + "cpu_mode_probe_seconds",
+    "Median seconds of each hot call of a model in each candidate CPU mode, as measured when "
+    "the mode was chosen (absent when forced).",
+    ["model", "mode", "call"],
+    multiprocess_mode="max",
+)
 
 
 def observe_batch(model: str, operation: str, items: int, seconds: float) -> None:
@@ -163,3 +179,10 @@ TASK_SECONDS = Histogram(
     ["kind", "status"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+
+def set_cpu_mode(model: str, choice) -> None:
+    """``choice``: a :class:`models.nn.mode_choice.ModeChoice`."""
+    CPU_MODE.labels(model, choice.mode, choice.source, choice.machine.cpu).set(1)
+    for mode, calls in choice.seconds.items():
+        for call, seconds in calls.items():
+            CPU_MODE_PROBE_SECONDS.labels(model, mode, call).set(seconds)

@@ -350,6 +350,36 @@ class OptionInfo(_Schema):
     range: list[int] | None = Field(None, description="Inclusive range, where the model sets one.")
 
 
+class MachineInfo(_Schema):
+    cpu: str = Field(description="The CPU's model name (/proc/cpuinfo).")
+    flags: list[str] = Field(description="Its instruction-set flags that decide oneDNN's kernels.")
+    torch: str
+    capability: str = Field(description="torch's CPU kernel level (DEFAULT, AVX2, AVX512).")
+    threads: int = Field(description="torch threads the timings ran with.")
+    native_bf16: bool = Field(description="Whether the CPU has bf16 arithmetic in hardware.")
+
+
+class CpuModeInfo(_Schema):
+    mode: str = Field(description="The CPU speed mode its networks run in (docs/cpu_modes.md).")
+    source: Literal["measured", "cached", "forced"] = Field(
+        description="measured at this start, cached from an earlier one on this CPU, torch and "
+        "weights, or forced by ELBO_SERVE_CHANNELS_LAST / ELBO_SERVE_COMPILE."
+    )
+    seconds: dict[str, dict[str, float]] = Field(
+        description="Per candidate mode, median seconds of each hot call (empty when forced)."
+    )
+    speedup_over_fp32_eager: dict[str, float] = Field(
+        description="Per candidate, float32 eager's seconds over its own (geometric mean over "
+        "the hot calls; above 1: faster)."
+    )
+    bound_diff_bits_per_dim: dict[str, float] = Field(
+        description="Per candidate, the largest change of the bound on the probe batch."
+    )
+    tolerance_bits_per_dim: float = Field(description="The most a chosen mode may move it.")
+    measure_seconds: float = Field(description="Seconds the measurement took (0: not run).")
+    machine: MachineInfo
+
+
 class ModelInfo(_Schema):
     kind: str
     checkpoint: str
@@ -367,6 +397,9 @@ class ModelInfo(_Schema):
     )
     config: dict[str, Any]
     card: dict[str, Any] = Field(description="The checkpoint's model card (measured numbers).")
+    cpu_mode: CpuModeInfo | None = Field(
+        default=None, description="Its networks' CPU speed mode and why (none on a GPU)."
+    )
 
 
 class ModelsResponse(_Schema):

@@ -30,6 +30,17 @@ def _flag(name: str, default: bool) -> bool:
     return text in ("true", "1")
 
 
+CHANNELS_LAST_VALUES = ("auto", "true", "false")
+
+
+def _choice(name: str, default: str, values: tuple[str, ...]) -> str:
+    text = _env(name, default).strip().lower()
+    text = {"1": "true", "0": "false"}.get(text, text)
+    if text not in values:
+        raise ValueError(f"{ENV_PREFIX}{name} must be one of {', '.join(values)}, got {text!r}")
+    return text
+
+
 def _positive_int(name: str, default: int) -> int:
     text = _env(name, str(default))
     try:
@@ -195,15 +206,21 @@ class Settings:
     task_retention_s: float = 86_400.0
     task_max_queued: int = 1_000
     task_concurrency: int = 1
-    # CPU speed modes of the networks (models.nn.acceleration; measured side by side by
-    # `python -m load_tests.bench_cpu_modes`, figures in the README). channels_last: about
-    # 1.3x at the CPU batch of 64 and with 4-row chunks, bounds within 3e-6 bits/dim, images
-    # still byte-identical alone or batched. torch.compile: minutes of compiling for little.
-    # bf16 autocast applies only where the CPU has bf16 in hardware (AVX512-BF16 or AMX):
-    # elsewhere oneDNN emulates it, 3-4x slower than float32.
-    channels_last: bool = True
+    # CPU speed mode of the networks (models.nn.acceleration). "auto": measured at start-up
+    # on this machine for each model (models/nn/mode_choice.py, docs/cpu_modes.md): the fastest
+    # of float32 and channels_last whose bound stays within 1e-4 bits/dim of float32, cached
+    # in `cpu_mode_cache_dir` per CPU, torch version and weights. channels_last measured 1.3x
+    # on one Intel Xeon and 0.87x on an AMD EPYC, so no fixed default is right. "true" or
+    # "false" forces channels_last on or off, unmeasured, as does `compile` = true
+    # (torch.compile: minutes of compiling for little, never chosen automatically).
+    # bf16 autocast: with "auto" a candidate only where the CPU has bf16 in hardware
+    # (AVX512-BF16 or AMX), and it must pass the same bound check (it moved bounds by 0.016-
+    # 0.094 bits/dim where measured); forced together with channels_last true/false, it
+    # applies where the CPU has it natively (elsewhere oneDNN emulates it, 3-4x slower).
+    channels_last: str = "auto"
     compile: bool = False
     bf16_autocast: bool = False
+    cpu_mode_cache_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-cpu-modes"))
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -247,9 +264,10 @@ class Settings:
             task_retention_s=_positive_float("TASK_RETENTION_S", defaults.task_retention_s),
             task_max_queued=_positive_int("TASK_MAX_QUEUED", defaults.task_max_queued),
             task_concurrency=_positive_int("TASK_CONCURRENCY", defaults.task_concurrency),
-            channels_last=_flag("CHANNELS_LAST", defaults.channels_last),
+            channels_last=_choice("CHANNELS_LAST", defaults.channels_last, CHANNELS_LAST_VALUES),
             compile=_flag("COMPILE", defaults.compile),
             bf16_autocast=_flag("BF16_AUTOCAST", defaults.bf16_autocast),
+            cpu_mode_cache_dir=Path(_env("CPU_MODE_CACHE_DIR", str(defaults.cpu_mode_cache_dir))),
             cpu_max_request_gflop=float(
                 _env("CPU_MAX_REQUEST_GFLOP", str(defaults.cpu_max_request_gflop))
             ),
@@ -312,14 +330,17 @@ class Settings:
         rows = self.cuda_image_chunk_rows if device.startswith("cuda") else self.image_chunk_rows
         return rows or None
 
-    def acceleration(self, device: str) -> Acceleration:
-        """The CPU speed modes to apply to the networks on ``device`` (none on a GPU)."""
+    def acceleration(self, device: str) -> Acceleration | None:
+        """The CPU speed mode the settings force on ``device`` (none on a GPU); None: the
+        service measures which to use (``channels_last`` "auto")."""
         from models.nn.acceleration import Acceleration, native_bf16_supported
 
         if device.startswith("cuda"):
             return Acceleration()
+        if self.channels_last == "auto" and not self.compile:
+            return None
         return Acceleration(
-            channels_last=self.channels_last,
+            channels_last=self.channels_last == "true",
             compile=self.compile,
             bf16_autocast=self.bf16_autocast and native_bf16_supported(),
         )

@@ -29,6 +29,7 @@ os.environ.setdefault("BENTOML_HOME", str(_SCRATCH / "bentoml"))
 os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(_SCRATCH / "prometheus")
 (_SCRATCH / "prometheus").mkdir()
 os.environ["ELBO_SERVE_TASK_DIR"] = str(_SCRATCH / "tasks")
+os.environ["ELBO_SERVE_CPU_MODE_CACHE_DIR"] = str(_SCRATCH / "cpu-modes")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

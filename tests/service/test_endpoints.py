@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from service_testing import concurrently, metric_value, png_b64, png_pixels
 
 # The fixture calibrations hold few images; 0.25 is a rate any calibration can resolve.
@@ -234,3 +235,28 @@ def test_likelihood_task_runs_the_exact_bound(client, images):
 def test_unknown_task_progress_is_a_404(client):
     response = client.post("/task_progress", json={"task_id": "nope"})
     assert response.status_code == 404 and response.json()["field"] == "task_id"
+
+
+def test_models_and_metrics_show_each_models_cpu_mode_as_chosen_at_start(client):
+    """The service measured the candidates at start (ELBO_SERVE_CHANNELS_LAST defaults to
+    auto) and serves the admissible one the timings favour; the metric says the same."""
+    from models.nn.mode_choice import fastest_admissible
+
+    models = client.post("/models").json()["models"]
+    for name, info in models.items():
+        mode = info["cpu_mode"]
+        assert mode["source"] in ("measured", "cached")
+        assert set(mode["seconds"]) >= {"fp32_eager", "channels_last"}
+        assert mode["mode"] == fastest_admissible(
+            mode["seconds"], mode["bound_diff_bits_per_dim"], mode["tolerance_bits_per_dim"]
+        )
+        assert mode["bound_diff_bits_per_dim"]["fp32_eager"] == 0.0
+        assert mode["machine"]["torch"] == torch.__version__
+        labels = {"model": name, "mode": mode["mode"], "source": mode["source"]}
+        assert metric_value(client, "elbo_serve_cpu_mode_info", **labels) == 1
+        for candidate, calls in mode["seconds"].items():
+            for call, seconds in calls.items():
+                labels = {"model": name, "mode": candidate, "call": call}
+                assert metric_value(client, "elbo_serve_cpu_mode_probe_seconds", **labels) == (
+                    pytest.approx(seconds)
+                )

@@ -74,9 +74,11 @@ def test_the_default_body_limit_fits_the_largest_legitimate_request():
     assert largest * 3 < Settings().max_body_bytes
 
 
-def test_cpu_speed_modes_default_to_channels_last_and_parse_from_the_environment(monkeypatch):
+def test_cpu_speed_mode_is_measured_by_default_and_forced_from_the_environment(monkeypatch):
     from models.nn.acceleration import Acceleration, native_bf16_supported
 
+    assert Settings.from_env().acceleration("cpu") is None  # auto: measured at start-up
+    monkeypatch.setenv("ELBO_SERVE_CHANNELS_LAST", "true")
     assert Settings.from_env().acceleration("cpu") == Acceleration(channels_last=True)
     monkeypatch.setenv("ELBO_SERVE_CHANNELS_LAST", "false")
     assert Settings.from_env().acceleration("cpu") == Acceleration()
@@ -87,6 +89,9 @@ def test_cpu_speed_modes_default_to_channels_last_and_parse_from_the_environment
         channels_last=True, compile=True, bf16_autocast=native_bf16_supported()
     )
     assert settings.acceleration("cuda") == Acceleration()
+    monkeypatch.setenv("ELBO_SERVE_CHANNELS_LAST", "sometimes")
+    with pytest.raises(ValueError, match="CHANNELS_LAST must be one of auto, true, false"):
+        Settings.from_env()
 
 
 def test_bounds_call_the_network_on_fewer_rows_on_a_cpu_than_on_a_gpu(monkeypatch):
