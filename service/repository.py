@@ -115,6 +115,7 @@ class ServedModel:
                 for sampler in self.kind.samplers(self.model)
             },
             "options": options,
+            "source": self.checkpoint.source,
         }
 
 

@@ -396,6 +396,10 @@ class ModelInfo(_Schema):
         description="Per operation (sample, encode, decode), the options it takes."
     )
     config: dict[str, Any]
+    source: dict[str, Any] = Field(
+        description='Where the checkpoint came from: {"format": "elbo-serve"}, or a diffusers '
+        "folder's format, UNet and scheduler settings (docs/diffusers.md)."
+    )
     card: dict[str, Any] = Field(description="The checkpoint's model card (measured numbers).")
     cpu_mode: CpuModeInfo | None = Field(
         default=None, description="Its networks' CPU speed mode and why (none on a GPU)."

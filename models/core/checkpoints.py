@@ -4,6 +4,10 @@ config.json       {"format_version", "kind": a registered architecture (models.k
                   "config": {...}}: rebuilds the model
 model.safetensors the weights (safetensors: tensors only)
 model_card.json   measured numbers (written by the evaluation CLI; optional until then)
+
+A diffusers DDPM folder (``unet/`` + ``scheduler/``, :mod:`models.formats.diffusers`) loads
+through the same functions: :func:`read_config` and :func:`load_checkpoint` tell the formats
+apart here and nowhere else, and its card goes beside its files.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class Checkpoint:
     model: nn.Module
     directory: Path
     card: dict[str, Any] = field(default_factory=dict)
+    # Where the checkpoint came from: {"format": "elbo-serve"} or a diffusers folder's settings.
+    source: dict[str, Any] = field(default_factory=lambda: {"format": "elbo-serve"})
 
 
 def model_kind(model: nn.Module) -> str:
@@ -111,13 +117,40 @@ def load_checkpoint(
     weights that are not the ones the model card measured."""
     directory = Path(directory)
     kind, config = read_config(directory)
-    model = architecture_of(kind).build(config)
-    state = _read_weights(directory / WEIGHTS_FILE)
-    _check_state_matches(directory / WEIGHTS_FILE, model.state_dict(), state)
+    source: dict[str, Any] = {"format": "elbo-serve"}
+    if _is_diffusers(directory):
+        from models.formats.diffusers import describe_source, load_diffusers_ddpm
+
+        model, source = load_diffusers_ddpm(directory, config), describe_source(config)
+    else:
+        model = architecture_of(kind).build(config)
+        state = read_safetensors(directory / WEIGHTS_FILE)
+        check_state_matches(directory / WEIGHTS_FILE, model.state_dict(), state)
+        model.load_state_dict(state, strict=True)
     card = read_model_card(directory)
-    _check_card_measured_these_weights(directory / WEIGHTS_FILE, card)
-    model.load_state_dict(state, strict=True)
-    return Checkpoint(kind, model.to(device).eval(), directory, card)
+    _check_card_measured_these_weights(weights_path(directory), card)
+    return Checkpoint(kind, model.to(device).eval(), directory, card, source)
+
+
+def _is_diffusers(directory: Path) -> bool:
+    """A diffusers folder rather than one of ours: the one place formats are told apart."""
+    from models.formats.diffusers import is_diffusers_folder
+
+    return not (directory / CONFIG_FILE).is_file() and is_diffusers_folder(directory)
+
+
+def is_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a checkpoint of some format (not whether it is valid)."""
+    return (directory / CONFIG_FILE).is_file() or _is_diffusers(directory)
+
+
+def weights_path(directory: Path) -> Path:
+    """The weights file the model card's SHA-256 measures, whatever the format."""
+    if _is_diffusers(directory):
+        from models.formats.diffusers import weights_path as diffusers_weights
+
+        return diffusers_weights(directory)
+    return directory / WEIGHTS_FILE
 
 
 def require_model_card(checkpoint: Checkpoint) -> Checkpoint:
@@ -149,8 +182,13 @@ def _check_card_measured_these_weights(path: Path, card: dict[str, Any]) -> None
 
 
 def read_config(directory: Path) -> tuple[str, Any]:
+    """(kind, config) of the checkpoint in ``directory``; a diffusers folder is a "ddpm"."""
+    if _is_diffusers(directory):
+        from models.formats.diffusers import read_diffusers_config
+
+        return "ddpm", read_diffusers_config(directory)
     path = directory / CONFIG_FILE
-    header = _read_json(path)
+    header = read_json(path)
     kind = header.get("kind")
     if kind not in architectures():
         raise CheckpointError(
@@ -169,10 +207,10 @@ def read_config(directory: Path) -> tuple[str, Any]:
 def read_model_card(directory: Path) -> dict[str, Any]:
     """The model card, or an empty dict when none has been written yet."""
     path = directory / CARD_FILE
-    return _read_json(path) if path.exists() else {}
+    return read_json(path) if path.exists() else {}
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     if not os.access(path, os.R_OK):
@@ -187,7 +225,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return payload
 
 
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing")
     if not os.access(path, os.R_OK):
@@ -199,7 +237,7 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({error})") from error
 
 
-def _check_state_matches(
+def check_state_matches(
     path: Path, expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor]
 ) -> None:
     """Name the missing, unexpected and wrongly shaped tensors, if any."""

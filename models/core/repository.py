@@ -1,13 +1,16 @@
 """A model repository: a directory holding one checkpoint directory per model, served by name.
 
 Every subdirectory whose ``config.json`` names a servable kind (:mod:`models.kinds`) is a
-model, named after the directory; other architectures (the feature classifier) and
+model, named after the directory, and so is every diffusers DDPM folder
+(:mod:`models.formats.diffusers`) whose settings we serve (one with a refused setting is
+logged and left out, so the others keep serving); other architectures (the feature classifier) and
 directories without a config are not models. A config that cannot be read is an error, not a
 model quietly left out.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from models.kinds import servable_kinds
 
 # Names travel in URLs, JSON and metric labels: keep them to a safe, readable alphabet.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+logger = logging.getLogger("elbo_serve")
 
 
 def check_model_name(name: str) -> str:
@@ -29,15 +33,20 @@ def check_model_name(name: str) -> str:
 
 def servable_checkpoints(root: Path) -> dict[str, Path]:
     """name -> checkpoint directory for each servable model under ``root``, sorted by name."""
-    from models.core.checkpoints import CONFIG_FILE, CheckpointError, read_config
+    from models.core.checkpoints import CheckpointError, is_checkpoint, read_config
+    from models.formats.diffusers import RefusedSettingError
 
     if not root.is_dir():
         raise CheckpointError(f"{root}: the model directory does not exist")
     found = {}
     for directory in sorted(path for path in root.iterdir() if path.is_dir()):
-        if not (directory / CONFIG_FILE).is_file():
+        if not is_checkpoint(directory):
             continue
-        kind, _config = read_config(directory)
+        try:
+            kind, _config = read_config(directory)
+        except RefusedSettingError as refused:  # a setting we have no bound for: serve the rest
+            logger.error("not serving %s: %s", directory.name, refused)
+            continue
         if kind in servable_kinds():
             found[check_model_name(directory.name)] = directory
     return found

@@ -17,13 +17,23 @@ class DDPM(nn.Module):
     the form every sampler and bound in :mod:`models` accepts as ``model``.
     """
 
-    def __init__(self, config: DDPMConfig) -> None:
+    def __init__(
+        self,
+        config: DDPMConfig,
+        unet: nn.Module | None = None,
+        diffusion: GaussianDiffusion | None = None,
+    ) -> None:
+        """Our UNet and the config's chain, or a network and chain another format loaded
+        (:mod:`models.formats`), whose ``config`` gives ``unet.image_channels``,
+        ``unet.image_size`` and ``diffusion`` as a DDPMConfig does."""
         super().__init__()
         self.config = config
-        channels = config.unet.image_channels
-        out_channels = 2 * channels if config.diffusion.learns_variance else channels
-        self.unet = UNet(config.unet, out_channels)
-        self.diffusion = GaussianDiffusion(config.diffusion)
+        if unet is None:
+            channels = config.unet.image_channels
+            out_channels = 2 * channels if config.diffusion.learns_variance else channels
+            unet = UNet(config.unet, out_channels)
+        self.unet = unet
+        self.diffusion = GaussianDiffusion(config.diffusion) if diffusion is None else diffusion
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -21,6 +21,7 @@ from models.core.likelihood import (
     normal_kl_nats,
     standard_normal_kl_nats,
 )
+from models.diffusion.timesteps import DDIMTimesteps
 
 
 def linear_beta_schedule(num_timesteps: int) -> torch.Tensor:
@@ -78,11 +79,22 @@ class GaussianDiffusion(nn.Module):
     config, so they are not saved in checkpoints.
     """
 
-    def __init__(self, config: DiffusionConfig, betas: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        config: DiffusionConfig,
+        betas: torch.Tensor | None = None,
+        clip_range: float | None = 1.0,
+        ddim: DDIMTimesteps | None = None,
+    ) -> None:
         """The config's chain, or one of the given ``betas`` (T',) float64 with the config's
-        variance type (a respaced chain: :func:`models.diffusion.respacing.respaced`)."""
+        variance type (a respaced chain: :func:`models.diffusion.respacing.respaced`, or a
+        diffusers scheduler's: :mod:`models.formats.diffusers`). ``clip_range``: where a
+        clipped prediction of x_0 is clipped to, [-r, r] (None: never clipped); ``ddim``:
+        how DDIM picks its timesteps."""
         super().__init__()
         self.config = config
+        self.clip_range = clip_range
+        self.ddim = DDIMTimesteps() if ddim is None else ddim
         if betas is None:
             betas = (
                 linear_beta_schedule(config.num_timesteps)
@@ -160,6 +172,12 @@ class GaussianDiffusion(nn.Module):
 
     # Reverse process -------------------------------------------------------------------
 
+    def clip_xstart(self, pred_xstart: torch.Tensor) -> torch.Tensor:
+        """A predicted x_0 clipped to [-r, r] (unchanged when this chain never clips)."""
+        if self.clip_range is None:
+            return pred_xstart
+        return pred_xstart.clamp(-self.clip_range, self.clip_range)
+
     def predict_xstart_from_eps(
         self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor
     ) -> torch.Tensor:
@@ -196,14 +214,15 @@ class GaussianDiffusion(nn.Module):
         """p_theta(x_{t-1} | x_t) from the network output at (x_t, t).
 
         Mean: mu-tilde(x_t, x0-hat) with x0-hat from the predicted eps (Ho et al. Eq. 11 in its
-        posterior form), x0-hat clipped to [-1, 1] when ``clip_denoised``. Variance: fixed
-        beta-tilde_t or beta_t, or learned by interpolation (Nichol & Dhariwal Eq. 15).
+        posterior form), x0-hat clipped (:meth:`clip_xstart`) when ``clip_denoised``.
+        Variance: fixed beta-tilde_t or beta_t, or learned by interpolation (Nichol & Dhariwal
+        Eq. 15).
         """
         eps, v = self.split_model_output(model_output)
         log_variance = self._model_log_variance(v, t, x_t)
         pred_xstart = self.predict_xstart_from_eps(x_t, t, eps)
         if clip_denoised:
-            pred_xstart = pred_xstart.clamp(-1.0, 1.0)
+            pred_xstart = self.clip_xstart(pred_xstart)
         mean = self.q_posterior(pred_xstart, x_t, t).mean
         return ReverseStep(mean, torch.exp(log_variance), log_variance, pred_xstart, eps)
 

@@ -102,6 +102,21 @@ def _denoiser(ddpm: DDPM, chunk_rows: int | None) -> Denoiser:
     return ddpm if chunk_rows is None else FixedChunkDenoiser(ddpm, chunk_rows)
 
 
+def _within_ddim_steps(
+    model: DDPM, options: dict[str, Any], given: Mapping[str, Any]
+) -> dict[str, Any]:
+    """``steps`` within the most DDIM steps the chain's timestep rule allows: a default is
+    brought down to it, a requested value past it is an OptionError."""
+    num_timesteps = model.diffusion.num_timesteps
+    most = model.diffusion.ddim.max_steps(num_timesteps)
+    if options["steps"] <= most or options["steps"] > num_timesteps:  # past T: option_limits
+        return options
+    if "steps" in given:
+        steps = options["steps"]
+        raise OptionError("steps", f"this model's DDIM takes 1..{most} steps, got {steps}")
+    return {**options, "steps": most}
+
+
 class DDPMKind(ModelKind):
     name = "ddpm"
     config_class = DDPMConfig
@@ -181,7 +196,7 @@ class DDPMKind(ModelKind):
         """Ancestral sampling runs all T steps unless ``steps`` asks for fewer (a respaced
         chain, Nichol & Dhariwal 2021, Sec. 4), with the model's own variances: no eta."""
         if options["sampler"] != "ancestral":
-            return options
+            return _within_ddim_steps(model, options, given)
         if "eta" in given:
             raise OptionError(
                 "eta", "ancestral sampling draws with the model's own variances; leave it out"
@@ -190,12 +205,20 @@ class DDPMKind(ModelKind):
         return {"sampler": "ancestral", "steps": steps}
 
     def option_limits(self, model: nn.Module) -> dict[str, tuple[int, int]]:
+        """Up to T steps; DDIM's encode/decode up to what the chain's timestep rule allows
+        (a diffusers scheduler's ``steps_offset`` can push the last of T steps past T - 1)."""
         return {"steps": (1, model.diffusion.num_timesteps)}
 
     stepwise_operations = frozenset({"sample", "encode", "decode"})
 
     def step_network(self, model: nn.Module, chunk_rows: int | None) -> Denoiser:
         return _denoiser(model, chunk_rows)
+
+    def encode_options_for(self, model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
+        return _within_ddim_steps(model, super().encode_options_for(model, given), given)
+
+    def decode_options_for(self, model: nn.Module, given: Mapping[str, Any]) -> dict[str, Any]:
+        return _within_ddim_steps(model, super().decode_options_for(model, given), given)
 
     def sample(
         self,

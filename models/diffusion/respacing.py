@@ -7,16 +7,9 @@ from __future__ import annotations
 import torch
 
 from models.diffusion.gaussian import GaussianDiffusion
+from models.diffusion.timesteps import spaced_timesteps
 
-
-def spaced_timesteps(num_timesteps: int, steps: int) -> torch.Tensor:
-    """``steps`` increasing timestep indices from 0 to T-1, evenly spaced: (steps,).
-
-    The last one is always T-1, so even a one-step sampler starts from the true prior.
-    """
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be in 1..{num_timesteps}, got {steps}")
-    return torch.linspace(num_timesteps - 1, 0, steps).round().long().flip(0)
+__all__ = ["respaced", "spaced_timesteps"]
 
 
 def respaced(diffusion: GaussianDiffusion, timesteps: torch.Tensor) -> GaussianDiffusion:
@@ -31,4 +24,7 @@ def respaced(diffusion: GaussianDiffusion, timesteps: torch.Tensor) -> GaussianD
     alphas_cumprod = diffusion.alphas_cumprod.detach().to("cpu", torch.float64)[timesteps.cpu()]
     previous = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
     betas = 1.0 - alphas_cumprod / previous
-    return GaussianDiffusion(diffusion.config, betas=betas).to(diffusion.betas.device)
+    chain = GaussianDiffusion(
+        diffusion.config, betas=betas, clip_range=diffusion.clip_range, ddim=diffusion.ddim
+    )
+    return chain.to(diffusion.betas.device)

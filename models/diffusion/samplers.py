@@ -22,7 +22,8 @@ from models.core.noise import Generators, randn_rows
 from models.core.progressive import ProgressCallback, Progressive, run_to_end
 from models.core.stepwise import run_rows
 from models.diffusion.gaussian import GaussianDiffusion
-from models.diffusion.respacing import respaced, spaced_timesteps
+from models.diffusion.respacing import respaced
+from models.diffusion.timesteps import spaced_timesteps
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,8 +103,11 @@ class AncestralRows:
 
 
 def _alpha_bar(diffusion: GaussianDiffusion, t: int) -> torch.Tensor:
-    """abar_t as a float64 scalar tensor on the CPU, with abar_{-1} = 1 (the clean image)."""
+    """abar_t as a float64 scalar tensor on the CPU; abar_{-1} (the clean image) is 1, or
+    abar_0 where the chain's DDIM rule says so (:class:`DDIMTimesteps`)."""
     if t < 0:
+        if not diffusion.ddim.final_alpha_bar_is_one:
+            return diffusion.alphas_cumprod[0].detach().to("cpu", torch.float64)
         return torch.ones((), dtype=torch.float64)
     return diffusion.alphas_cumprod[t].detach().to("cpu", torch.float64)
 
@@ -124,8 +128,9 @@ def ddim_step(
     # 1. predicted x_0 ("predicted x_0", DDIM Eq. 12, first term)
     pred_xstart = diffusion.predict_xstart_from_eps(x_t, timesteps, eps)
     if clip_denoised:
-        pred_xstart = pred_xstart.clamp(-1.0, 1.0)
-        eps = diffusion.predict_eps_from_xstart(x_t, timesteps, pred_xstart)
+        pred_xstart = diffusion.clip_xstart(pred_xstart)
+        if not diffusion.ddim.keep_model_eps:  # Glide's eps, re-derived from the clipped x_0
+            eps = diffusion.predict_eps_from_xstart(x_t, timesteps, pred_xstart)
     abar_t, abar_prev = _alpha_bar(diffusion, t), _alpha_bar(diffusion, t_prev)
     # 2. sigma_t(eta), DDIM Eq. 16: eta = 1 is DDPM's posterior variance, eta = 0 deterministic
     sigma = eta * torch.sqrt((1 - abar_prev) / (1 - abar_t) * (1 - abar_t / abar_prev))
@@ -187,7 +192,9 @@ class DDIMRows:
             raise ValueError(f"eta must be >= 0, got {eta}")
         if eta > 0 and generator is None:
             raise ValueError("eta > 0 draws noise: pass a generator")
-        self.times = spaced_timesteps(diffusion.num_timesteps, steps).flip(0).tolist()  # T-1..0
+        # (t, t_prev) from T-1 down to (..., -1), the schedule's own spacing
+        self.pairs = diffusion.ddim.pairs(diffusion.num_timesteps, steps)
+        self.times = [t for t, _ in self.pairs]
         self.diffusion, self.eta, self.generator = diffusion, eta, generator
         self.clip_denoised = clip_denoised
         self.x, self.rows, self.done, self.total = x_T, x_T.shape[0], 0, len(self.times)
@@ -211,7 +218,7 @@ class DDIMRows:
 
     def advance(self, output: torch.Tensor) -> None:
         i, x = self.done, self.x
-        t, t_prev = self.times[i], self.times[i + 1] if i + 1 < self.total else -1
+        t, t_prev = self.pairs[i]
         stochastic = self.eta > 0 and t_prev >= 0  # sigma is 0 on the step to x_0
         noise = randn_rows(x.shape, self.generator, x.device) if stochastic else None
         step = ddim_step(self.diffusion, output, x, t, t_prev, self.eta, noise, self.clip_denoised)
@@ -258,7 +265,8 @@ def ddim_decode(
     on_step: ProgressCallback | None = None,
 ) -> torch.Tensor:
     """Deterministic decoding of a latent x_T: the eta = 0 DDIM ODE, unclipped so that it
-    retraces :func:`ddim_invert` (DDIM Sec. 5.4)."""
+    retraces :func:`ddim_invert` (DDIM Sec. 5.4), unless the chain's DDIM rule clips (a
+    diffusers folder's scheduler with ``clip_sample``, whose own loop clips)."""
     return run_to_end(ddim_decode_progressive(diffusion, model, x_T, steps), on_step)
 
 
@@ -266,7 +274,8 @@ def ddim_decode_progressive(
     diffusion: GaussianDiffusion, model: Denoiser, x_T: torch.Tensor, steps: int
 ) -> Progressive[torch.Tensor]:
     """:func:`ddim_decode`, yielding after each step."""
-    return (yield from ddim_loop_progressive(diffusion, model, x_T, steps, clip_denoised=False))
+    clip = diffusion.ddim.decode_clips
+    return (yield from ddim_loop_progressive(diffusion, model, x_T, steps, clip_denoised=clip))
 
 
 def ddim_invert(
@@ -297,7 +306,8 @@ class DDIMInversionRows:
     (:class:`models.core.stepwise.StepRows`)."""
 
     def __init__(self, diffusion: GaussianDiffusion, x_start: torch.Tensor, steps: int) -> None:
-        self.times = spaced_timesteps(diffusion.num_timesteps, steps).tolist()  # 0 ... T-1
+        # The decoding loop's steps backwards: from x_0 (-1) up to its first timestep.
+        self.times = [t for t, _ in reversed(diffusion.ddim.pairs(diffusion.num_timesteps, steps))]
         self.diffusion = diffusion
         self.x, self.rows, self.done, self.total = x_start, x_start.shape[0], 0, len(self.times)
 

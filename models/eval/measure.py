@@ -23,7 +23,7 @@ from models.core.card import (
     SampleGrids,
     SampleQuality,
 )
-from models.core.checkpoints import WEIGHTS_FILE, load_checkpoint, read_model_card
+from models.core.checkpoints import load_checkpoint, read_model_card, weights_path
 from models.eval.context import EvalContext
 from models.eval.detection import anomaly_and_calibration
 from models.eval.samples import sample_grids, sample_quality
@@ -62,7 +62,7 @@ class Measurements:
 
 def provenance(directory: Path, model: torch.nn.Module) -> Provenance:
     """Parameters, size and SHA-256 of the weights file, and the training record if any."""
-    weights = (directory / WEIGHTS_FILE).read_bytes()
+    weights = weights_path(directory).read_bytes()
     training = directory / "training.json"
     return Provenance(
         parameters=sum(p.numel() for p in model.parameters()),

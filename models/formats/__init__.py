@@ -1,0 +1,1 @@
+"""Checkpoint formats other than our own, loaded as models of our kinds."""
