@@ -291,8 +291,10 @@ class DDPMKind(ModelKind):
     def decode_rows(
         self, model: nn.Module, z: torch.Tensor, options: Mapping[str, Any]
     ) -> StepRows:
-        """:func:`models.diffusion.samplers.ddim_decode`'s rows: eta 0, unclipped."""
-        return DDIMRows(model.diffusion, z, options["steps"], clip_denoised=False)
+        """:func:`models.diffusion.samplers.ddim_decode`'s rows: eta 0, unclipped unless the
+        chain's DDIM rule clips (a diffusers folder's scheduler with ``clip_sample``)."""
+        clip = model.diffusion.ddim.decode_clips
+        return DDIMRows(model.diffusion, z, options["steps"], clip_denoised=clip)
 
     def networks_gflop(self, model: nn.Module) -> dict[str, float]:
         device = next(model.parameters()).device

@@ -307,7 +307,8 @@ class DDIMInversionRows:
 
     def __init__(self, diffusion: GaussianDiffusion, x_start: torch.Tensor, steps: int) -> None:
         # The decoding loop's steps backwards: from x_0 (-1) up to its first timestep.
-        self.times = [t for t, _ in reversed(diffusion.ddim.pairs(diffusion.num_timesteps, steps))]
+        pairs = diffusion.ddim.pairs(diffusion.num_timesteps, steps)
+        self.times = [t for t, _ in reversed(pairs)]
         self.diffusion = diffusion
         self.x, self.rows, self.done, self.total = x_start, x_start.shape[0], 0, len(self.times)
 
