@@ -148,13 +148,13 @@ class Settings:
     # about 135 GFLOP/s, so 10,000 is about 75 s of one core; DDIM-50 of 64 images is 7,100,
     # the exact bound of one image 2,200, IWAE k = 5000 of 8 images 26,000. The CUDA figure
     # is about as long on the H100 that evaluated the bundled checkpoints (~13,000 GFLOP/s
-    # for IWAE there); the serving benchmark has not run on a GPU yet.
+    # for IWAE there).
     cpu_max_request_gflop: float = 10_000.0
     cuda_max_request_gflop: float = 1_000_000.0
     # Where long-running tasks record their progress (shared by all workers).
     progress_dir: Path = field(default_factory=lambda: Path("/tmp/elbo-serve-progress"))
     # CPU speed modes of the networks (models.nn.acceleration; measured side by side by
-    # `python -m load_tests.bench_cpu_modes`, figures in the README). channels_last: about
+    # `python -m load_tests.bench_cpu_modes`, figures in docs/performance.md). channels_last: about
     # 1.3x at the CPU batch of 64 and with 4-row chunks, bounds within 3e-6 bits/dim, images
     # still byte-identical alone or batched. torch.compile: minutes of compiling for little.
     # bf16 autocast applies only where the CPU has bf16 in hardware (AVX512-BF16 or AMX):
