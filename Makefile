@@ -4,7 +4,7 @@ VENV := .venv
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint data install serve prometheus image image-test
+.PHONY: test lint data install serve prometheus chromium image image-test
 
 install: $(VENV)/.installed
 
@@ -26,7 +26,13 @@ prometheus:
 	@command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q prometheus; }
 
-test: install data prometheus
+# Debian's Chromium for tests/service/test_ui_browser.py, which drives the /ui page with Playwright
+# (a PyPI package in the dev extras, pointed at /usr/bin/chromium: it downloads no browser).
+chromium:
+	@command -v chromium >/dev/null || { \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+test: install data prometheus chromium
 	$(VENV)/bin/python -m pytest
 
 lint: install
