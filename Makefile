@@ -4,7 +4,7 @@ VENV := .venv
 FMNIST_DIR := /usr/share/datasets/fashion-mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test lint data install serve prometheus servers image image-test
+.PHONY: test lint data install serve prometheus servers chromium image image-test
 
 install: $(VENV)/.installed
 
@@ -32,7 +32,14 @@ servers:
 	@command -v redis-server >/dev/null && command -v haproxy >/dev/null || { \
 		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server haproxy; }
 
-test: install data prometheus servers
+
+# Debian's Chromium for tests/service/test_ui_browser.py, which drives the /ui page with Playwright
+# (a PyPI package in the dev extras, pointed at /usr/bin/chromium: it downloads no browser).
+chromium:
+	@command -v chromium >/dev/null || { \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+test: install data prometheus servers chromium
 	$(VENV)/bin/python -m pytest
 
 lint: install

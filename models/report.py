@@ -1,7 +1,8 @@
-"""Markdown tables of the model cards, for the README: `python -m models.report DIR...`.
+"""Markdown tables of the model cards, for the docs: `python -m models.report DIR...`.
 
-The README's figures are this module's output pasted verbatim (a test checks they still match
-the committed cards), so the numbers people read are the numbers the evaluation measured.
+docs/model_cards.md shows this module's output, written there by scripts/docs_pages.py (a test
+checks it still matches the committed cards), so the numbers people read are the numbers the
+evaluation measured.
 """
 
 from __future__ import annotations

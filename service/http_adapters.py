@@ -298,9 +298,11 @@ def install_http_adapters(
     from service.errors import use_one_line_client_error_logs
     from service.openapi import published_document
     from service.repository import summaries
+    from service.ui import OPEN_PATHS as UI_PATHS
 
     # Added first, so it runs first: without a valid key (when keys are set) nothing else runs.
-    open_paths = () if settings.auth_health else HEALTH_PATHS
+    # The web page's files stay open: the page is what asks for a key.
+    open_paths = UI_PATHS | (frozenset() if settings.auth_health else HEALTH_PATHS)
     service.add_asgi_middleware(ApiKeys, keys=settings.api_keys, open_paths=open_paths)
     # Before anything reads the body, so that every read goes through it: once the body is
     # read, a client that disconnects cancels its request and the batcher drops its work.

@@ -7,7 +7,7 @@ options, batches the job with concurrent ones (runners) and converts the result 
 work also has a task form (``/sample_task``, ``/likelihood_task``: submit, status, get) with
 progress at ``/task_progress``. Every job carries its estimated cost (costs): the batcher
 serves cheaper work first, and a synchronous endpoint answers 413 past the request-cost
-ceiling, pointing to the task form.
+ceiling, pointing to the task form. A web page for people is mounted at ``/ui`` (service/ui.py).
 
 Run from the repository root: ``bentoml serve`` (declared in pyproject.toml) or ``make serve``.
 """
@@ -40,12 +40,16 @@ from service.schemas import (
     ScoreResponse,
 )
 from service.settings import Settings
+from service.ui import PREFIX as UI_PREFIX
+from service.ui import ui_app
 
 logger = logging.getLogger("elbo_serve")
 # Server limits are fixed when the service class is declared; the rest is read per instance.
 SETTINGS = Settings.from_env()
 
 
+# The web page (static files, and the sample grids the model cards name), beside the endpoints.
+@bentoml.asgi_app(ui_app(SETTINGS.served_directories), path=UI_PREFIX, name="ui")
 @bentoml.service(
     name="elbo_serve",
     # BentoML answers 504 past the timeout (with our RequestTimeout: see the end of the module)

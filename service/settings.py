@@ -190,7 +190,7 @@ class Settings:
     # about 135 GFLOP/s, so 10,000 is about 75 s of one core; DDIM-50 of 64 images is 7,100,
     # the exact bound of one image 2,200, IWAE k = 5000 of 8 images 26,000. The CUDA figure
     # is about as long on the H100 that evaluated the bundled checkpoints (~13,000 GFLOP/s
-    # for IWAE there); the serving benchmark has not run on a GPU yet.
+    # for IWAE there).
     cpu_max_request_gflop: float = 10_000.0
     cuda_max_request_gflop: float = 1_000_000.0
     # Tasks (docs/tasks.md): "" keeps them in a SQLite file under `task_dir`, which outlives

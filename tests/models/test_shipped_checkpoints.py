@@ -16,7 +16,6 @@ from models.diffusion.ddpm import DDPM
 from models.diffusion.samplers import ddim_sample
 from models.eval.outliers import uniform_noise
 from models.eval.scoring import elbo_bits_per_dim, in_chunks, vlb_mc_bits_per_dim
-from models.report import markdown
 from models.vae.model import VAE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,11 +117,6 @@ def _check_anomaly_and_calibration(card, methods) -> None:
             assert "0.05" in scores[kind]["thresholds"]
     cheap = methods[-1]  # ELBO-like scores are calibrated on enough images for a 1% target
     assert "0.01" in card["calibration"][cheap]["scores"]["bits_per_dim"]["thresholds"]
-
-
-def test_readme_tables_are_the_committed_cards():
-    cards = {name: read_model_card(CHECKPOINTS / name) for name in ("vae", "ddpm")}
-    assert markdown(cards) in (ROOT / "README.md").read_text()
 
 
 def test_classifier_card_reports_its_test_accuracy():

@@ -1,6 +1,6 @@
-"""The README's bad-input catalogue is this test's output: one row per class of bad input,
-with the status and the message the service answers. On a mismatch the assertion prints the
-table to paste between the README's markers."""
+"""The bad-input catalogue of docs/http_api.md is this test's output: one row per class of bad
+input, with the status and the message the service answers. On a mismatch the assertion prints the
+table to paste between the page's markers."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 from service_testing import png_b64, png_bomb
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+CATALOGUE_PAGE = Path(__file__).resolve().parents[2] / "docs" / "http_api.md"
 BEGIN, END = "<!-- bad-input catalogue: begin -->", "<!-- bad-input catalogue: end -->"
 BLANK = [[0] * 28] * 28
 
@@ -139,7 +139,7 @@ def _message(response) -> str:
     else:
         text = json.dumps(payload)
     text = " ".join(str(text).split()).replace("|", "\\|")
-    # The README shows the CPU's messages; on a GPU the ceiling's variable is the CUDA one.
+    # The page shows the CPU's messages; on a GPU the ceiling's variable is the CUDA one.
     text = text.replace("ELBO_SERVE_CUDA_MAX_REQUEST_GFLOP", "ELBO_SERVE_CPU_MAX_REQUEST_GFLOP")
     return text if len(text) <= 220 else text[:217] + "..."
 
@@ -160,6 +160,6 @@ def _table(client) -> str:
 def test_every_bad_input_class_is_a_4xx_as_the_readme_catalogue_says(client):
     table = _table(client)
     assert client.get("/readyz").status_code == 200  # and the service goes on serving
-    text = README.read_text()
+    text = CATALOGUE_PAGE.read_text()
     documented = text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
-    assert documented == table, "paste into README.md between the markers:\n" + table
+    assert documented == table, "paste into docs/http_api.md between the markers:\n" + table

@@ -1,23 +1,13 @@
-"""The README's curl and Python examples work as written, against a real `bentoml serve`
-(only the address changes: the test server listens on a free loopback port)."""
+"""The README's curl examples and the quick start's Python client work as written, against a
+real `bentoml serve` (only the address changes: the test server listens on a free loopback
+port). The blocks are the ones marked ``<!-- run: NAME -->`` (tests/markdown_blocks.py)."""
 
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
-README = Path(__file__).resolve().parents[2] / "README.md"
-
-
-def _code_block(heading: str, language: str) -> str:
-    """The first ``language`` fenced block after the line ``heading``."""
-    text = README.read_text()
-    start = text.index(f"\n{heading}\n")
-    match = re.compile(rf"```{language}\n(.*?)```", re.S).search(text, start)
-    assert match, f"no {language} block under {heading!r}"
-    return match.group(1)
+from markdown_blocks import block
 
 
 def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
@@ -30,7 +20,7 @@ def _run(command: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.skipif(sys.platform == "win32", reason="bash and curl")
 def test_the_curl_examples_work_as_written(server_url, tmp_path):
-    script = _code_block("### curl", "bash").replace("localhost:3000", server_url)
+    script = block("README.md", "readme-curl").replace("localhost:3000", server_url)
     done = _run(["bash", "-eu", "-c", script], tmp_path)
     assert '"is_anomaly"' in done.stdout and '"total_bits_per_dim"' in done.stdout
     assert "4 images" in done.stdout  # the sampling task's result
@@ -41,7 +31,9 @@ def test_the_curl_examples_work_as_written(server_url, tmp_path):
 
 
 def test_the_python_client_example_works_as_written(server_url, tmp_path):
-    script = _code_block("### Python", "python").replace("http://localhost:3000", server_url)
+    script = block("docs/quickstart.md", "python-client").replace(
+        "http://localhost:3000", server_url
+    )
     done = _run([sys.executable, "-c", script], tmp_path)
     assert "threshold" in done.stdout and "bits/dim" in done.stdout
     assert "'is_anomaly'" in done.stdout  # the uploaded file's result
