@@ -24,6 +24,38 @@ class FeatureStatistics:
         return cls(x.mean(dim=0), torch.cov(x.T), x.shape[0])
 
 
+@dataclass(frozen=True)
+class FeatureSums:
+    """Sufficient statistics of a set of feature vectors in float64: the count n, the sum
+    (F,) and the sum of outer products (F, F). Sets add up, so features drawn in chunks (and
+    in several sessions) give the same statistics as all of them at once."""
+
+    count: int
+    total: torch.Tensor  # (F,) sum_i f_i
+    outer: torch.Tensor  # (F, F) sum_i f_i f_i^T
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> FeatureSums:
+        """features: (N, F)."""
+        if features.ndim != 2:
+            raise ValueError(f"need (N, F) features, got {tuple(features.shape)}")
+        x = features.double()
+        return cls(x.shape[0], x.sum(dim=0), x.T @ x)
+
+    def __add__(self, other: FeatureSums) -> FeatureSums:
+        return FeatureSums(
+            self.count + other.count, self.total + other.total, self.outer + other.outer
+        )
+
+    def statistics(self) -> FeatureStatistics:
+        """Mean and unbiased covariance (S - n mu mu^T) / (n - 1), as torch.cov gives them."""
+        if self.count < 2:
+            raise ValueError(f"need N >= 2 features, got {self.count}")
+        mean = self.total / self.count
+        covariance = (self.outer - self.count * torch.outer(mean, mean)) / (self.count - 1)
+        return FeatureStatistics(mean, (covariance + covariance.T) / 2, self.count)
+
+
 def _psd_sqrt(matrix: torch.Tensor) -> torch.Tensor:
     eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
     return (eigenvectors * eigenvalues.clamp(min=0).sqrt()) @ eigenvectors.T
