@@ -71,6 +71,8 @@ BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 SPACINGS = ("linspace", "leading", "trailing")
 PREDICTIONS = ("epsilon", "sample", "v_prediction")
 IMAGE_CHANNELS, MIN_SIZE, MAX_SIZE = (1, 3), 8, 256  # 256: google/ddpm-cat-256
+# model_index.json parts of latent pipelines (diffusers' component names, not our kinds)
+LATENT_AUTOENCODERS = frozenset({"vae", "vqvae", "vqgan"})
 
 
 class RefusedSettingError(CheckpointError):
@@ -157,7 +159,7 @@ def _check_pipeline(directory: Path) -> None:
             continue
         why = (
             "a latent pipeline: its bound would be on the autoencoder's latents, not on pixels"
-            if key in ("vae", "vqvae", "vqgan")
+            if key in LATENT_AUTOENCODERS
             else "a pixel-space DDPM pipeline holds only a unet and a scheduler"
         )
         raise RefusedSettingError(path, key, value, why)
