@@ -238,7 +238,7 @@ class ModelCalls:
 
         served = self.served(request.model)
         given = _given(request, SAMPLE_OPTIONS)
-        options = served.kind.sample_options_for(served.model, request.sampler, given)
+        options = served.sample_options(request.sampler, given)
         work = Work("sample", request.n, options=options)
         field = "n" if synchronous else None
         cost = self._cost(served, work, field, as_task("sample_task"))

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from models.core.checkpoints import Checkpoint
+    from models.core.serving_defaults import ServingDefaults
     from models.eval.maps import PixelCalibration
     from models.kinds import BoundMethod, ModelKind, Work
     from service.scoring import CalibratedScore
@@ -35,6 +36,8 @@ class ServedModel:
     kind: ModelKind
     checkpoint: Checkpoint
     costs: ModelCosts
+    # The sampler and options measured best for these weights (None: the kind's defaults).
+    serving_defaults: ServingDefaults | None = None
     # method, correction -> its calibration, read from the card on first use
     _calibrations: dict[tuple[str, str], CalibratedScore] = field(
         default_factory=dict, init=False, compare=False, repr=False
@@ -55,6 +58,12 @@ class ServedModel:
 
     def method(self, name: str | None) -> BoundMethod:
         return self.kind.method_for(self.model, name)
+
+    def sample_options(self, sampler: str | None, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The sampler and options a /sample request runs with (OptionError for bad ones)."""
+        from models.core.serving_defaults import sample_options
+
+        return sample_options(self.kind, self.model, self.serving_defaults, sampler, given)
 
     def cost(self, work: Work) -> Cost:
         return self.costs.estimate(work)
@@ -110,10 +119,14 @@ class ServedModel:
             "latent_shape": list(self.latent_shape),
             "methods": methods,
             "samplers": list(self.kind.samplers(self.model)),
+            "default_sample": self.sample_options(None, {}),
             "sampler_defaults": {
-                sampler: self.kind.sample_options_for(self.model, sampler, {})
+                sampler: self.sample_options(sampler, {})
                 for sampler in self.kind.samplers(self.model)
             },
+            "serving_defaults": (
+                None if self.serving_defaults is None else self.serving_defaults.to_dict()
+            ),
             "options": options,
             "source": self.checkpoint.source,
         }
@@ -166,6 +179,7 @@ def load_repository(directories: Mapping[str, Path], device: str, on_loaded=None
         load_checkpoint,
         require_model_card,
     )
+    from models.core.serving_defaults import read_serving_defaults
     from models.kinds import kind_of
 
     served = {}
@@ -182,7 +196,8 @@ def load_repository(directories: Mapping[str, Path], device: str, on_loaded=None
             kind.networks_gflop(checkpoint.model),
             lambda work, kind=kind, model=checkpoint.model: kind.evaluations(model, work),
         )
-        served[name] = ServedModel(name, kind, checkpoint, costs)
+        defaults = read_serving_defaults(directory, kind, checkpoint.model, checkpoint.card)
+        served[name] = ServedModel(name, kind, checkpoint, costs, defaults)
         if on_loaded is not None:
             on_loaded(name, time.perf_counter() - start)
         logger.info("loaded %s (%s) from %s on %s", name, kind.name, directory, device)

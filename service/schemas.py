@@ -84,7 +84,8 @@ class SampleRequest(_Request):
     sampler: str | None = Field(
         None,
         max_length=32,
-        description="One of the model's samplers (GET /models); default: its first. DDPMs: "
+        description="One of the model's samplers (GET /models); default: the checkpoint's "
+        "measured serving default (GET /models: default_sample), else its first. DDPMs: "
         "'ddim' (Song et al. 2020, `steps` steps) or 'ancestral' (Ho et al. 2020: all T "
         "steps, slow on CPU, prefer /sample_task; or `steps` of them respaced with the "
         "model's learned variances, Nichol & Dhariwal 2021). VAEs: 'prior'.",
@@ -93,14 +94,16 @@ class SampleRequest(_Request):
         None,
         ge=1,
         description="Diffusion models: denoising steps, 1..T of the model (GET /models "
-        "gives each model's range). Default: 50 for DDIM, all T for ancestral sampling.",
+        "gives each model's range). Default: the checkpoint's serving default, else 50 for "
+        "DDIM and all T for ancestral sampling.",
     )
     eta: float | None = Field(
         None,
         ge=0.0,
         le=1.0,
-        description="Diffusion models, DDIM: 0 is the deterministic ODE, 1 (default) DDPM-like "
-        "noise at each step; the seed decides the images either way.",
+        description="Diffusion models, DDIM: 0 is the deterministic ODE, 1 DDPM-like noise at "
+        "each step (default, unless the checkpoint's serving default says otherwise); the seed "
+        "decides the images either way.",
     )
     temperature: float | None = Field(
         None,
@@ -387,10 +390,22 @@ class ModelInfo(_Schema):
     image: ImageInfo
     latent_shape: list[int] = Field(description="Shape of one latent from /encode for /decode.")
     methods: dict[str, MethodInfo] = Field(description="Its bounds; the first is the default.")
-    samplers: list[str] = Field(description="Its samplers; the first is the default.")
+    samplers: list[str] = Field(
+        description="Its samplers; the first is the default unless serving_defaults names one."
+    )
+    default_sample: dict[str, Any] = Field(
+        description="The sampler and options /sample runs with when a request sets none."
+    )
     sampler_defaults: dict[str, dict[str, Any]] = Field(
-        description="Per sampler, the options /sample runs it with when a request sets none "
-        "(a DDPM's DDIM takes 50 steps, its ancestral sampling all T)."
+        description="Per sampler, the options /sample runs it with when a request names it "
+        "and sets no options (a DDPM's DDIM takes 50 steps, its ancestral sampling all T; "
+        "the serving default's sampler takes the measured options)."
+    )
+    serving_defaults: dict[str, Any] | None = Field(
+        default=None,
+        description="The checkpoint's serving_defaults.json: the sampler and options measured "
+        "best for these weights, the weights' SHA-256 and the figures that chose them (null: "
+        "the kind's defaults).",
     )
     options: dict[str, dict[str, OptionInfo]] = Field(
         description="Per operation (sample, encode, decode), the options it takes."

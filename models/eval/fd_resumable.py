@@ -40,6 +40,7 @@ from models.core.checkpoints import WEIGHTS_FILE, load_checkpoint, weights_sha25
 from models.core.noise import seeded_generator
 from models.core.pixels import signed_unit_to_pixels
 from models.core.progressive import run_to_end
+from models.core.serving_defaults import ServingDefaults, write_serving_defaults
 from models.eval.frechet import FeatureSums, frechet_distance
 from models.kinds import ModelKind, kind_of
 from models.nn.classifier import FashionClassifier
@@ -187,6 +188,26 @@ def results(
     }
 
 
+def best_sampler(plan: Plan, figures: Mapping[str, Any]) -> ServingDefaults | None:
+    """The serving defaults the finished measurement chooses: the sampler with the lowest
+    Fréchet distance, once every sampler has all its samples (None before: a ranking at
+    part of the samples is what this measurement exists to replace)."""
+    samplers = figures["samplers"]
+    if not all(entry.get("complete") for entry in samplers.values()):
+        return None
+    best = min(samplers, key=lambda name: samplers[name]["frechet_distance"])
+    floor = samplers[best]["real_data_floor"]
+    compared = "; ".join(
+        f"{name} {entry['frechet_distance']:.2f}" for name, entry in samplers.items()
+    )
+    return ServingDefaults(
+        sample=dict(plan.samplers[best]),
+        measured=f"lowest Fréchet distance at {plan.samples} samples against {plan.reference}"
+        f" (real-data floor {floor:.2f}): {compared}; {figures['updated']}",
+        weights_sha256=plan.weights_sha256,
+    )
+
+
 def write_json(path: Path, payload: Mapping[str, Any]) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(payload, indent=1) + "\n")
@@ -294,6 +315,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-chunks", type=int, help="stop after this many chunks")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST IDX directory")
+    parser.add_argument(
+        "--write-serving-defaults",
+        action="store_true",
+        help="once every sampler is complete, write the best one as CHECKPOINT's "
+        "serving_defaults.json (what /sample draws when a request names no sampler)",
+    )
     return parser.parse_args(argv)
 
 
@@ -329,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     json.dump(final, sys.stdout, indent=1)
     print()
+    if args.write_serving_defaults:
+        chosen = best_sampler(plan, final)
+        if chosen is None:
+            print("not every sampler is complete: no serving defaults written", file=sys.stderr)
+        else:
+            path = write_serving_defaults(args.checkpoint, chosen)
+            print(f"{path}: {chosen.sample} ({chosen.measured})", file=sys.stderr)
     return 0
 
 

@@ -88,6 +88,7 @@ function modelChanged() {
   const { channels, height, width, mode } = info.image;
   $("model-info").textContent = `${info.kind}, ${width}x${height} ${mode} (${channels} channel(s))`;
   fillSelect($("sampler"), info.samplers);
+  $("sampler").value = info.default_sample.sampler;
   fillSelect($("method"), Object.keys(info.methods));
   samplerChanged();
 }
