@@ -27,6 +27,7 @@ from models.diffusion.samplers import (
     Denoiser,
 )
 from models.kinds import (
+    INTERFACE_VERSION,
     TOTAL_NATS_PER_DIM,
     BoundMethod,
     ImageShape,
@@ -118,6 +119,7 @@ def _within_ddim_steps(
 
 
 class DDPMKind(ModelKind):
+    interface_version = INTERFACE_VERSION
     name = "ddpm"
     config_class = DDPMConfig
     model_class = DDPM
