@@ -48,14 +48,20 @@ def install_example(target: Path) -> Path:
 def write_refused_plugins(target: Path) -> Path:
     """A distribution "refused-kinds" in ``target`` declaring the kinds of :data:`REFUSED`."""
     target.mkdir(parents=True, exist_ok=True)
-    dist = target / "refused_kinds-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: refused-kinds\nVersion: 0.1\n")
-    points = ["[elbo_serve.kinds]"]
-    for name, (source, cls) in REFUSED.items():
+    for name, (source, _cls) in REFUSED.items():
         (target / f"refused_{name}.py").write_text(source)
-        points.append(f"{name} = refused_{name}:{cls}")
-    (dist / "entry_points.txt").write_text("\n".join(points) + "\n")
+    points = {name: f"refused_{name}:{cls}" for name, (_source, cls) in REFUSED.items()}
+    return write_distribution(target, "refused-kinds", points)
+
+
+def write_distribution(target: Path, name: str, points: dict[str, str]) -> Path:
+    """The metadata of a distribution ``name`` 0.1 in ``target`` that declares the kinds
+    ``points`` (kind name -> "module:Class"), as pip would install it."""
+    dist = target / f"{name.replace('-', '_')}-0.1.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    lines = ["[elbo_serve.kinds]", *(f"{kind} = {value}" for kind, value in points.items())]
+    (dist / "entry_points.txt").write_text("\n".join(lines) + "\n")
     return target
 
 

@@ -75,7 +75,7 @@ class PixelCategorical:
 
     def mean_image(self) -> torch.Tensor:
         """E[x] per pixel in [-1, 1]: sum over values v of P(v) (2 v / 255 - 1); (B, C, H, W)."""
-        grid = torch.linspace(-1.0, 1.0, PIXEL_VALUES, device=self.logits.device)
+        grid = torch.linspace(-1.0, 1.0, PIXEL_VALUES).to(self.logits)
         probs = torch.softmax(self.logits, dim=1)
         return torch.einsum("bkchw,k->bchw", probs, grid)
 
