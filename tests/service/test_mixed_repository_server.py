@@ -30,7 +30,7 @@ from kind_plugins import (
     write_refused_plugins,
 )
 from PIL import Image
-from service_testing import fixture_calibration, png_b64, png_pixels
+from service_testing import fixture_calibration, fixture_pixel_calibration, png_b64, png_pixels
 
 from models.core.checkpoints import read_model_card, weights_sha256, write_model_card
 from models.data import load_fashion_mnist
@@ -60,8 +60,9 @@ def _plugin_environment(plugins: Path) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": path}
 
 
-def _train_plugin_model(plugins: Path, run: Path) -> Path:
-    """`python -m models.train categorical_vae` on a folder of PNGs; its exported checkpoint."""
+def _train_plugin_model(plugins: Path, run: Path) -> subprocess.Popen:
+    """`python -m models.train categorical_vae` on a folder of PNGs, started (it exports to
+    ``run/checkpoint``): it trains while the other models of the repository are prepared."""
     images, _ = load_fashion_mnist("test")
     small = F.interpolate(images[64:364].float(), size=SIZE, mode="area").round().to(torch.uint8)
     (run / "data").mkdir(parents=True)
@@ -71,16 +72,21 @@ def _train_plugin_model(plugins: Path, run: Path) -> Path:
     command = [sys.executable, "-m", "models.train", EXAMPLE_KIND, "--config", "config.json"]
     command += ["--data", "data", "--out", ".", "--threads", "1"]
     env = {**os.environ, "PYTHONPATH": f"{plugins}{os.pathsep}{ROOT}"}  # run from ``run``
-    subprocess.run(command, cwd=run, env=env, check=True, capture_output=True, timeout=600)
+    with open(run / "train.log", "w") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(command, cwd=run, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _exported(training: subprocess.Popen, run: Path) -> Path:
+    assert training.wait(timeout=600) == 0, (run / "train.log").read_text()[-4000:]
     return run / "checkpoint"
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory, served_checkpoints, test_images, plugins):
     root = tmp_path_factory.mktemp("mixed")
+    run = tmp_path_factory.mktemp("plugin-run")
+    training = _train_plugin_model(plugins, run)
     shutil.copytree(served_checkpoints["vae"], root / "vae")
-    trained = _train_plugin_model(plugins, tmp_path_factory.mktemp("plugin-run"))
-    shutil.copytree(trained, root / PLUGIN)
     for refused in ("broken", "future"):
         with_kind(served_checkpoints["vae"], root / f"of-{refused}", refused)
     folder = tiny_folder(root / "digits-ddpm", 1, SIZE, 20, variance_type="fixed_large")
@@ -94,10 +100,12 @@ def repository(tmp_path_factory, served_checkpoints, test_images, plugins):
     write_model_card(folder, card)
     refused = tiny_folder(root / "thresholded", 1, SIZE, 20, thresholding=True)
     assert read_model_card(refused) == {}
+    shutil.copytree(_exported(training, run), root / PLUGIN)
     with kinds_on_path(plugins):
         card = {
             "checkpoint": {"weights_sha256": weights_sha256(root / PLUGIN / "model.safetensors")},
             "calibration": fixture_calibration(root / PLUGIN, images),
+            "pixel_calibration": fixture_pixel_calibration(root / PLUGIN, images),
         }
     write_model_card(root / PLUGIN, card)
     return root, images
@@ -198,5 +206,9 @@ def test_a_kind_from_another_package_serves_every_endpoint_it_declares(server):
     iwae = _post(url, "likelihood", model=PLUGIN, images=pngs, method="iwae", k=16)["results"]
     for bound in (elbo, iwae):  # a codelength on the 8-bit grid, shorter than uniform's 8
         assert all(0 < r["total_bits_per_dim"] < 8 for r in bound), bound
-    scored = _post(url, "score", model=PLUGIN, images=pngs, fpr=0.25)["results"]
+    scored = _post(url, "score", model=PLUGIN, images=pngs, fpr=0.25, maps=True)["results"]
     assert all("is_anomaly" in r for r in scored)
+    assert all(np.isfinite(r["anomaly_map"]).all() for r in scored)
+    assert np.asarray(scored[0]["anomaly_map"]).shape == (1, SIZE, SIZE)
+    corrected = _post(url, "score", model=PLUGIN, images=pngs, fpr=0.25, correction="png")
+    assert len(corrected["results"]) == 4
