@@ -27,7 +27,6 @@ from models.diffusion.samplers import (
     Denoiser,
 )
 from models.kinds import (
-    INTERFACE_VERSION,
     TOTAL_NATS_PER_DIM,
     BoundMethod,
     ImageShape,
@@ -119,7 +118,7 @@ def _within_ddim_steps(
 
 
 class DDPMKind(ModelKind):
-    interface_version = INTERFACE_VERSION
+    interface_version = 1  # of models.kinds' interface (INTERFACE_VERSION)
     name = "ddpm"
     config_class = DDPMConfig
     model_class = DDPM

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from models.core.config import ClassifierConfig
-from models.kinds import INTERFACE_VERSION, Architecture
+from models.kinds import Architecture
 
 
 class FashionClassifier(nn.Module):
@@ -64,7 +64,7 @@ class FashionClassifier(nn.Module):
 class ClassifierArchitecture(Architecture):
     """The classifier as a checkpoint architecture; it is not a served kind."""
 
-    interface_version = INTERFACE_VERSION
+    interface_version = 1  # of models.kinds' interface (INTERFACE_VERSION)
     name = "classifier"
     config_class = ClassifierConfig
     model_class = FashionClassifier

@@ -11,15 +11,7 @@ from torch import nn
 from models.core.config import VAEConfig
 from models.core.flops import gflop_of
 from models.core.progressive import Progressive, single_step
-from models.kinds import (
-    INTERFACE_VERSION,
-    TOTAL_NATS_PER_DIM,
-    BoundMethod,
-    ImageShape,
-    ModelKind,
-    Option,
-    Work,
-)
+from models.kinds import TOTAL_NATS_PER_DIM, BoundMethod, ImageShape, ModelKind, Option, Work
 from models.vae.model import VAE, NegativeELBO
 
 if TYPE_CHECKING:
@@ -57,7 +49,7 @@ def _iwae(vae: VAE, x: torch.Tensor, k: int | None, generators: Generators, max_
 
 
 class VAEKind(ModelKind):
-    interface_version = INTERFACE_VERSION
+    interface_version = 1  # of models.kinds' interface (INTERFACE_VERSION)
     name = "vae"
     config_class = VAEConfig
     model_class = VAE
