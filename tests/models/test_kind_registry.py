@@ -78,3 +78,13 @@ def test_a_repository_serves_the_other_models_and_logs_the_refused_ones(refused_
     logged = caplog.text
     assert "not serving of-broken" in logged and "needs libfoo" in logged
     assert "not serving of-future" in logged and "interface version 99" in logged
+
+
+def test_training_a_refused_kind_says_why(refused_plugins, capsys):
+    from models.train import main
+
+    config = refused_plugins / "config.json"
+    config.write_text("{}")
+    with pytest.raises(SystemExit):
+        main(["future", "--config", str(config), "--out", str(refused_plugins / "run")])
+    assert "declares interface version 99" in capsys.readouterr().err
