@@ -27,6 +27,11 @@ REFUSED = {
         "class FutureKind(VAEKind):\n    interface_version = 99\n    name = 'future'\n",
         "FutureKind",
     ),
+    "unversioned": (
+        "from models.kinds import Architecture\n\n\n"
+        "class UnversionedKind(Architecture):\n    name = 'unversioned'\n",
+        "UnversionedKind",
+    ),
 }
 
 

@@ -65,6 +65,12 @@ def test_a_kind_whose_module_fails_to_import_is_refused_with_the_error(refused_p
     assert set(refused_kinds()) == set(REFUSED)
 
 
+def test_a_kind_that_declares_no_interface_version_is_refused(refused_plugins):
+    """No default: a kind written for another interface is never taken for this one."""
+    assert "UnversionedKind" in refused_kinds()["unversioned"]
+    assert "declares no interface_version" in refused_kinds()["unversioned"]
+
+
 def test_a_repository_serves_the_other_models_and_logs_the_refused_ones(refused_plugins, caplog):
     root = refused_plugins / "models"
     root.mkdir()
