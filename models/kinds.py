@@ -497,7 +497,10 @@ def _kind_entry_points() -> list[EntryPoint]:
     (a source tree that was never installed, or an install older than its entry points: the
     container image runs the copied source), the built-ins come from the pyproject.toml beside
     this package, the same declaration, so the built-in kinds are listed in one place."""
-    installed = list(entry_points(group=ENTRY_POINT_GROUP))
+    # Ours first: a plug-in that declares a built-in kind's name is ignored, with a warning.
+    installed = sorted(
+        entry_points(group=ENTRY_POINT_GROUP), key=lambda p: _distribution(p) != DISTRIBUTION
+    )
     if any(_distribution(point) == DISTRIBUTION for point in installed):
         return installed
     pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -554,7 +557,13 @@ def _load(point: EntryPoint) -> Architecture:
         raise UnavailableKindError(
             f"{loaded.__qualname__} from entry point {where} does not implement {missing}"
         )
-    return loaded()
+    try:
+        return loaded()
+    except Exception as error:
+        raise UnavailableKindError(
+            f"{loaded.__qualname__} from entry point {where} failed to start: "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
 
 def architecture_of(name_or_model: str | nn.Module) -> Architecture:

@@ -8,7 +8,13 @@ import logging
 from pathlib import Path
 
 import pytest
-from kind_plugins import REFUSED, kinds_on_path, with_kind, write_refused_plugins
+from kind_plugins import (
+    REFUSED,
+    kinds_on_path,
+    with_kind,
+    write_distribution,
+    write_refused_plugins,
+)
 
 import models.kinds
 from models.core.checkpoints import UnavailableKindCheckpointError, read_config
@@ -94,3 +100,16 @@ def test_training_a_refused_kind_says_why(refused_plugins, capsys):
     with pytest.raises(SystemExit):
         main(["future", "--config", str(config), "--out", str(refused_plugins / "run")])
     assert "declares interface version 99" in capsys.readouterr().err
+
+
+def test_a_plug_in_cannot_take_a_built_in_kinds_name(tmp_path, caplog):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "shadow_kind.py").write_text(
+        "from models.vae.kind import VAEKind\n\n\n"
+        "class ShadowKind(VAEKind):\n    interface_version = 1\n    name = 'vae'\n"
+    )
+    write_distribution(site, "aaa-shadow", {"vae": "shadow_kind:ShadowKind"})
+    with caplog.at_level(logging.WARNING, logger="elbo_serve"), kinds_on_path(site):
+        assert type(kind_of("vae")).__name__ == "VAEKind"
+    assert "'vae = shadow_kind:ShadowKind' (aaa-shadow 0.1) ignored" in caplog.text
