@@ -2,7 +2,7 @@
 
 p(x|z) gives each 8-bit pixel value its own probability: a softmax over the 256 values of every
 dimension (the output layer of PixelRNN and PixelCNN, van den Oord et al. 2016, arXiv
-1601.06759, Sec. 5.3). It is a proper distribution on the 8-bit grid, so -ELBO is a codelength
+1601.06759, Sec. 2.2). It is a proper distribution on the 8-bit grid, so -ELBO is a codelength
 in bits/dim, comparable with the bundled VAE's discretized-logistic decoder and the DDPM's
 discrete decoder; with uniform logits it is exactly 8 bits/dim.
 
