@@ -43,7 +43,7 @@ test: install data prometheus servers chromium
 	$(VENV)/bin/python -m pytest
 
 lint: install
-	$(VENV)/bin/ruff check models service offline tests load_tests
+	$(VENV)/bin/ruff check models service offline tests load_tests examples
 
 .PHONY: baselines
 baselines: install data

@@ -5,17 +5,26 @@ network, the image shape a config gives, its likelihood bounds (name -> :class:`
 its samplers and their options, how it encodes and decodes, what each operation costs in
 network evaluations, its training objective and which weights it exports, and how the
 evaluation measures it. Training, evaluation, the checkpoint loader and the service all
-dispatch through :func:`kind_of` / :data:`KINDS`; none of them compares kind names.
+dispatch through :func:`kind_of` / :func:`architectures`; none of them compares kind names.
 
-Adding a third kind is one module that subclasses :class:`ModelKind` plus one line in
-:data:`KINDS`.
+Kinds arrive by entry point (group :data:`ENTRY_POINT_GROUP`), the built-in ones included
+(``[project.entry-points."elbo_serve.kinds"]`` in pyproject.toml): this module imports no kind.
+A third kind is a package of its own that declares one entry point to its class
+(docs/plugins.md, examples/categorical_vae). The interface a kind implements is public and
+versioned (:data:`INTERFACE_VERSION`); a kind that declares a version this code does not
+support, or whose module fails to import, is refused with the reason, and only checkpoints of
+that kind are affected (:func:`refused_kinds`, :class:`UnavailableKindError`).
 """
 
 from __future__ import annotations
 
+import logging
+import tomllib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeAlias
 
 if TYPE_CHECKING:  # torch stays unimported until a kind is used: the service's arbiter is lean
@@ -34,6 +43,17 @@ Operation = Literal["sample", "likelihood", "encode", "decode"]
 ImageShape = tuple[int, int, int]  # (C, H, W)
 # The term a bound's per-dimension form adds: (B, C, H, W) nats summing to total_nats.
 TOTAL_NATS_PER_DIM = "total_nats_per_dim"
+
+# Where kinds are found: an entry point ``name = "package.module:KindClass"`` in this group.
+ENTRY_POINT_GROUP = "elbo_serve.kinds"
+# The version of the interface below (Architecture, ModelKind and the types they use) that this
+# code implements; a kind declares the one it was written against as ``interface_version``.
+# Bump it, and keep the older numbers here while they still work, when the interface changes.
+INTERFACE_VERSION = 1
+SUPPORTED_INTERFACE_VERSIONS: frozenset[int] = frozenset({1})
+# This distribution's name: its own entry points are the built-in kinds.
+DISTRIBUTION = "elbo-serve"
+logger = logging.getLogger("elbo_serve")
 
 
 class OptionError(ValueError):
@@ -81,8 +101,13 @@ class Option:
 
 
 class Architecture:
-    """What a checkpoint file needs: the 'kind' in config.json, its config class, its network."""
+    """What a checkpoint file needs: the 'kind' in config.json, its config class, its network.
 
+    ``interface_version`` is the :data:`INTERFACE_VERSION` the class was written against; it
+    has no default, so that a kind written for another version says so rather than being
+    taken for the current one."""
+
+    interface_version: ClassVar[int]
     name: ClassVar[str]
     config_class: ClassVar[type]
     model_class: ClassVar[type[nn.Module]]
@@ -403,33 +428,162 @@ class KindError(ValueError):
     """A checkpoint names a kind the registry does not know."""
 
 
-_REGISTRY: dict[str, Architecture] = {}
+class UnavailableKindError(KindError):
+    """A kind that is installed but refused: its module failed to import, or it declares an
+    interface version this code does not support. The message says which and why."""
+
+
+@dataclass(frozen=True)
+class _Registry:
+    architectures: dict[str, Architecture]
+    refused: dict[str, str]  # kind name -> why it is not available
+
+
+_loaded: list[_Registry] = []  # the registry, once built
 
 
 def architectures() -> dict[str, Architecture]:
     """Every checkpointable architecture by name: the servable kinds and the classifier.
 
-    Built on first use, so that importing this module does not import every network."""
-    if not _REGISTRY:
-        from models.diffusion.kind import DDPMKind
-        from models.nn.classifier import ClassifierArchitecture
-        from models.vae.kind import VAEKind
+    Built on first use from the entry points of :data:`ENTRY_POINT_GROUP`, so that importing
+    this module imports no network; the kinds that were refused are in :func:`refused_kinds`."""
+    return _registry().architectures
 
-        for architecture in (VAEKind(), DDPMKind(), ClassifierArchitecture()):
-            _REGISTRY[architecture.name] = architecture
-    return _REGISTRY
+
+def refused_kinds() -> dict[str, str]:
+    """Kind name -> why it was refused (an import error, an unsupported interface version)."""
+    return _registry().refused
+
+
+def reload_kinds() -> None:
+    """Forget the registry, so that the next use reads the entry points again (tests, and a
+    process that installed a kind after its first use)."""
+    _loaded.clear()
+
+
+def _registry() -> _Registry:
+    if not _loaded:
+        _loaded.append(_discover())
+    return _loaded[0]
+
+
+def _discover() -> _Registry:
+    found: dict[str, Architecture] = {}
+    refused: dict[str, str] = {}
+    for point in _kind_entry_points():
+        if point.name in found or point.name in refused:
+            logger.warning(
+                "model kind %r: entry point %s ignored, %r is already registered",
+                point.name,
+                _where(point),
+                point.name,
+            )
+            continue
+        try:
+            found[point.name] = _load(point)
+        except UnavailableKindError as error:
+            refused[point.name] = str(error)
+            logger.error("model kind %r refused: %s", point.name, error)
+    if not found and not refused:
+        raise KindError(
+            f"no model kinds are installed (entry point group {ENTRY_POINT_GROUP!r}): install "
+            f"elbo-serve (pip install -e .) or run from a source tree with its pyproject.toml"
+        )
+    return _Registry(found, refused)
+
+
+def _kind_entry_points() -> list[EntryPoint]:
+    """The group's installed entry points; where this distribution's own are not among them
+    (a source tree that was never installed, or an install older than its entry points: the
+    container image runs the copied source), the built-ins come from the pyproject.toml beside
+    this package, the same declaration, so the built-in kinds are listed in one place."""
+    # Ours first: a plug-in that declares a built-in kind's name is ignored, with a warning.
+    installed = sorted(
+        entry_points(group=ENTRY_POINT_GROUP), key=lambda p: _distribution(p) != DISTRIBUTION
+    )
+    if any(_distribution(point) == DISTRIBUTION for point in installed):
+        return installed
+    pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    if not pyproject.is_file():
+        return installed
+    project = tomllib.loads(pyproject.read_text()).get("project", {})
+    declared = project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {})
+    own = [EntryPoint(name, value, ENTRY_POINT_GROUP) for name, value in declared.items()]
+    return own + installed
+
+
+def _distribution(point: EntryPoint) -> str | None:
+    dist = getattr(point, "dist", None)
+    return None if dist is None else dist.name
+
+
+def _where(point: EntryPoint) -> str:
+    dist = getattr(point, "dist", None)
+    package = f"{dist.name} {dist.version}" if dist is not None else f"{DISTRIBUTION} source tree"
+    return f"'{point.name} = {point.value}' ({package})"
+
+
+def _load(point: EntryPoint) -> Architecture:
+    """The architecture an entry point names; UnavailableKindError saying why it is refused."""
+    where = _where(point)
+    try:
+        loaded = point.load()
+    except Exception as error:  # any error of a plug-in's import refuses that plug-in alone
+        raise UnavailableKindError(
+            f"entry point {where} failed to import: {type(error).__name__}: {error}"
+        ) from error
+    if not (isinstance(loaded, type) and issubclass(loaded, Architecture)):
+        raise UnavailableKindError(
+            f"entry point {where} is not a subclass of models.kinds.Architecture"
+        )
+    version = getattr(loaded, "interface_version", None)
+    if version not in SUPPORTED_INTERFACE_VERSIONS:
+        declared = (
+            "declares no interface_version"
+            if version is None
+            else f"declares interface version {version!r}"
+        )
+        raise UnavailableKindError(
+            f"{loaded.__qualname__} from entry point {where} {declared}; this elbo-serve "
+            f"supports interface version(s) {sorted(SUPPORTED_INTERFACE_VERSIONS)}"
+        )
+    if getattr(loaded, "name", None) != point.name:
+        raise UnavailableKindError(
+            f"entry point {where}: the class's name is {getattr(loaded, 'name', None)!r}, not "
+            f"{point.name!r} (checkpoints name the kind by the entry point's name)"
+        )
+    if getattr(loaded, "__abstractmethods__", None):
+        missing = ", ".join(sorted(loaded.__abstractmethods__))
+        raise UnavailableKindError(
+            f"{loaded.__qualname__} from entry point {where} does not implement {missing}"
+        )
+    try:
+        return loaded()
+    except Exception as error:
+        raise UnavailableKindError(
+            f"{loaded.__qualname__} from entry point {where} failed to start: "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
 
 def architecture_of(name_or_model: str | nn.Module) -> Architecture:
     """The architecture called ``name``, or the one whose network class ``model`` is."""
     registered = architectures()
     if isinstance(name_or_model, str):
+        if name_or_model in refused_kinds():
+            raise UnavailableKindError(
+                f"model kind {name_or_model!r} is installed but refused: "
+                f"{refused_kinds()[name_or_model]}"
+            )
         if name_or_model not in registered:
             raise KindError(f"unknown model kind {name_or_model!r}; known: {sorted(registered)}")
         return registered[name_or_model]
-    for architecture in registered.values():
-        if isinstance(name_or_model, architecture.model_class):
-            return architecture
+    # The nearest class in the model's MRO: a kind whose network extends another kind's
+    # network (a VAE with another decoder) is not taken for that other kind.
+    by_class = {architecture.model_class: architecture for architecture in registered.values()}
+    for cls in type(name_or_model).__mro__:
+        if cls in by_class:
+            return by_class[cls]
     raise KindError(f"not a registered model: {type(name_or_model).__name__}")
 
 

@@ -35,7 +35,7 @@ import torch
 
 from models.core.device import resolve_device
 from models.data import DataFormatError
-from models.kinds import servable_kinds
+from models.kinds import UnavailableKindError, refused_kinds, servable_kinds
 from models.nn.acceleration import Acceleration, accelerate
 from models.training.experiment import Experiment
 from models.training.sources import (
@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Train a model on a folder of images or Fashion-MNIST, resumably."
     )
-    parser.add_argument("kind", choices=servable_kinds())
+    # A refused plug-in kind is a choice too, so that its name gets the reason, not a list.
+    parser.add_argument("kind", choices=servable_kinds() + sorted(refused_kinds()))
     parser.add_argument(
         "--config", type=Path, required=True, help='JSON with "model" and "train" sections'
     )
@@ -108,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     # convolution algorithms: training tolerates the rounding, the evaluation does not use it.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
-    experiment = Experiment.from_file(args.kind, args.config)
+    try:
+        experiment = Experiment.from_file(args.kind, args.config)
+    except UnavailableKindError as error:
+        parser.error(str(error))
     try:
         data = load_training_data(
             args.data,

@@ -1,9 +1,11 @@
 """The architecture, checked on the source: the kind registry is the only place that knows
-what a VAE or a DDPM is, and models/ and offline/ never import the serving stack."""
+what a VAE or a DDPM is, kinds arrive by entry point (no module imports one by name), and
+models/ and offline/ never import the serving stack."""
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,60 @@ def test_only_the_registry_and_the_kind_modules_branch_on_the_kind(path):
     """Training, evaluation, checkpoints, the service and offline scoring dispatch through
     models.kinds."""
     assert _kind_branches((ROOT / path).read_text()) == []
+
+
+# The kinds pyproject.toml declares (group elbo_serve.kinds): name -> "module:Class".
+KIND_ENTRY_POINTS = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"][
+    "elbo_serve.kinds"
+]
+
+
+def test_the_built_in_kinds_are_declared_as_entry_points():
+    assert set(KIND_NAMES) <= set(KIND_ENTRY_POINTS)
+
+
+def _imports_by_name(source: str, entry_point: str) -> list[str]:
+    """Where ``source`` imports the kind that ``entry_point`` ("module:Class") names: the
+    class from its module, the module itself, or the module's name as a string (a dynamic
+    import)."""
+    module, cls = entry_point.split(":")
+    parent, _, last = module.rpartition(".")
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom):
+            names = {alias.name for alias in node.names}
+            if node.module == module and cls in names:
+                found.append(f"line {node.lineno}: from {module} import {cls}")
+            if node.module == parent and last in names:
+                found.append(f"line {node.lineno}: from {parent} import {last}")
+        if isinstance(node, ast.Import) and any(a.name == module for a in node.names):
+            found.append(f"line {node.lineno}: import {module}")
+        if isinstance(node, ast.Constant) and node.value in (module, entry_point):
+            found.append(f"line {node.lineno}: names {node.value!r}")
+    return found
+
+
+def test_the_import_scan_finds_each_way_of_importing_a_kind():
+    source = (
+        "from models.vae.kind import VAEKind\n"
+        "from models.vae import kind\n"
+        "import models.vae.kind\n"
+        "importlib.import_module('models.vae.kind')\n"
+        "from models.vae.kind import IWAE_K_RANGE\n"  # not the kind: allowed
+        "from models.vae.model import VAE\n"
+    )
+    assert len(_imports_by_name(source, "models.vae.kind:VAEKind")) == 4
+
+
+@pytest.mark.parametrize("path", _python_files("models", "service", "offline"))
+def test_no_module_imports_a_kind_by_name(path):
+    """The registry (models/kinds.py) finds kinds by entry point and every other module asks
+    it; only a kind's own module names its class."""
+    source = (ROOT / path).read_text()
+    for entry_point in KIND_ENTRY_POINTS.values():
+        module = entry_point.split(":")[0]
+        if path != module.replace(".", "/") + ".py":
+            assert _imports_by_name(source, entry_point) == [], entry_point
 
 
 SERVING_STACK = ("bentoml", "pydantic", "prometheus_client", "service")

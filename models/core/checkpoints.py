@@ -25,7 +25,7 @@ from safetensors import SafetensorError
 from torch import nn
 
 from models.core.config import ConfigError, config_from_dict, config_to_dict
-from models.kinds import KindError, architecture_of, architectures
+from models.kinds import KindError, architecture_of, architectures, refused_kinds
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -35,6 +35,12 @@ FORMAT_VERSION = 1
 
 class CheckpointError(ValueError):
     """A checkpoint directory is incomplete or inconsistent; the message names the file."""
+
+
+class UnavailableKindCheckpointError(CheckpointError):
+    """A checkpoint of a kind that is installed but refused (models.kinds.refused_kinds): the
+    kind's plug-in failed to import or declares an unsupported interface version. A model
+    repository leaves such a checkpoint out and serves the others."""
 
 
 @dataclass(frozen=True)
@@ -190,6 +196,10 @@ def read_config(directory: Path) -> tuple[str, Any]:
     path = directory / CONFIG_FILE
     header = read_json(path)
     kind = header.get("kind")
+    if isinstance(kind, str) and kind in refused_kinds():
+        raise UnavailableKindCheckpointError(
+            f"{path}: kind {kind!r} is not available: {refused_kinds()[kind]}"
+        )
     if kind not in architectures():
         raise CheckpointError(
             f"{path}: 'kind' must be one of {sorted(architectures())}, got {kind!r}"

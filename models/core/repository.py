@@ -3,9 +3,10 @@
 Every subdirectory whose ``config.json`` names a servable kind (:mod:`models.kinds`) is a
 model, named after the directory, and so is every diffusers DDPM folder
 (:mod:`models.formats.diffusers`) whose settings we serve (one with a refused setting is
-logged and left out, so the others keep serving); other architectures (the feature classifier) and
-directories without a config are not models. A config that cannot be read is an error, not a
-model quietly left out.
+logged and left out, so the others keep serving, and so is a checkpoint of a kind whose plug-in
+was refused: :func:`models.kinds.refused_kinds`); other architectures (the feature classifier)
+and directories without a config are not models. A config that cannot be read is an error, not
+a model quietly left out.
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ def check_model_name(name: str) -> str:
 
 def servable_checkpoints(root: Path) -> dict[str, Path]:
     """name -> checkpoint directory for each servable model under ``root``, sorted by name."""
-    from models.core.checkpoints import CheckpointError, is_checkpoint, read_config
+    from models.core.checkpoints import (
+        CheckpointError,
+        UnavailableKindCheckpointError,
+        is_checkpoint,
+        read_config,
+    )
     from models.formats.diffusers import RefusedSettingError
 
     if not root.is_dir():
@@ -44,7 +50,8 @@ def servable_checkpoints(root: Path) -> dict[str, Path]:
             continue
         try:
             kind, _config = read_config(directory)
-        except RefusedSettingError as refused:  # a setting we have no bound for: serve the rest
+        # A setting we have no bound for, or a kind whose plug-in was refused: serve the rest.
+        except (RefusedSettingError, UnavailableKindCheckpointError) as refused:
             logger.error("not serving %s: %s", directory.name, refused)
             continue
         if kind in servable_kinds():

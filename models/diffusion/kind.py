@@ -118,6 +118,7 @@ def _within_ddim_steps(
 
 
 class DDPMKind(ModelKind):
+    interface_version = 1  # of models.kinds' interface (INTERFACE_VERSION)
     name = "ddpm"
     config_class = DDPMConfig
     model_class = DDPM

@@ -64,6 +64,7 @@ class FashionClassifier(nn.Module):
 class ClassifierArchitecture(Architecture):
     """The classifier as a checkpoint architecture; it is not a served kind."""
 
+    interface_version = 1  # of models.kinds' interface (INTERFACE_VERSION)
     name = "classifier"
     config_class = ClassifierConfig
     model_class = FashionClassifier

@@ -49,6 +49,7 @@ def _iwae(vae: VAE, x: torch.Tensor, k: int | None, generators: Generators, max_
 
 
 class VAEKind(ModelKind):
+    interface_version = 1  # of models.kinds' interface (INTERFACE_VERSION)
     name = "vae"
     config_class = VAEConfig
     model_class = VAE
