@@ -10,7 +10,7 @@ shrunk to 8x8 grayscale digits and a few CPU minutes. It writes
   OUT/photo_patches/    8x8 grayscale patches of scikit-learn's two bundled photographs:
                         an outlier folder
 
-    python examples/diffusers_digits/train.py --out runs/diffusers_digits --minutes 7
+    python examples/diffusers_digits/train.py --out runs/diffusers_digits --steps 2000
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/diffusers_digits"))
     parser.add_argument("--minutes", type=float, default=8.0, help="training wall-clock budget")
+    parser.add_argument(
+        "--steps", type=int, help="train this many steps instead (the same weights on any machine)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -92,7 +95,12 @@ def main() -> None:
 
     started, step = time.perf_counter(), 0
     generator = torch.Generator().manual_seed(args.seed)
-    while time.perf_counter() - started < 60 * args.minutes:
+    def more() -> bool:
+        if args.steps is not None:
+            return step < args.steps
+        return time.perf_counter() - started < 60 * args.minutes
+
+    while more():
         rows = torch.randint(0, len(x_train), (args.batch_size,), generator=generator)
         x0 = x_train[rows]
         noise = torch.randn(x0.shape, generator=generator)
