@@ -60,9 +60,22 @@ def webp_bytes(image: np.ndarray) -> bytes:
     return _pillow(image, "WEBP", lossless=True, quality=100, method=6)
 
 
+def lzma_filters(image_bytes: int) -> list[dict]:
+    """LZMA2 at preset 9 extreme, its dictionary the image's size (at least LZMA2's 4 KiB):
+    the same output as preset 9's 64 MiB dictionary for an image that size, without
+    allocating it (0.6 ms an image here instead of 180 ms)."""
+    return [
+        {
+            "id": lzma.FILTER_LZMA2,
+            "preset": 9 | lzma.PRESET_EXTREME,
+            "dict_size": max(1 << 12, image_bytes),
+        }
+    ]
+
+
 def lzma_bytes(image: np.ndarray) -> bytes:
-    """Raw LZMA2 (no .xz container) at preset 9 extreme of the (C, H, W) bytes in raster order."""
-    filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
+    """Raw LZMA2 (no .xz container) of the (C, H, W) bytes in raster order."""
+    filters = lzma_filters(image.nbytes)
     return lzma.compress(image.tobytes(), format=lzma.FORMAT_RAW, filters=filters)
 
 

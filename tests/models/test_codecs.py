@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from models.eval.anomaly import png_bits_per_dim
-from models.eval.codecs import CODECS, codec_bits_per_dim
+from models.eval.codecs import CODECS, codec_bits_per_dim, lzma_bytes
 
 
 def _images(channels: int) -> torch.Tensor:
@@ -45,7 +45,8 @@ def _independent_size_and_decoded(codec: str, image: np.ndarray) -> tuple[int, n
     raw = image.tobytes()
     if codec == "lzma":
         filters = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME}]
-        data = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters)
+        data = lzma.compress(raw, format=lzma.FORMAT_RAW, filters=filters)  # 64 MiB dictionary
+        assert lzma_bytes(image) == data  # a dictionary the image's size: the same bytes
         back = lzma.decompress(data, format=lzma.FORMAT_RAW, filters=filters)
     elif codec == "zlib":
         data = zlib.compress(raw, 9)
