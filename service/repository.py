@@ -247,8 +247,6 @@ def _with_background(
         )
     except BackgroundError as error:
         raise CheckpointError(f"{card_path}: {error}") from error
-    with_background = dataclasses.replace(
-        foreground, background=background, background_bound=bound
-    )
-    with_background.scoring  # the card read now, not at the first /score
+    with_background = dataclasses.replace(foreground, background=background, background_bound=bound)
+    _ = with_background.scoring  # the card read now, not at the first /score
     return with_background

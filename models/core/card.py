@@ -31,7 +31,7 @@ RATIO_CORRECTION = "ratio"
 CODEC_CORRECTIONS: Mapping[str, str] = {"png": "png"}
 SCORE_KINDS: Mapping[str, str] = {
     "none": BITS_PER_DIM,
-    **{correction: f"bits_per_dim_minus_{codec}" for correction, codec in CODEC_CORRECTIONS.items()},
+    **{name: f"bits_per_dim_minus_{codec}" for name, codec in CODEC_CORRECTIONS.items()},
     RATIO_CORRECTION: BITS_PER_DIM_MINUS_BACKGROUND,
 }
 # The ``correction`` that scores an image by the negative log density of its bound's term

@@ -12,9 +12,12 @@ A container's fixed header is part of the codelength; it is the same for every i
 shape, so it shifts scores and thresholds together and leaves rankings as they are.
 
 CLI: AUROC and FPR@95 of bits/dim minus each codec against the Fashion-MNIST outlier sets of a
-model card (:mod:`models.eval.outliers`), with the same normal images for every codec::
+model card (:mod:`models.eval.outliers`), with the same normal images for every codec; with
+``--calibrate CODEC``, also the calibration of bits/dim minus that codec on held-out test images
+(5000..), written into the card for the ``correction`` that names the codec::
 
     python -m models.eval.codecs checkpoints/vae --normal-images 500 --per-set 500
+    python -m models.eval.codecs checkpoints/vae --calibrate webp --calibration-images 2000
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import time
 import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,6 +114,34 @@ def codec_bits_per_dim(images: torch.Tensor, codec: str) -> torch.Tensor:
     return torch.tensor(sizes, dtype=torch.float64)
 
 
+def with_codec_calibration(
+    card: Mapping[str, Any],
+    method: str,
+    codec: str,
+    held_out_bits_per_dim: torch.Tensor,
+    held_out: torch.Tensor,
+    source: str,
+    other_bits_per_dim: torch.Tensor,
+    other: torch.Tensor,
+) -> dict[str, Any]:
+    """``card`` with ``method``'s calibration of bits/dim minus ``codec``: the bounds (N,) of
+    held-out images (N, C, H, W) uint8 minus their codelengths, with the false-positive rate
+    its thresholds give on other normal images (M,) / (M, C, H, W). Nothing else changes."""
+    from models.core.card import MethodCalibration
+    from models.eval.ratio import checked_calibration
+
+    held = held_out_bits_per_dim.double() - codec_bits_per_dim(held_out, codec)
+    others = other_bits_per_dim.double() - codec_bits_per_dim(other, codec)
+    calibration = dict(card.get("calibration", {}))
+    entry = dict(calibration.get(method, {"k": None, "scores": {}}))
+    entry["scores"] = {
+        **entry.get("scores", {}),
+        f"bits_per_dim_minus_{codec}": checked_calibration(held, source, others).to_dict(),
+    }
+    calibration[method] = MethodCalibration.from_dict(entry).to_dict()  # checks the layout
+    return {**card, "calibration": calibration}
+
+
 def main(argv: list[str] | None = None) -> int:
     from models.core.card import OUTLIER_SETS
     from models.core.checkpoints import load_checkpoint
@@ -119,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     from models.data import load_fashion_mnist
     from models.eval.anomaly import auroc, fpr_at_tpr
     from models.eval.outliers import outlier_sets
+    from models.eval.ratio import bound_bits_per_dim
     from models.kinds import kind_of
 
     parser = argparse.ArgumentParser(description="AUROC of bits/dim minus each lossless codec.")
@@ -130,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data-root", default=None)
+    parser.add_argument(
+        "--calibrate", choices=list(CODECS), help="write this codec's calibration into the card"
+    )
+    parser.add_argument("--calibration-images", type=int, default=2000)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -147,6 +184,31 @@ def main(argv: list[str] | None = None) -> int:
             loop = method.run(model, x, args.k, seeded_generator(args.seed), 250)
             return run_to_end(loop)["total_bits_per_dim"].double()
 
+    if args.calibrate is not None:
+        from models.core.checkpoints import write_model_card
+        from models.eval.context import CALIBRATION_START
+
+        end = CALIBRATION_START + args.calibration_images
+        held_out = test[CALIBRATION_START:end]
+        entry = checkpoint.card.get("calibration", {}).get(method.name, {})
+        k = entry.get("k", args.k)
+        card = with_codec_calibration(
+            checkpoint.card,
+            method.name,
+            args.calibrate,
+            bound_bits_per_dim(method, model, held_out, k, args.seed),
+            held_out,
+            f"Fashion-MNIST test images {CALIBRATION_START}..{end - 1}",
+            bound_bits_per_dim(method, model, normal, k, args.seed),
+            normal,
+        )
+        write_model_card(args.checkpoint, card)
+        print(
+            f"calibrated {method.name} minus {args.calibrate} on {len(held_out)} images in "
+            f"{time.perf_counter() - started:.0f} s"
+        )
+        return 0
+
     codelengths = {"bound": {"normal": bound(normal)}}
     for name, images in sets.items():
         codelengths["bound"][name] = bound(images)
@@ -160,14 +222,17 @@ def main(argv: list[str] | None = None) -> int:
         seconds[codec] = (time.perf_counter() - t) / count
 
     columns = ["bits/dim", *(f"minus {codec}" for codec in CODECS)]
-    print(f"{args.checkpoint} {method.name}: AUROC / FPR@95, {len(normal)} normal test images, "
-          f"{args.per_set} per set")
+    print(
+        f"{args.checkpoint} {method.name}: AUROC / FPR@95, {len(normal)} normal test images, "
+        f"{args.per_set} per set"
+    )
     print("| set | " + " | ".join(columns) + " |")
     print("|---" * (len(columns) + 1) + "|")
     means = {column: [] for column in columns}
     for name in OUTLIER_SETS:
         cells = []
         for column, codec in zip(columns, [None, *CODECS], strict=True):
+
             def score(part: str, codec=codec) -> torch.Tensor:
                 raw = codelengths["bound"][part]
                 return raw if codec is None else raw - codelengths[codec][part]
@@ -178,10 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             cells.append(f"{a:.3f} / {f:.3f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     print("| mean AUROC | " + " | ".join(f"{np.mean(v):.3f}" for v in means.values()) + " |")
-    print("mean codelength of normal images, bits/dim: " + ", ".join(
-        f"{codec} {codelengths[codec]['normal'].mean():.3f}" for codec in CODECS))
-    print("codec seconds per image: " + ", ".join(f"{c} {s * 1000:.2f} ms" for c, s in
-                                                   seconds.items()))
+    print(
+        "mean codelength of normal images, bits/dim: "
+        + ", ".join(f"{codec} {codelengths[codec]['normal'].mean():.3f}" for codec in CODECS)
+    )
+    print(
+        "codec seconds per image: "
+        + ", ".join(f"{c} {s * 1000:.2f} ms" for c, s in seconds.items())
+    )
     print(f"in {time.perf_counter() - started:.0f} s")
     return 0
 

@@ -319,7 +319,9 @@ class Scoring:
         from models.eval.maps import PixelCalibration
 
         if method.run_per_dim is None:
-            raise OptionError("maps", f"the {method.name} bound has no per-pixel form; leave maps out")
+            raise OptionError(
+                "maps", f"the {method.name} bound has no per-pixel form; leave maps out"
+            )
         record = self._pixel.get(method.name)
         if record is None:
             raise NoCalibrationError(

@@ -44,8 +44,6 @@ if TYPE_CHECKING:
 
     from models.kinds import BoundMethod, ModelKind
 
-FIRST_HELD_OUT = 5000  # Fashion-MNIST test images from here on are held out (models.eval.context)
-
 
 def bound_bits_per_dim(
     method: BoundMethod,
@@ -72,16 +70,16 @@ def bound_bits_per_dim(
     return torch.cat(out)
 
 
-def ratio_calibration(
-    held_out_ratio: torch.Tensor, source: str, other_normal_ratio: torch.Tensor
+def checked_calibration(
+    held_out_scores: torch.Tensor, source: str, other_normal_scores: torch.Tensor
 ) -> ScoreCalibration:
-    """The calibration of ratio scores of held-out normal images (N,), with the false-positive
-    rate its thresholds give on other normal images (M,)."""
-    fitted = Calibration.of(held_out_ratio, source)
+    """The calibration of scores of held-out normal images (N,), with the false-positive rate
+    its thresholds give on other normal images (M,)."""
+    fitted = Calibration.of(held_out_scores, source)
     fprs = [f for f in REPORTED_FPRS if f >= fitted.min_fpr]
     entry = fitted.to_dict(fprs)
     observed = {
-        str(f): float((other_normal_ratio.numpy() > fitted.threshold(f)).mean()) for f in fprs
+        str(f): float((other_normal_scores.numpy() > fitted.threshold(f)).mean()) for f in fprs
     }
     return ScoreCalibration(
         source=entry["source"],
@@ -144,7 +142,7 @@ def with_ratio(
 
         fore_normal = fore(normal)
         ratio_normal = fore_normal - back_normal
-        calibration = ratio_calibration(fore(held_out) - back_held, held_out_source, ratio_normal)
+        calibration = checked_calibration(fore(held_out) - back_held, held_out_source, ratio_normal)
         detection[method.name] = {}
         for set_name, images in outlier_sets.items():
             raw = fore(images)
@@ -186,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         write_model_card,
     )
     from models.data import load_fashion_mnist
+    from models.eval.context import CALIBRATION_START
     from models.eval.outliers import outlier_sets
     from models.kinds import kind_of
 
@@ -211,8 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     fore = load_checkpoint(args.foreground)
     back = load_checkpoint(args.background)
     test = load_fashion_mnist("test", args.data_root)[0]
-    end = FIRST_HELD_OUT + args.calibration_images
-    held_out = test[FIRST_HELD_OUT:end]
+    end = CALIBRATION_START + args.calibration_images
+    held_out = test[CALIBRATION_START:end]
     normal = test[: args.normal_images]
     sets = outlier_sets(normal, torch.Generator().manual_seed(args.seed))
     training_path = args.background / "training.json"
@@ -227,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             weights_sha256(weights_path(args.background)),
         ),
         held_out,
-        f"Fashion-MNIST test images {FIRST_HELD_OUT}..{end - 1}",
+        f"Fashion-MNIST test images {CALIBRATION_START}..{end - 1}",
         normal,
         sets,
         methods=args.methods,

@@ -37,8 +37,11 @@ def _independent_size_and_decoded(codec: str, image: np.ndarray) -> tuple[int, n
     pixels = image[0] if c == 1 else image.transpose(1, 2, 0)
     if codec in ("png", "webp"):
         buffer = io.BytesIO()
-        options = {"optimize": True} if codec == "png" else {"lossless": True, "quality": 100,
-                                                              "method": 6}
+        options = (
+            {"optimize": True}
+            if codec == "png"
+            else {"lossless": True, "quality": 100, "method": 6}
+        )
         Image.fromarray(pixels).save(buffer, format=codec.upper(), **options)
         data = buffer.getvalue()
         return len(data), _decoded_pillow(data, c)

@@ -193,5 +193,14 @@ def test_background_of_refuses_a_config_of_another_image_shape(tmp_path, tiny_va
     rgb = config_to_dict(tiny_vae_config(channels=3, size=8))
     config.write_text(json.dumps({"model": rgb}))
     with pytest.raises(SystemExit):
-        main(["vae", "--background-of", str(tmp_path / "fore"), "--config", str(config),
-              "--out", str(tmp_path / "bg")])
+        main(
+            [
+                "vae",
+                "--background-of",
+                str(tmp_path / "fore"),
+                "--config",
+                str(config),
+                "--out",
+                str(tmp_path / "bg"),
+            ]
+        )

@@ -40,8 +40,11 @@ def _pair(root, tiny_vae_config, tiny_ddpm_config, background_channels: int = 1)
     """root/fore (a VAE whose card names its background) and root/back (a DDPM)."""
     torch.manual_seed(0)
     fore = kind_of("vae").build(tiny_vae_config(size=8)).eval()
-    back = kind_of("ddpm").build(tiny_ddpm_config(channels=background_channels, size=8,
-                                                  num_timesteps=10)).eval()
+    back = (
+        kind_of("ddpm")
+        .build(tiny_ddpm_config(channels=background_channels, size=8, num_timesteps=10))
+        .eval()
+    )
     save_checkpoint(root / "fore", fore)
     save_checkpoint(root / "back", back)
     images = _images(16, 0, (background_channels, 8, 8))
