@@ -216,6 +216,8 @@ class OutlierDetection(Record):
     mean_bits_per_dim: float
     raw: Detection  # the bound in bits/dim
     minus_png: Detection  # the bound minus the PNG codelength
+    # codec -> the bound minus its codelength, for the other codec corrections
+    minus_codecs: Mapping[str, Detection] | None = field(default=None, metadata={"omit": True})
 
 
 @dataclass(frozen=True)
