@@ -105,6 +105,7 @@ def test_score_kinds_are_the_calibrated_scores_each_correction_names():
     assert SCORE_KINDS == {
         "none": BITS_PER_DIM,
         "png": BITS_PER_DIM_MINUS_PNG,
+        "webp": "bits_per_dim_minus_webp",
         "ratio": "bits_per_dim_minus_background",
     }
     assert (BITS_PER_DIM, BITS_PER_DIM_MINUS_PNG) == ("bits_per_dim", "bits_per_dim_minus_png")

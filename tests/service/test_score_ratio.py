@@ -5,6 +5,7 @@ missing background, or one of another image shape or other weights, stops the st
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 import requests
 import torch
+from PIL import Image
 from service_testing import FIXTURE_K, fixture_calibration
 
+from models.core.card import SCORE_KINDS
 from models.core.checkpoints import (
     CheckpointError,
     read_model_card,
@@ -23,6 +26,7 @@ from models.core.checkpoints import (
     write_model_card,
 )
 from models.eval.anomaly import Calibration
+from models.eval.codecs import with_codec_calibration
 from models.eval.ratio import with_ratio
 from models.eval.typicality import fit_and_calibrate, with_term_density
 from models.kinds import kind_of
@@ -56,6 +60,10 @@ def _pair(root, tiny_vae_config, tiny_ddpm_config, background_channels: int = 1)
         vectors[:200], vectors[200:], names, None, "gaussian", "fixture", "fixture"
     )
     card = with_term_density(card, "elbo", density)
+    held, other = _images(16, 1), _images(8, 2)
+    card = with_codec_calibration(
+        card, "elbo", "webp", _elbo(fore, held), held, "16 random images", _elbo(fore, other), other
+    )
     sha = weights_sha256(weights_path(root / "back"))
     if background_channels == 1:
         card = with_ratio(
@@ -77,6 +85,12 @@ def _pair(root, tiny_vae_config, tiny_ddpm_config, background_channels: int = 1)
             "image_shape": [1, 8, 8],
         }
     write_model_card(root / "fore", card)
+
+
+def _elbo(vae, images: torch.Tensor) -> torch.Tensor:
+    from models.eval.ratio import bound_bits_per_dim
+
+    return bound_bits_per_dim(kind_of(vae).method_for(vae, "elbo"), vae, images, None, 0)
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +125,7 @@ def _body(**fields) -> dict:
     return {"model": "fore", "images": images, "seed": 5, **fields}
 
 
-@pytest.mark.parametrize("correction", ["none", "png", "terms", "ratio"])
+@pytest.mark.parametrize("correction", ["none", "png", "webp", "terms", "ratio"])
 def test_every_correction_scores_against_its_calibrated_threshold(url, repository, correction):
     response = _post(url, "/score", _body(correction=correction, fpr=FPR))
     assert response.status_code == 200, response.text
@@ -121,9 +135,7 @@ def test_every_correction_scores_against_its_calibrated_threshold(url, repositor
     if correction == "terms":
         calibration = entry["term_density"]["calibration"]
     else:
-        kind = {"none": "bits_per_dim", "png": "bits_per_dim_minus_png"}.get(
-            correction, "bits_per_dim_minus_background"
-        )
+        kind = SCORE_KINDS[correction]
         calibration = entry["scores"][kind]
     assert body["correction"] == correction
     expected = Calibration.of(calibration["normal_scores"], "card").threshold(FPR)
@@ -138,6 +150,12 @@ def test_every_correction_scores_against_its_calibrated_threshold(url, repositor
             assert result["score"] == pytest.approx(
                 result["bits_per_dim"] - result["png_bits_per_dim"]
             )
+        if correction == "webp":  # the codec's own output size, per image
+            image = np.array(_body()["images"][body["results"].index(result)], dtype=np.uint8)
+            buffer = io.BytesIO()
+            Image.fromarray(image[0]).save(buffer, "WEBP", lossless=True, quality=100, method=6)
+            webp = 8.0 * len(buffer.getvalue()) / image.size
+            assert result["score"] == pytest.approx(result["bits_per_dim"] - webp, abs=1e-6)
         if correction != "ratio":
             assert result["background_bits_per_dim"] is None
 
@@ -163,6 +181,15 @@ def test_bad_corrections_are_4xx_naming_the_field(url):
     assert no_background.status_code == 409, no_background.text
     assert no_background.json()["field"] == "correction"
     assert "names no background model" in no_background.json()["error"]
+
+
+def test_the_request_schema_offers_every_correction_a_plan_resolves():
+    import typing
+
+    from models.eval.plan import CORRECTIONS
+    from service.schemas import Correction
+
+    assert set(typing.get_args(Correction)) == set(CORRECTIONS)
 
 
 def test_a_missing_background_stops_the_start_naming_the_card(repository, tmp_path):
