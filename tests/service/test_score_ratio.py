@@ -222,3 +222,17 @@ def test_a_background_of_other_weights_or_image_shape_stops_the_start(
     _pair(rgb, tiny_vae_config, tiny_ddpm_config, background_channels=3)
     with pytest.raises(CheckpointError, match=r"reads images \(C, H, W\) = \(3, 8, 8\)"):
         load_repository({"fore": rgb / "fore", "back": rgb / "back"}, "cpu")
+
+
+def test_the_bundled_vae_serves_the_webp_correction_with_its_card_calibration(client):
+    from load_tests.serving import REPO_ROOT
+
+    images = [image.tolist() for image in _images(2, 4, (1, 28, 28))]
+    body = {"model": "vae", "images": images, "correction": "webp", "fpr": 0.05}
+    response = client.post("/score", json=body)
+    assert response.status_code == 200, response.text
+    card = read_model_card(REPO_ROOT / "checkpoints" / "vae")
+    webp = card["calibration"]["elbo"]["scores"]["bits_per_dim_minus_webp"]
+    assert response.json()["threshold"] == pytest.approx(webp["thresholds"]["0.05"])
+    ddpm = client.post("/score", json={**body, "model": "ddpm"})
+    assert ddpm.status_code == 409 and ddpm.json()["field"] == "correction"
