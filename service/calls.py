@@ -331,9 +331,9 @@ class ModelCalls:
         work = Work("likelihood", len(request.images), plan.method.name, plan.k)
         cost = self._cost(served, work, None, SCORE_INSTEAD)
         if plan.background is not None and served.background is not None:
-            background = plan.background
+            bound = plan.background
             extra = served.background.cost(
-                Work("likelihood", work.images, background.method.name, background.k)
+                Work("likelihood", work.images, bound.method.name, bound.k)
             )
             evaluations = {f"background {n}": count for n, count in extra.evaluations.items()}
             cost = Cost(cost.gflop + extra.gflop, {**cost.evaluations, **evaluations})
