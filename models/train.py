@@ -11,6 +11,17 @@
 ``OUT/validation.txt`` for the evaluation, and its loss is logged at every saved step
 (:mod:`models.training.sources`).
 
+``--background-of RUN`` trains a background model for the likelihood-ratio score (Ren et al.
+2019; :mod:`models.training.background`): by default the foreground's experiment (same kind,
+model and training config; ``--config`` picks another, of any kind reading images of the same
+shape) on the foreground's own training data, each value of each batch replaced by a uniform
+draw with probability ``--mutation-rate`` (default 0.2; 0 without mutation when ``--data`` names
+another folder). ``RUN`` is the foreground's run directory or exported checkpoint;
+``training.json`` records it and its weights' SHA-256. Evaluate the background, then
+``python -m models.eval.ratio FOREGROUND BACKGROUND`` ties the two in the foreground's card.
+
+    python -m models.train vae --background-of runs/vae --out runs/vae-background
+
 ``--start-from DIR`` begins from the weights of an exported checkpoint of the same kind and
 model config instead of a fresh initialisation: fine-tune the bundled model on your own
 images, or train a checkpoint further (:meth:`Trainer.start_from`).
@@ -37,6 +48,7 @@ from models.core.device import resolve_device
 from models.data import DataFormatError
 from models.kinds import UnavailableKindError, refused_kinds, servable_kinds
 from models.nn.acceleration import Acceleration, accelerate
+from models.training.background import DEFAULT_MUTATION_RATE, BackgroundOf, read_foreground
 from models.training.experiment import Experiment
 from models.training.sources import (
     DEFAULT_VALIDATION_FRACTION,
@@ -54,13 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     # A refused plug-in kind is a choice too, so that its name gets the reason, not a list.
     parser.add_argument("kind", choices=servable_kinds() + sorted(refused_kinds()))
     parser.add_argument(
-        "--config", type=Path, required=True, help='JSON with "model" and "train" sections'
+        "--config",
+        type=Path,
+        help='JSON with "model" and "train" sections (with --background-of: default, the '
+        "foreground's)",
     )
     parser.add_argument("--out", type=Path, required=True, help="run directory (resumes)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument(
         "--data",
-        default=FASHION_MNIST,
         help=f"a folder of PNG/JPEG images (searched recursively), or '{FASHION_MNIST}' (the "
         "default; a folder of that name is ./fashion-mnist)",
     )
@@ -102,7 +116,27 @@ def main(argv: list[str] | None = None) -> int:
         "from instead of a fresh initialisation (fine-tuning, e.g. checkpoints/ddpm on your "
         "own images); a run that resumes --out keeps its own state",
     )
+    background = parser.add_argument_group("background models (likelihood ratio, Ren et al. 2019)")
+    background.add_argument(
+        "--background-of",
+        type=Path,
+        metavar="RUN",
+        help="train a background model of the foreground in RUN (its run directory or exported "
+        "checkpoint): on its training data, mutated, unless --data names another folder",
+    )
+    background.add_argument(
+        "--mutation-rate",
+        type=float,
+        help="probability that each value of a training image is replaced by a uniform draw "
+        f"from 0..255 (default {DEFAULT_MUTATION_RATE} on the foreground's data, 0 on --data)",
+    )
     args = parser.parse_args(argv)
+    data_given = args.data is not None
+    args.data = FASHION_MNIST if args.data is None else args.data
+    if args.mutation_rate is not None and args.background_of is None:
+        parser.error("--mutation-rate is for background models: add --background-of RUN")
+    if args.background_of is None and args.config is None:
+        parser.error("--config is required (or --background-of RUN, whose config is the default)")
 
     torch.set_num_threads(max(1, args.threads or 1))
     # TF32 matmuls (cuDNN's convolutions use TF32 by default already) and autotuned
@@ -110,7 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     try:
-        experiment = Experiment.from_file(args.kind, args.config)
+        if args.background_of is not None:
+            try:
+                experiment, args.data, args.resize = _background_experiment(args, data_given)
+            except (ValueError, FileNotFoundError) as error:
+                parser.error(f"--background-of: {error}")
+        else:
+            experiment = Experiment.from_file(args.kind, args.config)
     except UnavailableKindError as error:
         parser.error(str(error))
     try:
@@ -151,6 +191,42 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"exported {trainer.export()} at step {trainer.step}", file=sys.stderr)
     return 0
+
+
+def _background_experiment(
+    args: argparse.Namespace, data_given: bool
+) -> tuple[Experiment, str, bool]:
+    """The experiment of a background model of ``args.background_of``, and the data (source,
+    resize) it trains on: the foreground's unless ``--data`` was given."""
+    from models.core.checkpoints import WEIGHTS_FILE, weights_sha256
+
+    foreground = read_foreground(args.background_of)
+    fore = Experiment.from_dict(foreground.experiment)
+    if args.config is not None:
+        base = Experiment.from_file(args.kind, args.config)
+    elif args.kind == fore.kind:
+        base = fore
+    else:
+        raise ValueError(
+            f"the foreground is a {fore.kind}; a {args.kind} background needs --config"
+        )
+    if base.image_shape != fore.image_shape:
+        raise ValueError(
+            f"a background reads the foreground's images, (C, H, W) = {fore.image_shape}; "
+            f"this config reads {base.image_shape}"
+        )
+    rate = args.mutation_rate
+    if rate is None:
+        rate = 0.0 if data_given else DEFAULT_MUTATION_RATE
+    of = BackgroundOf(
+        foreground=str(foreground.checkpoint),
+        foreground_sha256=weights_sha256(foreground.checkpoint / WEIGHTS_FILE),
+        mutation_rate=rate,
+    )
+    experiment = Experiment(base.kind, base.model_config, base.train, background=of)
+    if data_given:
+        return experiment, args.data, args.resize
+    return experiment, foreground.data, foreground.resize
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def _publish_calibrations(repository: Repository, metrics: Any) -> None:
     """Each served model card's calibration of the bound, per method, as gauges: the reference
     that the bits/dim of served images (labelled by the same model and method) are compared
     with."""
-    from service.scoring import bound_calibrations
+    from models.eval.plan import bound_calibrations
 
     for served in repository.values():
         for method, calibration in bound_calibrations(served.card).items():
@@ -320,58 +320,72 @@ class ModelCalls:
         )
 
     async def score(self, request: ScoreRequest) -> ScoreResponse:
+        """Run the request's scoring plan (models.eval.plan: resolved once, from the request
+        and the model's card): the bound, or the term vector, the background's bound for
+        'ratio', and the per-dimension bound for maps; the plan judges the results."""
         from models.kinds import TOTAL_NATS_PER_DIM
         from service.maps import map_fields
-        from service.scoring import judge, score_k, scores, term_scores, threshold_for
 
         served = self.served(request.model)
-        method = served.method(request.method)
-        calibrated = served.calibration(method.name, request.correction)
-        k = score_k(method, request.k, calibrated.k)
-        work = Work("likelihood", len(request.images), method.name, k)
-        self._cost(served, work, "images", SCORE_INSTEAD)
-        threshold = threshold_for(calibrated.calibration, request.fpr)
-        pixel = served.pixel_calibration(method, k) if request.maps else None
+        plan = served.plan(request)
+        work = Work("likelihood", len(request.images), plan.method.name, plan.k)
+        cost = self._cost(served, work, None, SCORE_INSTEAD)
+        if plan.background is not None and served.background is not None:
+            bound = plan.background
+            extra = served.background.cost(
+                Work("likelihood", work.images, bound.method.name, bound.k)
+            )
+            evaluations = {f"background {n}": count for n, count in extra.evaluations.items()}
+            cost = Cost(cost.gflop + extra.gflop, {**cost.evaluations, **evaluations})
+        refuse_past_ceiling(cost, self.ceiling, "images", SCORE_INSTEAD)
         x = self._images(served, request.images)
         job = self.runners.ImagesJob(x, request.seed)
-        if calibrated.density is None:
-            terms = await self._bound(served, method.name, k, job, per_dim=pixel is not None)
-            bits_per_dim = terms["total_bits_per_dim"].numpy()
-            score, png = scores(terms["total_bits_per_dim"], x, request.correction)
+        per_dim = plan.pixel is not None
+        bits_per_dim = vectors = background = None
+        if plan.density is None:
+            terms = await self._bound(served, plan.method.name, plan.k, job, per_dim=per_dim)
+            bits_per_dim = terms["total_bits_per_dim"]
         else:  # correction 'terms': a density over the bound's term vector
-            vectors = await self._term_vector(served, method.name, k, job)
-            score, bits_per_dim, png = term_scores(vectors, calibrated.density, x)
-            if pixel is not None:  # the maps come from the bound itself, a second pass
-                terms = await self._bound(served, method.name, k, job, per_dim=True)
-        self._observe_bounds(served, method.name, bits_per_dim)
+            vectors = await self._term_vector(served, plan.method.name, plan.k, job)
+            if per_dim:  # the maps come from the bound itself, a second pass
+                terms = await self._bound(served, plan.method.name, plan.k, job, per_dim=True)
+        if plan.background is not None:  # correction 'ratio': the background's bound, same seed
+            assert served.background is not None
+            background_terms = await self._bound(
+                served.background, plan.background.method.name, plan.background.k, job
+            )
+            background = background_terms["total_bits_per_dim"]
+        judged = plan.judge(x, bits_per_dim, vectors, background)
+        self._observe_bounds(served, plan.method.name, judged.bits_per_dim)
         maps = [{}] * len(x)
-        if pixel is not None:
-            nats = terms[TOTAL_NATS_PER_DIM]
-            maps = map_fields(pixel, nats, x, request.map_normalisation)
-        judged = judge(calibrated.calibration, threshold, score, bits_per_dim, png)
-        self.metrics.IMAGES_SCORED.labels(served.name, method.name).inc(len(score))
+        if plan.pixel is not None:
+            maps = map_fields(plan.pixel, terms[TOTAL_NATS_PER_DIM], x, plan.map_normalisation)
+        self.metrics.IMAGES_SCORED.labels(served.name, plan.method.name).inc(len(x))
         flagged = int(judged.is_anomaly.sum())
-        self.metrics.ANOMALIES_FLAGGED.labels(served.name, method.name).inc(flagged)
+        self.metrics.ANOMALIES_FLAGGED.labels(served.name, plan.method.name).inc(flagged)
+        background_bits = judged.background_bits_per_dim
         results = [
             ImageScore(
                 score=judged.score[i],
                 bits_per_dim=float(judged.bits_per_dim[i]),
                 png_bits_per_dim=judged.png_bits_per_dim[i],
+                background_bits_per_dim=None if background_bits is None else background_bits[i],
                 is_anomaly=bool(judged.is_anomaly[i]),
                 percentile=judged.percentile[i],
                 **maps[i],
             )
-            for i in range(len(score))
+            for i in range(len(x))
         ]
         return ScoreResponse(
             model=served.name,
-            method=method.name,
-            k=k,
-            correction=request.correction,
-            fpr=request.fpr,
-            threshold=threshold,
-            calibration_source=calibrated.calibration.source,
-            calibration_images=len(calibrated.calibration.normal_scores),
+            method=plan.method.name,
+            k=plan.k,
+            correction=plan.correction,
+            fpr=plan.fpr,
+            threshold=plan.threshold,
+            calibration_source=plan.calibration.source,
+            calibration_images=len(plan.calibration.normal_scores),
+            background=None if plan.background is None else plan.background.name,
             results=results,
         )
 

@@ -1,49 +1,19 @@
-"""Anomaly maps for /score: the card's pixel calibration, and the maps as response fields.
+"""Anomaly maps for /score as response fields.
 
 The maths (the bound per dimension, its normalisation, the heat map's colours) is in
-:mod:`models.eval.maps`; here the request is checked against the card, and tensors become
-nested lists and base64 PNGs.
+:mod:`models.eval.maps`, and which pixel calibration a request's maps use is decided with the
+rest of its scoring plan (:mod:`models.eval.plan`); here tensors become nested lists and
+base64 PNGs.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from service.errors import MissingCalibrationError, RequestError
-
 if TYPE_CHECKING:
     import torch
 
     from models.eval.maps import PixelCalibration
-    from models.kinds import BoundMethod
-
-
-def pixel_calibration_for(
-    card: dict[str, Any], model: str, method: BoundMethod, k: int | None
-) -> PixelCalibration:
-    """The card's pixel calibration of ``method`` at ``k``: 400 when the method has no
-    per-pixel form, 409 when the card has no pixel calibration for it (or one at another k)."""
-    from models.core.card import pixel_calibrations_in
-    from models.eval.maps import PixelCalibration
-
-    if method.run_per_dim is None:
-        raise RequestError("maps", f"the {method.name} bound has no per-pixel form; leave maps out")
-    calibrations = pixel_calibrations_in(card)
-    record = calibrations.get(method.name)
-    if record is None:
-        raise MissingCalibrationError(
-            "maps",
-            f"the {model} model card has no pixel calibration for method {method.name!r}, "
-            f"which anomaly maps are normalised with (python -m models.eval.maps CHECKPOINT); "
-            f"pixel-calibrated: {', '.join(calibrations) or 'nothing'}",
-        )
-    if record.k != k:
-        raise MissingCalibrationError(
-            "maps",
-            f"the {model} model card's pixel calibration of {method.name} used k={record.k}, "
-            f"its score calibration k={k}; re-run python -m models.eval.maps with --k {k}",
-        )
-    return PixelCalibration.of_card(method.name, record)
 
 
 def map_fields(

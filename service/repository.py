@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
     from models.core.checkpoints import Checkpoint
     from models.core.serving_defaults import ServingDefaults
-    from models.eval.maps import PixelCalibration
+    from models.eval.plan import Background, Scoring, ScoringPlan
     from models.kinds import BoundMethod, ModelKind, Work
-    from service.scoring import CalibratedScore
+    from service.schemas import ScoreRequest
 
 logger = logging.getLogger("elbo_serve")
 _PNG_MODES = {1: "L", 3: "RGB"}
@@ -38,10 +38,12 @@ class ServedModel:
     costs: ModelCosts
     # The sampler and options measured best for these weights (None: the kind's defaults).
     serving_defaults: ServingDefaults | None = None
-    # method, correction -> its calibration, read from the card on first use
-    _calibrations: dict[tuple[str, str], CalibratedScore] = field(
-        default_factory=dict, init=False, compare=False, repr=False
-    )
+    # The background model of the card's 'ratio' score, checked at load: as served (its
+    # bound runs through the batcher under its own name) and as the plan sees it.
+    background: ServedModel | None = None
+    background_bound: Background | None = None
+    # The card read once into a models.eval.plan.Scoring, on first use (or at load)
+    _scoring: list[Scoring] = field(default_factory=list, init=False, compare=False, repr=False)
 
     @property
     def model(self) -> nn.Module:
@@ -68,21 +70,22 @@ class ServedModel:
     def cost(self, work: Work) -> Cost:
         return self.costs.estimate(work)
 
-    def calibration(self, method: str, correction: str) -> CalibratedScore:
-        """The card's calibration of ``method`` for ``correction`` (409 when it has none),
-        built once rather than per request."""
-        from service.scoring import calibration_for
+    @property
+    def scoring(self) -> Scoring:
+        """The model's scoring (models.eval.plan), its card read once."""
+        if not self._scoring:
+            from models.eval.plan import Scoring
 
-        key = (method, correction)
-        if key not in self._calibrations:
-            self._calibrations[key] = calibration_for(self.card, self.name, method, correction)
-        return self._calibrations[key]
+            scoring = Scoring(self.name, self.kind, self.model, self.card, self.background_bound)
+            self._scoring.append(scoring)
+        return self._scoring[0]
 
-    def pixel_calibration(self, method: BoundMethod, k: int | None) -> PixelCalibration:
-        """The card's pixel calibration for anomaly maps (400 or 409 when there is none)."""
-        from service.maps import pixel_calibration_for
+    def plan(self, request: ScoreRequest) -> ScoringPlan:
+        """How ``request`` is scored: 400 for options the model cannot honour, 409 for those
+        its card has no calibration for."""
+        from service.scoring import plan_for
 
-        return pixel_calibration_for(self.card, self.name, method, k)
+        return plan_for(self.scoring, request)
 
     @property
     def card(self) -> dict[str, Any]:
@@ -172,15 +175,13 @@ def summaries(directories: Mapping[str, Path]) -> dict[str, str]:
 def load_repository(directories: Mapping[str, Path], device: str, on_loaded=None) -> Repository:
     """Load every checkpoint (with its model card, which serving needs) onto ``device``;
     ``on_loaded(name, seconds)`` after each."""
-    from models.core.card import CardError, calibrations_in, pixel_calibrations_in
+    from models.core.card import CardError, background_in, calibrations_in, pixel_calibrations_in
     from models.core.checkpoints import (
         CARD_FILE,
         CheckpointError,
         load_checkpoint,
         require_model_card,
     )
-    from models.core.serving_defaults import read_serving_defaults
-    from models.kinds import kind_of
 
     served = {}
     for name, directory in directories.items():
@@ -189,16 +190,78 @@ def load_repository(directories: Mapping[str, Path], device: str, on_loaded=None
         try:  # read now, so a malformed calibration stops the start, not a /score later
             calibrations_in(checkpoint.card)
             pixel_calibrations_in(checkpoint.card)
+            background_in(checkpoint.card)
         except CardError as error:
             raise CheckpointError(f"{directory / CARD_FILE}: {error}") from error
-        kind = kind_of(checkpoint.kind)
-        costs = ModelCosts(
-            kind.networks_gflop(checkpoint.model),
-            lambda work, kind=kind, model=checkpoint.model: kind.evaluations(model, work),
-        )
-        defaults = read_serving_defaults(directory, kind, checkpoint.model, checkpoint.card)
-        served[name] = ServedModel(name, kind, checkpoint, costs, defaults)
+        served[name] = _served(name, checkpoint, directory)
         if on_loaded is not None:
             on_loaded(name, time.perf_counter() - start)
-        logger.info("loaded %s (%s) from %s on %s", name, kind.name, directory, device)
+        logger.info("loaded %s (%s) from %s on %s", name, served[name].kind.name, directory, device)
+    for name, directory in directories.items():
+        if background_in(served[name].card) is not None:
+            served[name] = _with_background(served[name], directory, served, device)
     return Repository(served)
+
+
+def _served(name: str, checkpoint: Checkpoint, directory: Path) -> ServedModel:
+    from models.core.serving_defaults import read_serving_defaults
+    from models.kinds import kind_of
+
+    kind = kind_of(checkpoint.kind)
+    costs = ModelCosts(
+        kind.networks_gflop(checkpoint.model),
+        lambda work, kind=kind, model=checkpoint.model: kind.evaluations(model, work),
+    )
+    defaults = read_serving_defaults(directory, kind, checkpoint.model, checkpoint.card)
+    return ServedModel(name, kind, checkpoint, costs, serving_defaults=defaults)
+
+
+def _with_background(
+    foreground: ServedModel, directory: Path, served: Mapping[str, ServedModel], device: str
+) -> ServedModel:
+    """``foreground`` with the background its card names, checked now so that a missing or
+    mismatched one stops the start (CheckpointError naming the card): the served model of that
+    name, else the checkpoint of that name beside the foreground's directory (the model
+    repository it was measured in), loaded but not served under its own name."""
+    import dataclasses
+
+    from models.core.card import background_in
+    from models.core.checkpoints import (
+        CARD_FILE,
+        CheckpointError,
+        is_checkpoint,
+        load_checkpoint,
+        weights_path,
+        weights_sha256,
+    )
+    from models.eval.plan import BackgroundError, check_background
+
+    card_path = directory / CARD_FILE
+    reference = background_in(foreground.card)
+    assert reference is not None
+    background = served.get(reference.name)
+    if background is None:
+        sibling = directory.resolve().parent / reference.name
+        if not is_checkpoint(sibling):
+            raise CheckpointError(
+                f"{card_path}: its background model {reference.name!r} (correction 'ratio') is "
+                f"neither served nor a checkpoint beside it ({sibling}); serve it too, or "
+                "remove the card's background section"
+            )
+        background = _served(reference.name, load_checkpoint(sibling, device), sibling)
+        logger.info("loaded %s as the background of %s", reference.name, foreground.name)
+    try:
+        bound = check_background(
+            foreground.card,
+            foreground.name,
+            foreground.image_shape,
+            background.name,
+            background.kind,
+            background.model,
+            weights_sha256(weights_path(background.checkpoint.directory)),
+        )
+    except BackgroundError as error:
+        raise CheckpointError(f"{card_path}: {error}") from error
+    with_background = dataclasses.replace(foreground, background=background, background_bound=bound)
+    _ = with_background.scoring  # the card read now, not at the first /score
+    return with_background

@@ -27,7 +27,8 @@ ModelName = Annotated[
 ]
 MethodName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
 OutputFormat = Literal["grid", "png", "array"]
-Correction = Literal["none", "png", "terms"]
+# models.eval.plan.CORRECTIONS, spelled out for the OpenAPI document (a test keeps them equal)
+Correction = Literal["none", "png", "webp", "ratio", "terms"]
 # Request fields that are options of a model kind's operation (models.kinds): each kind takes
 # some of them, and a request setting one its model does not take is a 400.
 SAMPLE_OPTIONS = ("steps", "eta", "temperature", "sample_pixels")
@@ -215,9 +216,14 @@ class ScoreRequest(LikelihoodRequest):
         "none",
         description="'none': the score is the bound in bits/dim. 'png': the bound minus the "
         "image's PNG codelength in bits/dim (Serra et al. 2019), which discounts how simple "
-        "an image is. 'terms': the negative log density (nats) of the bound's per-image terms "
+        "an image is. 'webp': the same with the image's lossless WebP codelength, a better "
+        "codec (higher AUROC on the bundled VAE's outlier sets). 'terms': the negative log "
+        "density (nats) of the bound's per-image terms "
         "(VAE: reconstruction and KL; DDPM: L_T, bands of timesteps, L_0) under a density "
-        "fitted on held-out normal images (DoSE, Morningstar et al. 2021).",
+        "fitted on held-out normal images (DoSE, Morningstar et al. 2021). 'ratio': the bound "
+        "minus the bound of the model's background model in bits/dim, a likelihood ratio "
+        "(Ren et al. 2019; the background was trained on perturbed normal images, and the "
+        "model card names it; 409 for a model without one).",
     )
     maps: bool = Field(
         False,
@@ -244,6 +250,11 @@ class ImageScore(_Schema):
     )
     bits_per_dim: float = Field(description="The model's bound in bits/dim.")
     png_bits_per_dim: float = Field(description="The image's optimised PNG size in bits/dim.")
+    background_bits_per_dim: float | None = Field(
+        None,
+        description="Correction 'ratio': the background model's bound in bits/dim (the score "
+        "is bits_per_dim minus this); else null.",
+    )
     is_anomaly: bool = Field(description="score > threshold.")
     percentile: float = Field(
         description="Percentage (0..100) of held-out normal images scoring lower."
@@ -270,6 +281,9 @@ class ScoreResponse(_Schema):
     threshold: float = Field(description="Calibrated score threshold for `fpr`.")
     calibration_source: str
     calibration_images: int
+    background: str | None = Field(
+        None, description="Correction 'ratio': the background model's name; else null."
+    )
     results: list[ImageScore]
 
 

@@ -1,44 +1,34 @@
-"""Anomaly scores for /score: the model card's calibration, judged by :mod:`models.eval.calibrated`.
+"""Anomaly scores for /score: the request's scoring plan, resolved by :mod:`models.eval.plan`.
 
-The thresholds, percentiles and flags are computed there, for the service and offline scoring
-alike; here a card without the calibration asked for becomes a 409 naming the option to change.
-A ``k`` or ``fpr`` the calibration cannot honour is an OptionError there, answered 400.
+Which bound, correction, background, calibration and maps a request gets is decided there, once,
+for the service and offline scoring alike; here a card without what the request asks for
+becomes a 409 naming the option to change. A ``k``, ``fpr`` or ``maps`` the model cannot
+honour is an OptionError there, answered 400.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from models.eval import calibrated
-from models.eval.calibrated import (
-    CalibratedScore,
-    NoCalibrationError,
-    bound_calibrations,
-    judge,
-    score_k,
-    scores,
-    term_scores,
-    threshold_for,
-)
 from service.errors import MissingCalibrationError
 
-__all__ = [
-    "CalibratedScore",
-    "bound_calibrations",
-    "calibration_for",
-    "judge",
-    "score_k",
-    "scores",
-    "term_scores",
-    "threshold_for",
-]
+if TYPE_CHECKING:
+    from models.eval.plan import Scoring, ScoringPlan
+    from service.schemas import ScoreRequest
 
 
-def calibration_for(
-    card: dict[str, Any], model: str, method: str, correction: str
-) -> CalibratedScore:
-    """The card's calibration for ``method`` and ``correction``; 409 when it has none."""
+def plan_for(scoring: Scoring, request: ScoreRequest) -> ScoringPlan:
+    """The plan of ``request``'s options; 409 when the card has no calibration for them."""
+    from models.eval.plan import NoCalibrationError
+
     try:
-        return calibrated.calibration_for(card, model, method, correction)
+        return scoring.plan(
+            request.method,
+            request.k,
+            request.correction,
+            request.fpr,
+            request.maps,
+            request.map_normalisation,
+        )
     except NoCalibrationError as error:
         raise MissingCalibrationError(error.field, error.message) from error

@@ -7,7 +7,7 @@ import torch
 
 from models.core.card import (
     BITS_PER_DIM,
-    BITS_PER_DIM_MINUS_PNG,
+    CODEC_CORRECTIONS,
     REPORTED_FPRS,
     Detection,
     MethodCalibration,
@@ -20,8 +20,8 @@ from models.eval.anomaly import (
     auroc,
     complexity_corrected_score,
     fpr_at_tpr,
-    png_bits_per_dim,
 )
+from models.eval.codecs import codec_bits_per_dim
 from models.eval.context import EvalContext, ScoreMethod
 
 
@@ -43,29 +43,30 @@ def anomaly_and_calibration(
         raw_normal = known_normal_scores[:n]
     else:
         raw_normal = ctx.score(method.bound, normal, f"{method.name} normal", method.chunk)
-    png_normal = png_bits_per_dim(normal)
-    corrected_normal = complexity_corrected_score(raw_normal, png_normal)
+    codecs = sorted(set(CODEC_CORRECTIONS.values()))  # every codec a correction subtracts
+
+    def corrected(raw: torch.Tensor, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {c: complexity_corrected_score(raw, codec_bits_per_dim(images, c)) for c in codecs}
+
+    corrected_normal = corrected(raw_normal, normal)
     sets = {}
     for name, images in ctx.outlier_images(normal, n).items():
         raw = ctx.score(method.bound, images, f"{method.name} {name}", method.chunk)
-        corrected = complexity_corrected_score(raw, png_bits_per_dim(images))
+        minus = {c: _detection(corrected_normal[c], s) for c, s in corrected(raw, images).items()}
         sets[name] = OutlierDetection(
             mean_bits_per_dim=raw.mean().item(),
             raw=_detection(raw_normal, raw),
-            minus_png=_detection(corrected_normal, corrected),
+            minus_png=minus.pop("png"),
+            minus_codecs=minus or None,
         )
     detection = MethodDetection(method.k, len(normal), sets, raw_normal.mean().item())
 
     held_out, source = ctx.calibration_images(method.calibration_images)
     raw_held = ctx.score(method.bound, held_out, f"{method.name} calibration", method.chunk)
     # score kind -> (held-out scores to fit on, the other normal scores to check the fit on)
-    kinds = {
-        BITS_PER_DIM: (raw_held, raw_normal),
-        BITS_PER_DIM_MINUS_PNG: (
-            complexity_corrected_score(raw_held, png_bits_per_dim(held_out)),
-            corrected_normal,
-        ),
-    }
+    kinds = {BITS_PER_DIM: (raw_held, raw_normal)}
+    for codec, held in corrected(raw_held, held_out).items():
+        kinds[f"bits_per_dim_minus_{codec}"] = (held, corrected_normal[codec])
     scores = {}
     for kind, (held, other_normal) in kinds.items():
         fitted = Calibration.of(held, source)

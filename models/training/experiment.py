@@ -18,15 +18,19 @@ from torch import nn
 
 from models.core.config import TrainConfig, config_from_dict, config_to_dict
 from models.kinds import ImageShape, ModelKind, kind_of
+from models.training.background import BackgroundOf
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """A servable kind's name, a config of its ``config_class``, and the training config."""
+    """A servable kind's name, a config of its ``config_class``, and the training config;
+    for a background model (:mod:`models.training.background`), whose background it is and
+    the mutation rate of its training images."""
 
     kind: str
     model_config: Any
     train: TrainConfig
+    background: BackgroundOf | None = None
 
     def __post_init__(self) -> None:
         expected = self.model_kind.config_class  # KindError for a name the registry lacks
@@ -56,12 +60,29 @@ class Experiment:
             config_from_dict(TrainConfig, payload.get("train", {})),
         )
 
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> Experiment:
+        """The experiment :meth:`to_dict` wrote (``training.json``'s ``experiment``)."""
+        kind = payload["kind"]
+        background = payload.get("background")
+        return cls(
+            kind,
+            config_from_dict(kind_of(kind).config_class, payload.get("model", {})),
+            config_from_dict(TrainConfig, payload.get("train", {})),
+            None if background is None else BackgroundOf.from_dict(background),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The experiment as JSON; ``background`` only for a background model, so that the
+        records of other runs read as before."""
+        out = {
             "kind": self.kind,
             "model": config_to_dict(self.model_config),
             "train": config_to_dict(self.train),
         }
+        if self.background is not None:
+            out["background"] = self.background.to_dict()
+        return out
 
     def build_model(self) -> nn.Module:
         """A freshly initialised network (from the global RNG)."""

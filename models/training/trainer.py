@@ -33,6 +33,7 @@ from models.core.checkpoints import (
 from models.core.config import config_to_dict
 from models.core.pixels import pixels_to_signed_unit
 from models.nn.acceleration import native_bf16_supported
+from models.training.background import mutate
 from models.training.experiment import Experiment
 
 STATE_FILE = "state.pt"
@@ -113,6 +114,9 @@ class Trainer:
         )
         self.data_generator = torch.Generator().manual_seed(self.config.seed)
         self.noise_generator = torch.Generator().manual_seed(self.config.seed + 1)
+        # A background model's images are mutated afresh at every step (Ren et al. 2019).
+        self.mutation_rate = experiment.background.mutation_rate if experiment.background else 0.0
+        self.mutation_generator = torch.Generator().manual_seed(self.config.seed + 3)
         self.step = 0
         # The exported checkpoint this run's weights started from (start_from), if any.
         self.started_from: dict[str, Any] | None = None
@@ -133,6 +137,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "data_generator": self.data_generator.get_state(),
             "noise_generator": self.noise_generator.get_state(),
+            "mutation_generator": self.mutation_generator.get_state(),
             "started_from": self.started_from,
         }
         tmp = self.out / (STATE_FILE + ".tmp")
@@ -156,6 +161,8 @@ class Trainer:
         # map_location has just moved them to the training device.
         self.data_generator.set_state(state["data_generator"].cpu())
         self.noise_generator.set_state(state["noise_generator"].cpu())
+        if "mutation_generator" in state:  # runs saved before background models had none
+            self.mutation_generator.set_state(state["mutation_generator"].cpu())
         self.step = state["step"]
         self.started_from = state.get("started_from")
         self._truncate_log_after(self.step)
@@ -237,7 +244,10 @@ class Trainer:
         index = torch.randint(
             0, images.shape[0], (self.config.batch_size,), generator=self.data_generator
         )
-        x = pixels_to_signed_unit(images[index.to(images.device)])  # (B, C, H, W)
+        batch = images[index.to(images.device)]  # (B, C, H, W) uint8
+        if self.mutation_rate > 0.0:
+            batch = mutate(batch, self.mutation_rate, self.mutation_generator)
+        x = pixels_to_signed_unit(batch)  # (B, C, H, W)
         self.model.train()
         with torch.autocast(self.device.type, torch.bfloat16, enabled=self.autocast_bf16):
             loss, numbers = self.kind.training_loss(self.model, x, self.noise_generator)

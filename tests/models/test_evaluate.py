@@ -231,16 +231,17 @@ def _check_calibration_honours_its_target(card: ModelCard, other_normal_images: 
 def _check_servable(checkpoint: Path, card: ModelCard) -> None:
     """The checkpoint directory serves as it is, and /score flags by the card's thresholds."""
     from service.repository import load_repository  # validates the card's calibration
-    from service.scoring import calibration_for, threshold_for
 
     repository = load_repository({"x": checkpoint}, "cpu")
     assert list(repository) == ["x"]
-    served_card = repository["x"].checkpoint.card
+    scoring = repository["x"].scoring
     for method, calibration in card.calibration.items():
         for correction, kind in SCORE_KINDS.items():
-            served = calibration_for(served_card, "x", method, correction).calibration
+            if kind not in calibration.scores:  # the ratio: no background model here
+                continue
+            served = scoring.plan(method, correction=correction, fpr=0.05).threshold
             expected = calibration.scores[kind].thresholds["0.05"]
-            assert threshold_for(served, 0.05) == pytest.approx(expected, abs=1e-6)
+            assert served == pytest.approx(expected, abs=1e-6)
 
 
 def test_vae_on_a_folder_calibrates_and_detects_the_outlier_folder(tmp_path, folders, capsys):

@@ -122,9 +122,8 @@ def test_a_non_finite_bound_is_recorded_and_the_rest_scored(files, pngs):
             terms["total_bits_per_dim"][0] = float("nan")
         return terms
 
-    scorer = dataclasses.replace(
-        scorer, method=dataclasses.replace(scorer.method, run=nan_in_first_row)
-    )
+    method = dataclasses.replace(scorer.method, run=nan_in_first_row)
+    scorer = dataclasses.replace(scorer, plan=dataclasses.replace(scorer.plan, method=method))
     out = score_frame(scorer, _frame(pngs), options).set_index("id")
     assert out.loc["image-0", "error"] == NON_FINITE
     assert out["score"].notna().sum() == len(pngs) - 1

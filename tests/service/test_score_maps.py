@@ -14,8 +14,6 @@ from service_testing import png_b64
 
 from models.core.progressive import run_to_end
 from service import runners
-from service.errors import MissingCalibrationError
-from service.maps import pixel_calibration_for
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +45,7 @@ def test_global_and_per_pixel_maps_are_two_normalisations_of_the_same_nats(
     per_pixel = client.post("/score", json=body).json()["results"]
     pooled = client.post("/score", json={**body, "map_normalisation": "global"}).json()["results"]
     card = read_model_card(served_checkpoints["vae"])
-    calibration = pixel_calibration_for(card, "vae", _elbo(), None)
+    calibration = _pixel_calibration(card)
     mean, std, eps = calibration.mean_nats, calibration.std_nats, calibration.eps_nats
     pooled_mean = mean.mean()
     pooled_spread = (std.pow(2) + (mean - pooled_mean).pow(2)).mean().sqrt()
@@ -60,13 +58,15 @@ def test_global_and_per_pixel_maps_are_two_normalisations_of_the_same_nats(
     assert refused.status_code == 400 and "map_normalisation" in refused.text
 
 
-def _elbo():
+def _pixel_calibration(card):
+    """The pixel calibration a /score plan with maps uses for the vae's elbo."""
     from load_tests.serving import REPO_ROOT
     from models.core.checkpoints import load_checkpoint
+    from models.eval.plan import Scoring
     from models.kinds import kind_of
 
     vae = load_checkpoint(REPO_ROOT / "checkpoints" / "vae").model
-    return kind_of(vae).method_for(vae, "elbo")
+    return Scoring("vae", kind_of(vae), vae, card).plan("elbo", maps=True).pixel
 
 
 def test_score_with_maps_refuses_a_bound_without_a_per_pixel_form(client, images):
@@ -85,17 +85,25 @@ def test_score_with_maps_is_409_without_a_pixel_calibration(client, images):
 
 
 def test_pixel_calibration_of_another_k_or_none_is_a_conflict(tiny_vae_config):
+    from models.eval.anomaly import Calibration
+    from models.eval.plan import NoCalibrationError, Scoring
     from models.kinds import kind_of
 
     kind = kind_of("vae")
     model = kind.build(tiny_vae_config())
-    elbo = kind.method_for(model, "elbo")
-    with pytest.raises(MissingCalibrationError, match="pixel-calibrated: nothing"):
-        pixel_calibration_for({"calibration": {}}, "mine", elbo, None)
-    card = {"pixel_calibration": {"elbo": _record(k=None)}}
-    assert pixel_calibration_for(card, "mine", elbo, None).method == "elbo"
-    with pytest.raises(MissingCalibrationError, match="used k=3"):
-        pixel_calibration_for({"pixel_calibration": {"elbo": _record(k=3)}}, "m", elbo, None)
+    scores = {"bits_per_dim": Calibration.of([1.0, 2.0, 3.0, 4.0], "four").to_dict((0.25,))}
+    calibration = {"elbo": {"k": None, "scores": scores}}
+
+    def plan(pixel: dict):
+        card = {"calibration": calibration, "pixel_calibration": pixel}
+        return Scoring("mine", kind, model, card).plan("elbo", fpr=0.25, maps=True)
+
+    with pytest.raises(NoCalibrationError, match="pixel-calibrated: nothing") as error:
+        plan({})
+    assert error.value.field == "maps"
+    assert plan({"elbo": _record(k=None)}).pixel.method == "elbo"
+    with pytest.raises(NoCalibrationError, match="used k=3"):
+        plan({"elbo": _record(k=3)})
 
 
 def _record(k):
