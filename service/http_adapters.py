@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from starlette.datastructures import UploadFile
@@ -127,9 +127,13 @@ def _is_multipart_post(scope: Scope) -> bool:
     return content_type.split(b";")[0].strip().lower() == b"multipart/form-data"
 
 
-def _form_value(text: str) -> Any:
+def _form_value(text: str, is_text: bool = False) -> Any:
     """Form fields are text: numbers, booleans and arrays arrive as JSON, the rest as strings
-    (the convention of BentoML's own multipart parser)."""
+    (the convention of BentoML's own multipart parser). A field the request schema declares
+    a string (``is_text``) stays the text sent, so a method named ``0`` is the string '0';
+    ``null`` is a null there too (how a form sends an unset optional field)."""
+    if is_text:
+        return None if text == "null" else text
     try:
         return json.loads(text)
     except json.JSONDecodeError:
@@ -142,8 +146,9 @@ async def _image_part(value: str | UploadFile) -> Any:
     return _form_value(value)  # a base64 PNG or a JSON nested array, as in JSON bodies
 
 
-async def form_to_json(form: Any) -> dict[str, Any]:
-    """The JSON body a multipart form stands for: repeated ``images`` parts make the list."""
+async def form_to_json(form: Any, text_fields: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The JSON body a multipart form stands for: repeated ``images`` parts make the list;
+    ``text_fields``: the fields the request schema declares strings."""
     body: dict[str, Any] = {}
     images: list[Any] = []
     for key, value in form.multi_items():
@@ -154,15 +159,30 @@ async def form_to_json(form: Any) -> dict[str, Any]:
         elif key in body:
             raise RequestError(key, "given more than once")
         else:
-            body[key] = _form_value(value)
+            body[key] = _form_value(value, key in text_fields)
     if images:
         body[IMAGES_FIELD] = images
     return body
 
 
+def text_fields(schema: type[Any]) -> frozenset[str]:
+    """The fields of a pydantic request model whose values are strings (plain, enums of
+    strings, nullable or not): a form sends them as they are, not as JSON."""
+    properties = schema.model_json_schema()["properties"]
+    return frozenset(
+        name
+        for name, field in properties.items()
+        if field.get("type") == "string"
+        or (field.get("enum") and all(isinstance(v, str | None) for v in field["enum"]))
+    )
+
+
 class MultipartImages:
-    def __init__(self, app: ASGIApp) -> None:
+    """``text_fields``: route -> the fields its request schema declares strings."""
+
+    def __init__(self, app: ASGIApp, text_fields: Mapping[str, frozenset[str]] | None = None) -> None:
         self.app = app
+        self.text_fields = dict(text_fields or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not _is_multipart_post(scope):
@@ -172,7 +192,8 @@ class MultipartImages:
             async with Request(scope, receive).form(
                 max_files=MAX_IMAGES, max_fields=MAX_FIELDS, max_part_size=MAX_PART_BYTES
             ) as form:
-                body = json.dumps(await form_to_json(form)).encode()
+                fields = self.text_fields.get(scope["path"], frozenset())
+                body = json.dumps(await form_to_json(form, fields)).encode()
         except RequestError as error:
             await error_response(error, scope["path"])(scope, receive, send)
             return
@@ -207,13 +228,34 @@ def _receive_once(body: bytes) -> Receive:
 
 
 class GetModels:
+    """``GET /models`` as ``POST /models`` with no body (a GET carries none: a stray
+    ``Content-Type`` such as ``multipart/form-data`` without a boundary made BentoML's parser
+    answer 500), and 405 with ``Allow: GET, POST`` for any other method, as documented."""
+
+    ALLOWED = ("GET", "POST")
+
     def __init__(self, app: ASGIApp, path: str = "/models") -> None:
         self.app = app
         self.path = path
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == self.path:
-            scope = {**scope, "method": "POST"}
+        if scope["type"] != "http" or scope["path"] != self.path:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] not in self.ALLOWED:
+            allow = {"Allow": ", ".join(self.ALLOWED)}
+            message = f"method: {scope['method']} {self.path} is not served; use GET or POST"
+            body = {"error": message, "field": "method"}
+            await JSONResponse(body, status_code=405, headers=allow)(scope, receive, send)
+            return
+        if scope["method"] == "GET":
+            headers = [
+                (name, value)
+                for name, value in scope["headers"]
+                if name not in (b"content-type", b"content-length", b"transfer-encoding")
+            ]
+            scope = {**scope, "method": "POST", "headers": headers}
+            receive = _receive_once(b"")
         await self.app(scope, receive, send)
 
 
@@ -311,7 +353,12 @@ def install_http_adapters(
     # A body over the limit is refused before anything reads it.
     service.add_asgi_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     # Uploaded PNG files and GET /models, translated before BentoML parses the request.
-    service.add_asgi_middleware(MultipartImages)
+    routes = {api.route: api.input_spec for api in service.apis.values()}
+    routes |= {f"/{kind}/submit": schema for kind, schema in (task_requests or {}).items()}
+    service.add_asgi_middleware(
+        MultipartImages,
+        text_fields={route: text_fields(schema) for route, schema in routes.items() if schema},
+    )
     service.add_asgi_middleware(GetModels)
     # The task routes, from the task store shared by every replica (service/tasks/routes.py).
     from service.tasks.routes import TaskRoutes

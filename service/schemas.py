@@ -69,7 +69,9 @@ class _Schema(BaseModel):
 
 class _Request(_Schema):
     # Unknown fields are errors: a misspelt option must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: a value of another JSON type than the one published (0 for a boolean,
+    # "2" for a number) is a 400, not coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SampleRequest(_Request):

@@ -175,14 +175,19 @@ class TaskRoutes:
 
     async def _get(self, request: Request, kind: str, owner: str) -> Response:
         record = await self._find(request, kind, owner)
+        # A task that has no answer to give (yet) is in a state that conflicts with the
+        # request, not a bad request: 409, as the published contract says.
         if record.status not in FINISHED:
-            raise TaskError(400, "task_id", f"task {record.task_id} is not completed yet")
+            raise TaskError(409, "task_id", f"task {record.task_id} is not completed yet")
         if record.status == CANCELED:
             raise TaskError(409, "task_id", f"task {record.task_id} was canceled")
         result = await self.store.result(record.task_id)
         if result is None:  # failed without an answer: its attempts ran out
             raise TaskError(500, "task_id", f"task {record.task_id} failed: {record.error}")
-        return Response(result.body, result.status_code, media_type="application/json")
+        status = result.status_code
+        if 400 <= status < 500:  # the task's request was refused when it ran: its error, 409
+            status = 409
+        return Response(result.body, status, media_type="application/json")
 
     async def _cancel(self, request: Request, kind: str, owner: str) -> Response:
         record = await self._find(request, kind, owner)
@@ -192,7 +197,7 @@ class TaskRoutes:
         record = await self._find(request, None, owner)
         if record.total <= 0:
             raise TaskError(
-                400, "task_id", f"no progress recorded for task {record.task_id!r} (yet)"
+                409, "task_id", f"no progress recorded for task {record.task_id!r} (yet)"
             )
         return JSONResponse(
             {
