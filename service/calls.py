@@ -229,6 +229,18 @@ class ModelCalls:
             served.name, network, request.make, request.finish, work.images, cost.gflop, progress
         )
 
+    def check(self, request: SampleRequest | LikelihoodRequest) -> None:
+        """Refuse now (RequestError, or the kind's OptionError) what running ``request`` as
+        a task would refuse: its model, options, bound, k and images; so a submission with a
+        bad value is a 400 at once, not a task that fails later. Tasks have no cost ceiling."""
+        served = self.served(request.model)
+        if isinstance(request, SampleRequest):
+            given = _given(request, SAMPLE_OPTIONS)
+            served.kind.sample_options_for(served.model, request.sampler, given)
+            return
+        check_k(served.method(request.method), request.k)
+        self._images(served, request.images)
+
     # Sampling ------------------------------------------------------------------------------
 
     async def sample(

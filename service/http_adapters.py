@@ -180,7 +180,9 @@ def text_fields(schema: type[Any]) -> frozenset[str]:
 class MultipartImages:
     """``text_fields``: route -> the fields its request schema declares strings."""
 
-    def __init__(self, app: ASGIApp, text_fields: Mapping[str, frozenset[str]] | None = None) -> None:
+    def __init__(
+        self, app: ASGIApp, text_fields: Mapping[str, frozenset[str]] | None = None
+    ) -> None:
         self.app = app
         self.text_fields = dict(text_fields or {})
 
@@ -363,17 +365,37 @@ def install_http_adapters(
     # The task routes, from the task store shared by every replica (service/tasks/routes.py).
     from service.tasks.routes import TaskRoutes
 
+    def check_task(request: Any) -> None:
+        """What the running service would refuse of the task's request (ModelCalls.check)."""
+        import bentoml
+
+        instance = bentoml.get_current_service()
+        if instance is not None and hasattr(instance, "calls"):
+            instance.calls.check(request)
+
     service.add_asgi_middleware(
         TaskRoutes,
         kinds=task_requests or {},
         config=settings.task_store_config(),
         keys_on=bool(settings.api_keys),
+        check=check_task,
     )
 
+    operations = {
+        route: schema.operation for route, schema in routes.items() if hasattr(schema, "operation")
+    }
+
     def document() -> dict[str, Any]:
-        """BentoML's OpenAPI document, corrected to what the service answers."""
+        """BentoML's OpenAPI document, corrected to what the service answers, with each
+        served model's rules (from the running instance's GET /models description)."""
+        import bentoml
+
         served = summaries(Settings.from_env().served_directories())
-        return published_document(service.openapi_spec.asdict(), served)
+        instance = bentoml.get_current_service()
+        models = None
+        if instance is not None and hasattr(instance, "describe_models"):
+            models = instance.describe_models()
+        return published_document(service.openapi_spec.asdict(), served, models, operations)
 
     service.add_asgi_middleware(PublishedContract, document=document)
     # BentoML 1.4.39's timeout middleware keeps every answered request's context for the

@@ -89,7 +89,12 @@ SERVICE_ANSWERS = {
 }
 ANSWERS_BY_PATH = {
     "/score": {"409": "Conflict: the model card has no calibration for this method."},
+    "/task_progress": {"409": "Conflict: the task has recorded no progress yet."},
 }
+TASK_GET_CONFLICT = (
+    "Conflict: the task has no answer to give: not completed yet, canceled, or failed on a "
+    "bad value (the body is the error the synchronous endpoint answers 400)."
+)
 TASK_STATUSES = ("pending", "in_progress", "completed", "failed", "canceled")  # ResultStatus
 
 
@@ -99,13 +104,22 @@ def _error_response(description: str) -> dict[str, Any]:
 
 
 def published_document(
-    generated: dict[str, Any], served: Mapping[str, str] | None = None
+    generated: dict[str, Any],
+    served: Mapping[str, str] | None = None,
+    models: Mapping[str, Mapping[str, Any]] | None = None,
+    operations: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """BentoML's generated document (``Service.openapi_spec.asdict()``), corrected; with
-    ``served`` (model name -> one-line summary), every request's ``model`` lists the names."""
+    ``served`` (model name -> one-line summary), every request's ``model`` lists the names;
+    with ``models`` (name -> its GET /models description) and ``operations`` (route -> the
+    operation its body asks for: sample, likelihood, score, encode, decode), each body also
+    states every model's own rules (:func:`per_model_rules`)."""
     document = json.loads(json.dumps(generated))  # a copy, with status codes as strings
     if served:
         _document_served_models(document, served)
+    if models and operations:
+        _document_per_model_rules(document["paths"], operations, models)
+    _document_task_routes(document["paths"])
     schemas = document["components"]["schemas"]
     for name in ERROR_SCHEMAS:
         schemas[name]["properties"] = copy.deepcopy(ERROR_PROPERTIES)
@@ -126,6 +140,8 @@ def published_document(
             if "x-bentoml-name" not in operation:  # BentoML's infrastructure routes
                 continue
             _add_uploads(operation)
+            if _has_required_fields(operation):  # an empty body is a 400 (invalid JSON)
+                operation["requestBody"]["required"] = True
             responses = operation["responses"]
             for code, description in SERVICE_ANSWERS.items():
                 if code != "413" or "requestBody" in operation:
@@ -140,6 +156,11 @@ def published_document(
         listing["responses"].pop("413", None)
         paths["/models"]["get"] = listing
     return document
+
+
+def _has_required_fields(operation: dict[str, Any]) -> bool:
+    content = operation.get("requestBody", {}).get("content", {})
+    return bool(content.get("application/json", {}).get("schema", {}).get("required"))
 
 
 def _document_served_models(node: Any, served: Mapping[str, str]) -> None:
@@ -167,6 +188,8 @@ def _add_uploads(operation: dict[str, Any]) -> None:
     if "images" not in as_json.get("properties", {}):
         return
     form = copy.deepcopy(as_json)
+    for variant in form.get("anyOf", []):  # uploaded files: a PNG's size is not in a schema
+        variant["properties"].pop("images", None)
     images = form["properties"]["images"]
     images["items"] = {"type": "string", "format": "binary"}
     images["description"] = (
@@ -177,3 +200,204 @@ def _add_uploads(operation: dict[str, Any]) -> None:
         "schema": form,
         "encoding": {"images": {"contentType": "image/png"}},
     }
+
+
+# Per-model rules -----------------------------------------------------------------------------
+#
+# What a request may ask of a model depends on the model: its samplers and the options each
+# takes, its bounds and their k, the k its /score calibrations used, its image and latent
+# shapes. The flat schema of each request body (the pydantic model) cannot say so; with the
+# served models' descriptions (GET /models), each body also gets an ``anyOf`` of per-model
+# variants, so that a request valid by the document is one the service accepts (schemathesis'
+# positive-data check) and every rule the service enforces is published. Built from the
+# descriptions alone: no kind is named here.
+
+NULL_ONLY = {"enum": [None], "nullable": True, "description": "Not taken by this model."}
+
+
+def _nullable_enum(values: list[Any], allow_null: bool) -> dict[str, Any]:
+    if allow_null:
+        return {"enum": [*values, None], "nullable": True}
+    return {"enum": list(values)}
+
+
+def _ranged(option: Mapping[str, Any]) -> dict[str, Any]:
+    limits = option.get("range")
+    return {"minimum": limits[0], "maximum": limits[1]} if limits else {}
+
+
+def _options(
+    names: tuple[str, ...], taken: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """The request's option fields: those the model takes within its ranges, the rest null."""
+    return {name: _ranged(taken[name]) if name in taken else dict(NULL_ONLY) for name in names}
+
+
+def _nested(shape: list[int] | tuple[int, ...], leaf: dict[str, Any]) -> dict[str, Any]:
+    schema = leaf
+    for size in reversed(shape):
+        schema = {"type": "array", "minItems": size, "maxItems": size, "items": schema}
+    return schema
+
+
+def image_items(info: Mapping[str, Any]) -> dict[str, Any]:
+    """One image of the model: a base64 PNG (its content the schema cannot state), or pixels
+    as (C, H, W) integers 0..255, or (H, W) for one channel."""
+    image = info["image"]
+    channels, height, width = image["channels"], image["height"], image["width"]
+    pixel = {"type": "integer", "minimum": 0, "maximum": 255}
+    shapes = [(channels, height, width)] + ([(height, width)] if channels == 1 else [])
+    png = {
+        "type": "string",
+        "description": f"A base64 PNG, {width}x{height} {image['mode']} (or a data: URL).",
+    }
+    return {"anyOf": [png, *(_nested(shape, pixel) for shape in shapes)]}
+
+
+def _latent_items(info: Mapping[str, Any]) -> dict[str, Any]:
+    from service.schemas import MAX_LATENT_ABS
+
+    value = {"type": "number", "minimum": -MAX_LATENT_ABS, "maximum": MAX_LATENT_ABS}
+    return _nested(info["latent_shape"], value)
+
+
+def _sample_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from service.schemas import SAMPLE_OPTIONS
+
+    options = info["options"]["sample"]
+    variants = []
+    for index, sampler in enumerate(info["samplers"]):
+        runs_with = set(info["sampler_defaults"][sampler]) - {"sampler"}
+        taken = {option: options.get(option, {}) for option in runs_with}
+        variants.append(
+            {
+                "sampler": _nullable_enum([sampler], allow_null=index == 0),
+                **_options(SAMPLE_OPTIONS, taken),
+            }
+        )
+    return variants
+
+
+def _k(method: Mapping[str, Any]) -> dict[str, Any]:
+    if method["k_range"] is None:
+        return dict(NULL_ONLY)
+    low, high = method["k_range"]
+    return {"minimum": low, "maximum": high}
+
+
+def _likelihood_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"method": _nullable_enum([method], allow_null=index == 0), "k": _k(described)}
+        for index, (method, described) in enumerate(info["methods"].items())
+    ]
+
+
+def _score_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per bound and calibrated k: /score takes only the k a correction's calibration used;
+    a correction the card does not calibrate is a 409 whatever k is."""
+    from typing import get_args
+
+    from service.schemas import Correction
+
+    variants = []
+    for index, (method, described) in enumerate(info["methods"].items()):
+        common = {"method": _nullable_enum([method], allow_null=index == 0)}
+        if not described.get("maps"):
+            common["maps"] = {"enum": [False]}
+        calibrated: dict[Any, list[str]] = {}
+        for correction, k in described.get("score_k", {}).items():
+            calibrated.setdefault(k, []).append(correction)
+        uncalibrated = [c for c in get_args(Correction) if c not in described.get("score_k", {})]
+        if described["k_range"] is None:
+            variants.append({**common, "k": dict(NULL_ONLY)})
+            continue
+        for k, corrections in calibrated.items():
+            k_schema = _nullable_enum([k], allow_null=True) if k is not None else dict(NULL_ONLY)
+            variants.append({**common, "correction": {"enum": corrections}, "k": k_schema})
+        if uncalibrated:
+            variants.append({**common, "correction": {"enum": uncalibrated}, "k": _k(described)})
+    return variants
+
+
+def _encode_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from service.schemas import ENCODE_OPTIONS
+
+    return [_options(ENCODE_OPTIONS, info["options"]["encode"])]
+
+
+def _decode_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
+    from service.schemas import DECODE_OPTIONS
+
+    return [
+        {
+            **_options(DECODE_OPTIONS, info["options"]["decode"]),
+            "latents": {"items": _latent_items(info)},
+        }
+    ]
+
+
+VARIANTS = {
+    "sample": _sample_variants,
+    "likelihood": _likelihood_variants,
+    "score": _score_variants,
+    "encode": _encode_variants,
+    "decode": _decode_variants,
+}
+
+
+def per_model_rules(
+    operation: str, body: Mapping[str, Any], models: Mapping[str, Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """The ``anyOf`` of a request body (its flat schema ``body``) for ``operation``: one
+    variant per served model (and sampler or bound), each stating that model's rules."""
+    variants = []
+    for name, info in models.items():
+        for rules in VARIANTS[operation](name, info):
+            properties = {"model": {"enum": [name]}, **rules}
+            if "images" in body.get("properties", {}):
+                properties["images"] = {"items": image_items(info)}
+            variant = {"type": "object", "properties": properties}
+            # A field left out takes its default: a variant that excludes the default (a
+            # model's second sampler or bound) holds only when the field is sent.
+            flat = body.get("properties", {})
+            required = [
+                field
+                for field, rule in rules.items()
+                if "enum" in rule and flat.get(field, {}).get("default") not in rule["enum"]
+            ]
+            if required:
+                variant["required"] = required
+            variants.append(variant)
+    return variants
+
+
+def _document_per_model_rules(
+    paths: dict[str, Any],
+    operations: Mapping[str, str],
+    models: Mapping[str, Mapping[str, Any]],
+) -> None:
+    for path, operation in operations.items():
+        post = paths.get(path, {}).get("post")
+        if post is None or operation not in VARIANTS:
+            continue
+        body = post["requestBody"]["content"]["application/json"]["schema"]
+        body["anyOf"] = per_model_rules(operation, body, models)
+
+
+def _document_task_routes(paths: dict[str, Any]) -> None:
+    """The task routes as service/tasks/routes.py answers them from the task store: a task id
+    is never empty; ``get`` with no answer to give is a 409; ``cancel`` also takes POST;
+    BentoML's ``retry`` (its own result store's) is not served for store tasks."""
+    for path in [path for path in paths if path.endswith("/retry")]:
+        del paths[path]
+    for path, item in paths.items():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []):
+                if parameter.get("name") == "task_id":
+                    parameter["schema"]["minLength"] = 1
+        if path.endswith("/get") and "get" in item:
+            item["get"]["responses"]["409"] = _error_response(TASK_GET_CONFLICT)
+        if path.endswith("/cancel") and "put" in item and "post" not in item:
+            cancel = copy.deepcopy(item["put"])
+            cancel["operationId"] += "_post"
+            item["post"] = cancel

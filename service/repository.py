@@ -87,6 +87,22 @@ class ServedModel:
 
         return plan_for(self.scoring, request)
 
+    def _score_k(self, method: str) -> dict[str, int | None]:
+        """Per correction the card calibrates ``method`` for, the k its calibration used
+        (/score takes only that k)."""
+        from typing import get_args
+
+        from service.errors import MissingCalibrationError
+        from service.schemas import Correction
+
+        calibrated = {}
+        for correction in get_args(Correction):
+            try:
+                calibrated[correction] = self.calibration(method, correction).k
+            except MissingCalibrationError:
+                continue
+        return calibrated
+
     @property
     def card(self) -> dict[str, Any]:
         return self.checkpoint.card
@@ -96,7 +112,13 @@ class ServedModel:
         and the options of each operation with their defaults and limits."""
         channels, height, width = self.image_shape
         methods = {
-            name: {"description": m.description, "k_range": m.k_range, "default_k": m.default_k}
+            name: {
+                "description": m.description,
+                "k_range": m.k_range,
+                "default_k": m.default_k,
+                "maps": m.run_per_dim is not None,
+                "score_k": self._score_k(name),
+            }
             for name, m in self.kind.methods(self.model).items()
         }
         limits = self.kind.option_limits(self.model)

@@ -9,7 +9,7 @@ field's name, so a 400 always says which field was wrong and what is expected.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import DEFAULT_REF_TEMPLATE, GenerateJsonSchema, JsonSchemaMode
@@ -75,6 +75,7 @@ class _Request(_Schema):
 
 
 class SampleRequest(_Request):
+    operation: ClassVar[str] = "sample"  # per-model rules: service/openapi.py
     model: ModelName
     n: int = Field(1, ge=1, le=64, description="How many images to draw.")
     seed: int | None = Field(
@@ -151,6 +152,7 @@ class SampleResponse(ImagesPayload):
 
 
 class LikelihoodRequest(_Request):
+    operation: ClassVar[str] = "likelihood"  # per-model rules: service/openapi.py
     model: ModelName
     images: list[str | list[Any]] = Field(
         min_length=1, max_length=MAX_IMAGES, description=_IMAGES_DESCRIPTION
@@ -202,6 +204,7 @@ class LikelihoodResponse(_Schema):
 
 
 class ScoreRequest(LikelihoodRequest):
+    operation: ClassVar[str] = "score"  # per-model rules: service/openapi.py
     k: int | None = Field(
         None,
         ge=1,
@@ -290,6 +293,7 @@ class ScoreResponse(_Schema):
 
 
 class EncodeRequest(_Request):
+    operation: ClassVar[str] = "encode"  # per-model rules: service/openapi.py
     model: ModelName
     images: list[str | list[Any]] = Field(
         min_length=1, max_length=MAX_IMAGES, description=_IMAGES_DESCRIPTION
@@ -330,6 +334,7 @@ class EncodeResponse(_Schema):
 
 
 class DecodeRequest(_Request):
+    operation: ClassVar[str] = "decode"  # per-model rules: service/openapi.py
     model: ModelName
     latents: list[list[Any]] = Field(
         min_length=1,
@@ -361,6 +366,14 @@ class MethodInfo(_Schema):
     description: str
     k_range: list[int] | None = Field(description="Inclusive k range; null: takes no k.")
     default_k: int | None
+    maps: bool = Field(
+        False, description="Whether /score can map it pixel by pixel (it has a per-pixel form)."
+    )
+    score_k: dict[str, int | None] = Field(
+        default_factory=dict,
+        description="Per /score correction the model card calibrates it for, the k that "
+        "calibration used: the only k /score takes (a correction not listed is a 409).",
+    )
 
 
 class OptionInfo(_Schema):

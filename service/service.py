@@ -157,6 +157,11 @@ class ElboServe:
         their limits, checkpoint directory, device, config and model card."""
         return self.calls.models(self.device)
 
+    def describe_models(self) -> dict[str, dict[str, Any]]:
+        """GET /models' description of each served model, as JSON: the published contract
+        states each model's rules from it (service/openapi.py)."""
+        return self.calls.models(self.device).model_dump(mode="json")["models"]
+
     if SETTINGS.noop_endpoint:
 
         @bentoml.api(input_spec=ScoreRequest)

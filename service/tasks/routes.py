@@ -15,7 +15,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import _describe, log_client_error
+from service.errors import RequestError, _describe, error_response, log_client_error
 from service.tasks import open_store
 from service.tasks.store import (
     CANCELED,
@@ -87,8 +87,13 @@ class TaskRoutes:
         kinds: Mapping[str, type[BaseModel]],
         config: StoreConfig,
         keys_on: bool,
+        check: Callable[[BaseModel], None] | None = None,
     ) -> None:
+        """``check(request)``: raises a RequestError (or a kind's OptionError) for a valid
+        body the task would refuse when it runs (an option the model does not take, an
+        unreadable image), so that the submission is refused at once instead."""
         self.app, self.kinds, self.config, self.keys_on = app, dict(kinds), config, keys_on
+        self.check = check
         self.routes = {
             ("POST", "submit"): self._submit,
             ("GET", "status"): self._status,
@@ -110,10 +115,17 @@ class TaskRoutes:
             await self._readiness(scope, receive, send)
             return
         kind, _, action = path.strip("/").partition("/")
+        allowed = self._allowed(path, kind, action)
         if path == PROGRESS_PATH and method == "POST":
             handler, kind = self._progress, None
         elif kind in self.kinds and (method, action) in self.routes:
             handler = self.routes[(method, action)]
+        elif allowed:  # a task route, another method: 405 naming the ones it takes
+            error = TaskError(405, "method", f"{path} takes {' or '.join(allowed)}")
+            response = self._error(error, path)
+            response.headers["Allow"] = ", ".join(allowed)
+            await response(scope, receive, send)
+            return
         else:
             await self.app(scope, receive, send)
             return
@@ -127,6 +139,14 @@ class TaskRoutes:
             response = self._error(TaskError(503, "task_store", message, True), path)
         await response(scope, receive, send)
 
+    def _allowed(self, path: str, kind: str, action: str) -> list[str]:
+        """The methods a task route takes (none: not a task route)."""
+        if path == PROGRESS_PATH:
+            return ["POST"]
+        if kind not in self.kinds:
+            return []
+        return [method for method, name in self.routes if name == action]
+
     def _error(self, error: TaskError, path: str) -> Response:
         log_client_error(path, error.status, str(error))
         body = {"error": str(error), "field": error.field}
@@ -138,10 +158,22 @@ class TaskRoutes:
     async def _submit(self, request: Request, kind: str, owner: str) -> Response:
         body = await request.body()
         try:
-            self.kinds[kind].model_validate_json(body)
+            parsed = self.kinds[kind].model_validate_json(body)
         except ValidationError as error:
-            detail = json.loads(error.json(include_url=False, include_context=False))
+            # Without the input: a body that is not UTF-8 cannot be written back as JSON.
+            detail = json.loads(
+                error.json(include_url=False, include_context=False, include_input=False)
+            )
             return JSONResponse({"error": _describe(error), "detail": detail}, status_code=400)
+        if self.check is not None:
+            from models.kinds import OptionError
+
+            try:
+                self.check(parsed)
+            except OptionError as error:
+                return error_response(RequestError(error.field, error.message), request.url.path)
+            except RequestError as error:
+                return error_response(error, request.url.path)
         key = request.headers.get("idempotency-key")
         if key is not None and not 0 < len(key) <= MAX_KEY_LENGTH:
             raise TaskError(400, "Idempotency-Key", f"must be 1 to {MAX_KEY_LENGTH} characters")
