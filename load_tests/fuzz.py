@@ -5,33 +5,41 @@
 
 Every operation of the OpenAPI document is sent ``--max-examples`` generated requests of each
 kind schemathesis makes: positive (bodies and parameters valid by the schema) and negative
-(invalid by it). Each response must pass four checks: not a 5xx, a documented status code, a
-documented content type, and a body valid by the documented schema. The generation is
-seeded and never shrinks, so a run's size is fixed and the same seed sends the same requests.
+(invalid by it); then ``--stateful-examples`` scenarios of its stateful phase chain requests
+along the links it infers (a task's ``/submit`` -> its ``status``, ``get``, ``cancel``). Each
+response must pass every check schemathesis has (``st run --checks all``): not a 5xx; a
+documented status code, content type, headers and body; a schema-valid request accepted (no
+400), a schema-violating one rejected; a task id answered only where the links say. The
+generation is seeded and never shrinks, so a run's size is fixed and the same seed sends the
+same requests.
 
 Two things steer generation (the suite's bounded run, tests/service/test_contract.py, says so):
 
 - Cost caps, because a schema-valid request can take minutes on a CPU: DDIM ``steps`` at most
   4 (also for DDPM ``ancestral`` sampling, whose default is all 1,000 steps), ``n`` at most 2,
-  ``k`` at most 8, and the DDPM ``vlb_exact`` bound (1,000 network calls per image) becomes
-  ``vlb_mc``.
-  The expensive paths themselves are covered by the endpoint tests.
-- Real inputs: random strings are almost never PNGs nor random arrays 28x28, so half of the
-  positive requests carry 1-2 valid images (base64 PNGs or nested arrays), valid-shape
-  latents of generated floats, or the id of a task that exists, to reach the models.
+  ``k`` at most 8 (not /score's, which is the calibration's), and the DDPM ``vlb_exact`` bound
+  (1,000 network calls per image) becomes ``vlb_mc``. The expensive paths themselves are
+  covered by the endpoint tests.
+- Real images: no JSON Schema can say that a string is a PNG of the model's size, so every
+  image of a positive request is a real one (a base64 PNG or a nested array; uploads PNG
+  files); half of them also carry valid-shape latents of generated floats, or the id of a task
+  that exists, to reach the models. (``st run`` itself sends random strings and a 1x1 PNG as
+  images: the 400s it reports for them are the one rejection docs/http_api.md lists as
+  deliberate.)
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import io
 import json
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,7 @@ from hypothesis.errors import Unsatisfiable
 MAX_STEPS = 4
 MAX_N = 2
 MAX_K = 8
+MAX_LATENT_ABS = 1000.0  # service.schemas.MAX_LATENT_ABS, the published bound
 IMAGE_SHAPE = (1, 28, 28)  # the bundled checkpoints'
 VAE_LATENT_DIM = 32
 # What a positive case carries: as generated, or with real images / latents / task ids.
@@ -138,14 +147,18 @@ def affordable(case: Any) -> None:
     body = case.body
     if not isinstance(body, dict):
         return
-    for name, most in (("steps", MAX_STEPS), ("n", MAX_N), ("k", MAX_K)):
-        if _is_int(body.get(name)) and body[name] > most:
-            body[name] = most
-    if body.get("model") == "ddpm" and body.get("method") == "vlb_exact":
-        body["method"] = "vlb_mc"
-    takes_steps = case.operation.path.startswith(STEPS_PATHS)
-    if takes_steps and body.get("model") == "ddpm" and body.get("sampler") in DDPM_SAMPLERS:
-        body.setdefault("steps", MAX_STEPS)  # the defaults are 50 (DDIM) and 1,000 (ancestral)
+    caps = [("steps", MAX_STEPS), ("n", MAX_N)]
+    if case.operation.path != "/score":  # /score takes only its calibration's k
+        caps.append(("k", MAX_K))
+    with _keeping_mode(case):
+        for name, most in caps:
+            if _is_int(body.get(name)) and body[name] > most:
+                body[name] = most
+        if body.get("model") == "ddpm" and body.get("method") == "vlb_exact":
+            body["method"] = "vlb_mc"
+        takes_steps = case.operation.path.startswith(STEPS_PATHS)
+        if takes_steps and body.get("model") == "ddpm" and body.get("sampler") in DDPM_SAMPLERS:
+            body.setdefault("steps", MAX_STEPS)  # defaults: 50 (DDIM), 1,000 (ancestral)
 
 
 def _is_int(value: Any) -> bool:
@@ -159,18 +172,20 @@ def with_real_inputs(
     inputs: dict[str, list[Any]],
     task_ids: dict[str, str],
 ) -> Any:
-    """``case`` with real images, latents filled with ``value``, or the id of a task of the
-    operation's own kind (``task_ids``: task route -> id; BentoML answers any task's id at
-    any task's routes, with the other task's result, so ids are not mixed)."""
+    """``case`` with real images (always: see the module docstring), and unless ``choice``
+    is AS_GENERATED latents filled with ``value`` or the id of a task of the operation's own
+    kind (``task_ids``: task route -> id; a task is answered only at its own kind's routes)."""
+    body = case.body
+    if isinstance(body, dict) and "images" in body:
+        images = inputs[REAL_ARRAYS if choice == REAL_ARRAYS else REAL_PNGS]
+        images = images[: 1 + int(abs(value)) % 2]
+        if case.media_type == "multipart/form-data":  # uploaded files
+            _upload(case, inputs[REAL_PNGS][: len(images)])
+        else:
+            body["images"] = images
     if choice == AS_GENERATED:
         return case
-    body = case.body
     if isinstance(body, dict):
-        if "images" in body:
-            images = inputs[choice][: 1 + int(abs(value)) % 2]
-            if case.media_type == "multipart/form-data":  # uploaded files
-                images = [base64.b64decode(png) for png in inputs[REAL_PNGS][: len(images)]]
-            body["images"] = images
         if "latents" in body:
             shape = (VAE_LATENT_DIM,) if body.get("model") == "vae" else IMAGE_SHAPE
             body["latents"] = [np.full(shape, value).tolist()]
@@ -182,6 +197,31 @@ def with_real_inputs(
     return case
 
 
+def _upload(case: Any, pngs: list[str]) -> None:
+    """The case's uploaded ``images`` parts replaced by real PNG files."""
+    from schemathesis.transport.serialization import Binary
+
+    with _keeping_mode(case):
+        case.body["images"] = [Binary(base64.b64decode(png)) for png in pngs]
+
+
+@contextlib.contextmanager
+def _keeping_mode(case: Any) -> Iterator[None]:
+    """Edit a multipart case's body without changing its generation mode. schemathesis
+    re-validates a modified body when its checks read the case and counts any body holding
+    files as invalid, which would turn a valid upload into a 'negative' case; the edits here
+    (real PNG files, smaller options) keep a valid body valid."""
+    if case.media_type != "multipart/form-data":
+        yield
+        return
+    meta = case.meta
+    mode, components = meta.generation.mode, dict(meta.components)
+    yield
+    meta = case.meta  # re-validated here
+    meta.generation.mode = mode
+    meta.components.update(components)
+
+
 def fuzz(
     spec: dict[str, Any],
     send: Send,
@@ -190,10 +230,14 @@ def fuzz(
     seed_value: int = 0,
     base_url: str = "http://testserver",
     task_ids: dict[str, str] | None = None,
+    stateful_examples: int = 0,
+    stateful_steps: int = 5,
     log: Callable[[str], None] = lambda line: None,
 ) -> FuzzReport:
-    """Send every operation of ``spec`` its generated requests through ``send``; check each
-    response against the contract. Failures are recorded, not raised, so one run finds all."""
+    """Send every operation of ``spec`` its generated requests through ``send``, then
+    ``stateful_examples`` stateful scenarios of up to ``stateful_steps`` linked requests;
+    check each response against the contract. Failures are recorded, not raised, so one run
+    finds all."""
     import schemathesis
     from schemathesis import GenerationMode
 
@@ -202,7 +246,7 @@ def fuzz(
     real_inputs = st.builds(
         dict,
         choice=st.sampled_from(CHOICES),
-        value=st.floats(allow_nan=False, allow_infinity=False),
+        value=st.floats(-MAX_LATENT_ABS, MAX_LATENT_ABS),
         inputs=st.just(sample_inputs()),
         task_ids=st.just(dict(task_ids or {})),
     )
@@ -226,8 +270,64 @@ def fuzz(
                 failure.message = str(error)[:2000]
                 report.failures.append(failure)
             log(f"{operation.label} {mode.value}: {time.monotonic() - began:.1f} s")
+    if stateful_examples:
+        began = time.monotonic()
+        machine = _state_machine(schema, send, base_url, report, sample_inputs())
+        try:
+            machine.run(
+                settings=settings(
+                    max_examples=stateful_examples,
+                    stateful_step_count=stateful_steps,
+                    phases=[Phase.generate],
+                    database=None,
+                    deadline=None,
+                    suppress_health_check=list(HealthCheck),
+                )
+            )
+        except Exception as error:  # failures are recorded; this is the run itself failing
+            failure = Failure(STATEFUL, "stateful", 0, type(error).__name__, str(error)[:2000], "")
+            report.failures.append(failure)
+        log(f"{STATEFUL}: {time.monotonic() - began:.1f} s")
     report.seconds = time.monotonic() - start
     return report
+
+
+STATEFUL = "stateful scenarios"
+
+
+def _state_machine(
+    schema: Any, send: Send, base_url: str, report: FuzzReport, inputs: dict[str, list[Any]]
+) -> Any:
+    """schemathesis' stateful phase (the links it infers between operations), sending through
+    ``send`` with the same cost caps and real images, recording what the checks find."""
+    from schemathesis.core.transport import Response
+
+    class Machine(schema.as_state_machine()):  # type: ignore[misc]
+        def call(self, case: Any, **kwargs: Any) -> Any:
+            affordable(case)
+            with_real_inputs(case, REAL_PNGS, 0.0, inputs, {})
+            response = send(case.as_transport_kwargs(base_url=base_url))
+            report.examples[STATEFUL] += 1
+            report.statuses[response.status_code] += 1
+            return Response.from_any(response)
+
+        def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any) -> None:
+            recorder = getattr(self, "recorder", None)
+            for failure in contract_failures(case, response, recorder):
+                report.failures.append(_failure(STATEFUL, "stateful", case, response, failure))
+
+    return seed(report.seed)(Machine)
+
+
+def _failure(label: str, mode: str, case: Any, response: Any, failure: Exception) -> Failure:
+    return Failure(
+        operation=label,
+        mode=mode,
+        status=response.status_code,
+        check=getattr(failure, "title", type(failure).__name__),
+        message=str(failure)[:2000],
+        curl=case.as_curl_command(headers=None)[:2000],
+    )
 
 
 def _runner(
@@ -250,40 +350,27 @@ def _runner(
         report.examples[label] += 1
         report.statuses[response.status_code] += 1
         for failure in contract_failures(case, response):
-            report.failures.append(
-                Failure(
-                    operation=label,
-                    mode=mode,
-                    status=response.status_code,
-                    check=getattr(failure, "title", type(failure).__name__),
-                    message=str(failure)[:2000],
-                    curl=case.as_curl_command(headers=None)[:2000],
-                )
-            )
+            report.failures.append(_failure(label, mode, case, response, failure))
 
     return run
 
 
-def contract_failures(case: Any, response: Any) -> list[Exception]:
-    """What is wrong with ``response`` to ``case`` by the contract: a 5xx, an undocumented
-    status code or content type, a body that its documented schema does not allow."""
-    from schemathesis.checks import not_a_server_error
-    from schemathesis.specs.openapi.checks import (
-        content_type_conformance,
-        response_schema_conformance,
-        status_code_conformance,
-    )
+def contract_failures(case: Any, response: Any, recorder: Any = None) -> list[Exception]:
+    """What is wrong with ``response`` to ``case`` by the contract, by every check
+    schemathesis has (those of ``st run --checks all``): a 5xx; an undocumented status code,
+    content type, header or body; a schema-valid request refused (a 400) or a schema-violating
+    one accepted; a 405 without the documented ``Allow``; ``recorder``: the stateful phase's,
+    for the checks that look at earlier requests."""
+    from schemathesis.checks import CHECKS, is_check_class, load_all_checks
 
-    checks = [
-        not_a_server_error,
-        status_code_conformance,
-        content_type_conformance,
-        response_schema_conformance,
-    ]
+    load_all_checks()
+    checks = [check for check in CHECKS.get_all() if not is_check_class(check)]
     try:
-        case.validate_response(response, checks=checks)
+        case.validate_response(response, checks=checks, recorder=recorder)
     except BaseExceptionGroup as group:  # schemathesis' FailureGroup
         return list(group.exceptions)
+    except AssertionError as failure:  # one failure, not grouped
+        return [failure]
     return []
 
 

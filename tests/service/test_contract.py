@@ -6,7 +6,7 @@ import base64
 import pytest
 from service_testing import png_b64
 
-from load_tests.fuzz import TASKS, as_httpx, contract_failures, fuzz, submit_task
+from load_tests.fuzz import STATEFUL, TASKS, as_httpx, contract_failures, fuzz, submit_task
 
 BASE_URL = "http://testserver"  # the in-process client's
 
@@ -44,22 +44,34 @@ def _exchange(client, contract, method, path, **case_fields):
 @pytest.mark.slow
 def test_every_operation_keeps_the_published_contract(client, document):
     """schemathesis sends every operation in /docs.json (JSON bodies, multipart uploads, query
-    parameters) 5 positive and 5 negative generated requests, seeded, without shrinking
-    (about 220 requests, ~20 s on 2 cores), and checks each answer: no 5xx, a documented
-    status code and content type, a body valid by its documented schema.
+    parameters) 5 positive and 5 negative generated requests, then 5 stateful scenarios of
+    up to 5 linked requests (a task's submit, then its status, get, cancel), seeded, without
+    shrinking, and checks each answer with all its checks (``st run --checks all``): no 5xx;
+    a documented status code, content type, headers and body; every schema-valid request
+    accepted (no 400: the per-model rules are in the document) and every schema-violating
+    one refused.
 
     Limited, as load_tests/fuzz.py explains: costs are capped (DDIM steps <= 4, n <= 2,
-    k <= 8, also for DDPM ancestral sampling; the 1,000-call vlb_exact bound becomes vlb_mc),
-    half of the valid requests carry real images, latents or the id of a task of their own
-    kind (BentoML answers any task's id at any task's routes, with the other task's result).
-    The longer run is ``python -m load_tests.fuzz`` (README)."""
+    k <= 8 but /score's, also for DDPM ancestral sampling; the 1,000-call vlb_exact bound
+    becomes vlb_mc), every valid request's images are real ones (no schema says a string is
+    a 28x28 PNG: the one deliberate rejection, docs/http_api.md), and half of them carry
+    latents or the id of a task of their own kind. The longer run is
+    ``python -m load_tests.fuzz`` (README), and ``st run`` against a server."""
     task_ids = {name: submit_task(client, BASE_URL, name, body) for name, body in TASKS.items()}
-    report = fuzz(document, _sender(client), max_examples=5, seed_value=0, task_ids=task_ids)
+    report = fuzz(
+        document,
+        _sender(client),
+        max_examples=5,
+        seed_value=0,
+        task_ids=task_ids,
+        stateful_examples=5,
+        stateful_steps=5,
+    )
     assert not report.failures, report.summary()
     operations = {
         f"{method.upper()} {path}" for path, item in document["paths"].items() for method in item
     }
-    assert set(report.examples) == operations, "operations never sent a request"
+    assert set(report.examples) == operations | {STATEFUL}, "operations never sent a request"
 
 
 # What the first runs found, one request each --------------------------------------------
