@@ -173,3 +173,144 @@ def test_uploads_and_get_models_are_documented(client, contract, test_images):
     assert failures == []
     response, failures = _exchange(client, contract, "GET", "/models")
     assert response.status_code == 200 and failures == []
+
+
+# What the strict run (all checks, stateful phase; issue 21) found, one request each ----------
+
+
+def _schema_valid(contract, path, body, media_type="application/json"):
+    """Whether ``body`` is valid by the published request schema, as schemathesis judges."""
+    from schemathesis.core.jsonschema import make_validator
+
+    operation = contract[path]["POST"]
+    alternative = operation.get_body_for_media_type(media_type)
+    validator = make_validator(
+        alternative.validation_schema, contract.adapter.jsonschema_validator_cls
+    )
+    return validator.is_valid(body)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/decode", {"model": "vae", "latents": [[]], "output": "array", "steps": 1}),
+        ("/decode", {"model": "vae", "latents": [[0.0] * 3]}),
+        ("/sample", {"model": "vae", "sampler": "", "steps": 1}),
+        ("/sample", {"model": "vae", "eta": 0.0}),
+        ("/sample", {"model": "ddpm", "sampler": "ancestral", "eta": 0.5}),
+        ("/sample", {"model": "ddpm", "temperature": 1.0}),
+        ("/encode", {"model": "vae", "images": [[[0] * 28] * 28], "steps": 1}),
+        ("/encode", {"model": "vae", "images": [[[0] * 27] * 28]}),
+        ("/likelihood", {"model": "vae", "images": [[[0] * 28] * 28], "k": 1}),
+        ("/likelihood", {"model": "vae", "images": [[[0] * 28] * 28], "method": "vlb_mc"}),
+        ("/score", {"model": "vae", "images": [[[0] * 28] * 28], "method": "iwae", "k": 1}),
+        ("/score", {"model": "vae", "images": [[[0] * 28] * 28], "method": "iwae", "maps": True}),
+    ],
+)
+def test_per_model_rules_are_published(client, contract, path, body):
+    """Each of these was schema-valid and answered 400 (a rule of the model's kind the
+    document did not state); now the document refuses it, and the service still does."""
+    assert not _schema_valid(contract, path, body)
+    response, failures = _exchange(client, contract, "POST", path, body=body)
+    assert response.status_code == 400 and failures == []
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/decode", {"model": "vae", "latents": [[0.0] * 32], "steps": None}),
+        ("/sample", {"model": "ddpm", "sampler": "ancestral", "steps": 2, "n": 1}),
+        ("/sample", {"model": "vae", "temperature": 0.5, "sample_pixels": True}),
+        ("/likelihood", {"model": "vae", "images": [[[0] * 28] * 28], "method": "iwae", "k": 2}),
+    ],
+)
+def test_requests_the_published_rules_allow_are_served(client, contract, path, body):
+    assert _schema_valid(contract, path, body)
+    response, failures = _exchange(client, contract, "POST", path, body=body)
+    assert response.status_code == 200, response.text
+    assert failures == []
+
+
+def test_get_models_ignores_a_body_and_lists_its_methods(client):
+    """A multipart Content-Type without a boundary on GET /models was a 500; OPTIONS said
+    Allow: POST, not the documented GET and POST."""
+    response = client.get("/models", headers={"Content-Type": "multipart/form-data"})
+    assert response.status_code == 200 and "vae" in response.json()["models"]
+    response = client.options("/models")
+    assert response.status_code == 405 and response.headers["Allow"] == "GET, POST"
+
+
+def test_task_routes_answer_other_methods_405_with_allow(client):
+    response = client.options("/sample_task/cancel", params={"task_id": "x"})
+    assert response.status_code == 405 and response.headers["Allow"] == "PUT, POST"
+    response = client.get("/likelihood_task/submit")
+    assert response.status_code == 405 and response.headers["Allow"] == "POST"
+
+
+def test_form_fields_declared_strings_stay_text(client, test_images):
+    """A method named '0' in a form is the string '0' (it was parsed as the number 0, a type
+    error the document does not allow), refused as a method the model does not offer."""
+    png = base64.b64decode(png_b64(test_images[0]))
+    data = {"model": "vae", "method": "0"}
+    response = client.post("/likelihood", data=data, files=[("images", ("a.png", png))])
+    assert response.status_code == 400 and response.json()["field"] == "method"
+    assert "offers" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("route", "body"),
+    [
+        ("sample_task", {"model": "vae", "sample_pixels": 0}),  # strict: 0 is not a boolean
+        ("sample_task", {"model": "vae", "eta": 0}),  # a vae takes no eta
+        ("likelihood_task", {"model": "vae", "images": ["%%%"]}),  # not a PNG
+        ("likelihood_task", {"model": "vae", "images": [[[0] * 28] * 28], "bogus": 1}),
+    ],
+)
+def test_task_submissions_refuse_at_once_what_the_task_would_refuse(client, route, body):
+    """They were accepted (200, a task id) and failed later, or (unknown fields in a form,
+    0 for a boolean) ran with the value coerced."""
+    response = client.post(f"/{route}/submit", json=body)
+    assert response.status_code == 400, response.text
+
+
+def test_task_submission_of_unknown_form_fields_is_refused(client, test_images):
+    png = base64.b64decode(png_b64(test_images[0]))
+    response = client.post(
+        "/likelihood_task/submit",
+        data={"model": "vae", "bogus": "1"},
+        files=[("images", ("a.png", png))],
+    )
+    assert response.status_code == 400 and "bogus" in response.text
+
+
+def test_a_task_submission_that_is_not_utf8_is_a_400(client):
+    response = client.post(
+        "/likelihood_task/submit",
+        content=b"\xff\xfeB\x7f",
+        headers={"Content-Type": "application/json"},
+    )
+    assert response.status_code == 400 and response.json()["detail"]
+
+
+def test_a_task_id_is_answered_only_at_its_own_kinds_routes(client):
+    """The stateful phase followed a sample task's id to /likelihood_task/get, answered with
+    a sample (a body of the other route's schema); the task store answers 404 there."""
+    task_id = submit_task(client, BASE_URL, "sample_task", TASKS["sample_task"])
+    for action in ("status", "get"):
+        response = client.get(f"/likelihood_task/{action}", params={"task_id": task_id})
+        assert response.status_code == 404
+    assert client.get("/sample_task/get", params={"task_id": task_id}).status_code == 200
+
+
+def test_task_routes_are_documented_as_served(document):
+    """An empty task id is refused by the document; get's 409 is documented; POST cancel is
+    documented; BentoML's retry, which the task store does not serve, is not."""
+    paths = document["paths"]
+    assert not any(path.endswith("/retry") for path in paths)
+    for kind in ("sample_task", "likelihood_task"):
+        (parameter,) = paths[f"/{kind}/status"]["get"]["parameters"]
+        assert parameter["schema"]["minLength"] == 1
+        assert "409" in paths[f"/{kind}/get"]["get"]["responses"]
+        assert set(paths[f"/{kind}/cancel"]) == {"put", "post"}
+        assert paths[f"/{kind}/submit"]["post"]["requestBody"]["required"] is True
+    assert "409" in paths["/task_progress"]["post"]["responses"]
