@@ -86,6 +86,15 @@ class FuzzReport:
     statuses: Counter = field(default_factory=Counter)  # responses, per status code
     failures: list[Failure] = field(default_factory=list)
     seconds: float = 0.0
+    submitted: list[tuple[str, str]] = field(default_factory=list)  # (task route, id) accepted
+
+    def count(self, label: str, case: Any, response: Any) -> None:
+        """One more request of ``label`` answered ``response``; a task accepted is noted."""
+        self.examples[label] += 1
+        self.statuses[response.status_code] += 1
+        route, _, action = case.operation.path.strip("/").partition("/")
+        if action == "submit" and response.status_code == 200:
+            self.submitted.append((route, response.json()["task_id"]))
 
     @property
     def total(self) -> int:
@@ -307,8 +316,7 @@ def _state_machine(
             affordable(case)
             with_real_inputs(case, REAL_PNGS, 0.0, inputs, {})
             response = send(case.as_transport_kwargs(base_url=base_url))
-            report.examples[STATEFUL] += 1
-            report.statuses[response.status_code] += 1
+            report.count(STATEFUL, case, response)
             return Response.from_any(response)
 
         def validate_response(self, response: Any, case: Any, *args: Any, **kwargs: Any) -> None:
@@ -347,8 +355,7 @@ def _runner(
     def run(case: Any) -> None:
         affordable(case)
         response = send(case.as_transport_kwargs(base_url=base_url))
-        report.examples[label] += 1
-        report.statuses[response.status_code] += 1
+        report.count(label, case, response)
         for failure in contract_failures(case, response):
             report.failures.append(_failure(label, mode, case, response, failure))
 

@@ -140,7 +140,7 @@ async function sampleAsTask(body) {
       $("progress").value = p.fraction;
       $("progress-text").textContent = `${p.done} of ${p.total} network calls`;
     } catch (error) {
-      if (error.status !== 400) throw error; // 400: no progress recorded yet
+      if (error.status !== 409) throw error; // 409: no progress recorded yet
     }
     const { status } = await call(`/sample_task/status?task_id=${encodeURIComponent(id)}`);
     if (status === "completed") break;
