@@ -165,9 +165,19 @@ def affordable(case: Any) -> None:
                 body[name] = most
         if body.get("model") == "ddpm" and body.get("method") == "vlb_exact":
             body["method"] = "vlb_mc"
+        takes_k = case.operation.path.startswith("/likelihood")  # /score: the calibration's
+        if takes_k and body.get("k") is None and _takes_k(body):
+            body["k"] = MAX_K  # not the defaults: 100 (iwae), 20 (vlb_mc)
         takes_steps = case.operation.path.startswith(STEPS_PATHS)
-        if takes_steps and body.get("model") == "ddpm" and body.get("sampler") in DDPM_SAMPLERS:
-            body.setdefault("steps", MAX_STEPS)  # defaults: 50 (DDIM), 1,000 (ancestral)
+        ddpm_steps = body.get("model") == "ddpm" and body.get("sampler") in DDPM_SAMPLERS
+        if takes_steps and ddpm_steps and body.get("steps") is None:
+            body["steps"] = MAX_STEPS  # left out or null: 50 (DDIM), 1,000 (ancestral)
+
+
+def _takes_k(body: dict[str, Any]) -> bool:
+    """Whether the body's bound (of the bundled models) takes k."""
+    method = body.get("method")
+    return method == "iwae" or (body.get("model") == "ddpm" and method in (None, "vlb_mc"))
 
 
 def _is_int(value: Any) -> bool:
