@@ -235,8 +235,7 @@ class ModelCalls:
         bad value is a 400 at once, not a task that fails later. Tasks have no cost ceiling."""
         served = self.served(request.model)
         if isinstance(request, SampleRequest):
-            given = _given(request, SAMPLE_OPTIONS)
-            served.kind.sample_options_for(served.model, request.sampler, given)
+            served.sample_options(request.sampler, _given(request, SAMPLE_OPTIONS))
             return
         check_k(served.method(request.method), request.k)
         self._images(served, request.images)

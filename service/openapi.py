@@ -265,13 +265,15 @@ def _sample_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]
     from service.schemas import SAMPLE_OPTIONS
 
     options = info["options"]["sample"]
+    # The sampler a request that names none runs: the card's serving default, else the first.
+    default = (info.get("default_sample") or {}).get("sampler", info["samplers"][0])
     variants = []
-    for index, sampler in enumerate(info["samplers"]):
+    for sampler in info["samplers"]:
         runs_with = set(info["sampler_defaults"][sampler]) - {"sampler"}
         taken = {option: options.get(option, {}) for option in runs_with}
         variants.append(
             {
-                "sampler": _nullable_enum([sampler], allow_null=index == 0),
+                "sampler": _nullable_enum([sampler], allow_null=sampler == default),
                 **_options(SAMPLE_OPTIONS, taken),
             }
         )

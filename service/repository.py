@@ -92,14 +92,14 @@ class ServedModel:
         (/score takes only that k)."""
         from typing import get_args
 
-        from service.errors import MissingCalibrationError
+        from models.eval.plan import NoCalibrationError
         from service.schemas import Correction
 
         calibrated = {}
         for correction in get_args(Correction):
             try:
-                calibrated[correction] = self.calibration(method, correction).k
-            except MissingCalibrationError:
+                calibrated[correction] = self.scoring.plan(method, None, correction).k
+            except NoCalibrationError:
                 continue
         return calibrated
 
