@@ -295,8 +295,9 @@ def _likelihood_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, A
 
 
 def _score_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per bound and calibrated k: /score takes only the k a correction's calibration used;
-    a correction the card does not calibrate is a 409 whatever k is."""
+    """Per bound and calibration: /score takes only the k a correction's calibration used
+    and a false-positive rate it resolves; a correction the card does not calibrate is a 409
+    whatever k and fpr are."""
     from typing import get_args
 
     from service.schemas import Correction
@@ -306,16 +307,22 @@ def _score_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
         common = {"method": _nullable_enum([method], allow_null=index == 0)}
         if not described.get("maps"):
             common["maps"] = {"enum": [False]}
-        calibrated: dict[Any, list[str]] = {}
-        for correction, k in described.get("score_k", {}).items():
-            calibrated.setdefault(k, []).append(correction)
-        uncalibrated = [c for c in get_args(Correction) if c not in described.get("score_k", {})]
-        if described["k_range"] is None:
-            variants.append({**common, "k": dict(NULL_ONLY)})
-            continue
-        for k, corrections in calibrated.items():
-            k_schema = _nullable_enum([k], allow_null=True) if k is not None else dict(NULL_ONLY)
-            variants.append({**common, "correction": {"enum": corrections}, "k": k_schema})
+        scores = described.get("scores", {})
+        calibrated: dict[tuple[Any, float], list[str]] = {}
+        for correction, score in scores.items():
+            calibrated.setdefault((score["k"], score["min_fpr"]), []).append(correction)
+        takes_k = described["k_range"] is not None
+        for (k, min_fpr), corrections in calibrated.items():
+            k_schema = _nullable_enum([k], allow_null=True) if takes_k else dict(NULL_ONLY)
+            variants.append(
+                {
+                    **common,
+                    "correction": {"enum": corrections},
+                    "k": k_schema,
+                    "fpr": {"minimum": min_fpr},
+                }
+            )
+        uncalibrated = [c for c in get_args(Correction) if c not in scores]
         if uncalibrated:
             variants.append({**common, "correction": {"enum": uncalibrated}, "k": _k(described)})
     return variants

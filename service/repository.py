@@ -87,20 +87,22 @@ class ServedModel:
 
         return plan_for(self.scoring, request)
 
-    def _score_k(self, method: str) -> dict[str, int | None]:
-        """Per correction the card calibrates ``method`` for, the k its calibration used
-        (/score takes only that k)."""
+    def _scores(self, method: BoundMethod) -> dict[str, dict[str, Any]]:
+        """Per correction the card calibrates ``method`` for, what /score then takes: only
+        the k its calibration used, and a false-positive rate the calibration resolves."""
         from typing import get_args
 
-        from models.eval.plan import NoCalibrationError
+        from models.eval.plan import NoCalibrationError, score_k
         from service.schemas import Correction
 
         calibrated = {}
         for correction in get_args(Correction):
             try:
-                calibrated[correction] = self.scoring.plan(method, None, correction).k
+                entry = self.scoring.calibration_of(method.name, correction)
             except NoCalibrationError:
                 continue
+            k = score_k(method, None, entry.k)
+            calibrated[correction] = {"k": k, "min_fpr": entry.calibration.min_fpr}
         return calibrated
 
     @property
@@ -117,7 +119,7 @@ class ServedModel:
                 "k_range": m.k_range,
                 "default_k": m.default_k,
                 "maps": m.run_per_dim is not None,
-                "score_k": self._score_k(name),
+                "scores": self._scores(m),
             }
             for name, m in self.kind.methods(self.model).items()
         }

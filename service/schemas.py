@@ -362,6 +362,14 @@ class ImageInfo(_Schema):
     mode: str = Field(description="The PNG mode of its images: 'L' (grayscale) or 'RGB'.")
 
 
+class ScoreCalibrationInfo(_Schema):
+    k: int | None = Field(description="The k the calibration used: the only k /score takes.")
+    min_fpr: float = Field(
+        description="The smallest false-positive rate its calibration images resolve: the "
+        "least `fpr` /score takes."
+    )
+
+
 class MethodInfo(_Schema):
     description: str
     k_range: list[int] | None = Field(description="Inclusive k range; null: takes no k.")
@@ -369,10 +377,10 @@ class MethodInfo(_Schema):
     maps: bool = Field(
         False, description="Whether /score can map it pixel by pixel (it has a per-pixel form)."
     )
-    score_k: dict[str, int | None] = Field(
+    scores: dict[str, ScoreCalibrationInfo] = Field(
         default_factory=dict,
-        description="Per /score correction the model card calibrates it for, the k that "
-        "calibration used: the only k /score takes (a correction not listed is a 409).",
+        description="Per /score correction the model card calibrates it for, what /score "
+        "takes with it (a correction not listed is a 409).",
     )
 
 

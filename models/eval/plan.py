@@ -260,6 +260,13 @@ class Scoring:
             map_normalisation=map_normalisation,
         )
 
+    def calibration_of(self, method: str, correction: str) -> CalibratedScore:
+        """The card's calibration of ``method`` (a bound the model offers) under
+        ``correction``: what :meth:`plan` scores against (its k, its smallest resolvable
+        rate). NoCalibrationError when the card has none (for 'ratio': no background)."""
+        self._background_for(correction)
+        return self._calibrated(method, correction)
+
     def _background_for(self, correction: str) -> Background | None:
         if correction != RATIO_CORRECTION:
             return None
