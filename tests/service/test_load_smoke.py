@@ -27,7 +27,7 @@ REQUEST_NAMES = {
 # Equal user weights, and more batches and DDPM scores than real traffic, so that 20 s reach
 # every request name even when the DDPM's requests take a second each on a busy CPU.
 SMOKE_TRAFFIC = ["--weight-scoring", "1", "--weight-sampling", "1", "--weight-bounds", "1"]
-SMOKE_TRAFFIC += ["--batch-share", "0.3", "--ddpm-score-share", "0.4", "--ddim-steps", "4"]
+SMOKE_TRAFFIC += ["--batch-share", "0.5", "--ddpm-score-share", "0.4", "--ddim-steps", "4"]
 SMOKE_TRAFFIC += ["--pool-size", "32"]
 
 
