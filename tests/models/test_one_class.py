@@ -3,25 +3,29 @@ scale (two classes, a few training steps, a few hundred test images)."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from models.eval.one_class import SCORES, class_aurocs, main, markdown_table
+from models.eval.one_class import SCORES, class_aurocs, codec_terms, main, markdown_table
 
 
 def _terms(rng: np.random.Generator, n: int, shift: np.ndarray) -> dict[str, np.ndarray]:
     recon = rng.normal(1000, 50, n) + shift * 200
     kl = rng.normal(20, 3, n) + shift * 10
-    png = rng.normal(4, 0.5, n)
     d = 784 * np.log(2)
     return {
         "reconstruction_nats": recon,
         "kl_nats": kl,
         "elbo_bits_per_dim": (recon + kl) / d,
-        "png_bits_per_dim": png,
+        "png_bits_per_dim": rng.normal(4, 0.5, n),
+        "webp_bits_per_dim": rng.normal(3, 0.5, n),
+        "lzma_bits_per_dim": rng.normal(3.5, 0.5, n),
     }
 
 
@@ -35,6 +39,30 @@ def test_class_aurocs_score_the_class_as_normal_and_the_rest_as_anomalies():
     expected = roc_auc_score(labels != 3, test["elbo_bits_per_dim"])
     assert aurocs["elbo"] == pytest.approx(expected)
     assert aurocs["terms_gaussian"] > 0.9  # both terms shift for the other classes
+    for codec in ("png", "webp", "lzma"):
+        corrected = test["elbo_bits_per_dim"] - test[f"{codec}_bits_per_dim"]
+        assert aurocs[f"elbo_minus_{codec}"] == pytest.approx(roc_auc_score(labels != 3, corrected))
+
+
+def test_scores_whose_terms_were_not_measured_are_left_out():
+    rng = np.random.default_rng(1)
+    labels = np.repeat(np.arange(10), 20)
+    test = _terms(rng, len(labels), (labels != 0).astype(float))
+    del test["webp_bits_per_dim"]
+    aurocs = class_aurocs(test, _terms(rng, 50, np.zeros(50)), labels, normal=0)
+    assert "elbo_minus_webp" not in aurocs and "elbo_minus_lzma" in aurocs
+
+
+def test_codec_terms_are_each_codecs_own_output_size_in_bits_per_dim():
+    images = torch.randint(0, 256, (3, 1, 28, 28), generator=torch.Generator().manual_seed(0))
+    images = images.to(torch.uint8)
+    terms = codec_terms(images)
+    first = images[0, 0].numpy()
+    webp = io.BytesIO()
+    Image.fromarray(first, mode="L").save(webp, format="WEBP", lossless=True, quality=100, method=6)
+    assert set(terms) == {"webp_bits_per_dim", "lzma_bits_per_dim"}
+    assert terms["webp_bits_per_dim"][0].item() == pytest.approx(8 * len(webp.getvalue()) / 784)
+    assert terms["lzma_bits_per_dim"].shape == (3,)
 
 
 def test_markdown_table_has_a_row_per_class_and_the_mean():
