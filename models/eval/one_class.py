@@ -75,6 +75,23 @@ def train_on_folder(
     return run / "checkpoint", held_out.validation
 
 
+def train_background(run: Path, mutation_rate: float, threads: int) -> Path:
+    """``python -m models.train vae --background-of RUN --mutation-rate R`` (resumable): the
+    class model's background (Ren et al. 2019), same config, trained on its class's images
+    with each value replaced by a uniform draw with probability R; its exported checkpoint."""
+    from models import train
+
+    background = run.parent / f"{run.name}_background"
+    if not (background / "checkpoint" / "training.json").exists() or _steps_done(
+        background
+    ) < _steps_done(run):
+        command = ["vae", "--background-of", str(run), "--out", str(background)]
+        command += ["--mutation-rate", str(mutation_rate), "--threads", str(threads)]
+        if train.main(command) != 0:
+            raise SystemExit(f"training the background of {run} failed")
+    return background / "checkpoint"
+
+
 def _steps_done(run: Path) -> int:
     training = run / "checkpoint" / "training.json"
     return json.loads(training.read_text())["steps_done"] if training.exists() else 0
@@ -111,6 +128,12 @@ def per_image_terms(checkpoint: Path, images: torch.Tensor, iwae_k: int) -> dict
 def codec_terms(images: torch.Tensor) -> dict[str, torch.Tensor]:
     """uint8 (N, C, H, W) -> each extra codec's codelength, ``<codec>_bits_per_dim``: (N,)."""
     return {f"{codec}_bits_per_dim": codec_bits_per_dim(images, codec) for codec in EXTRA_CODECS}
+
+
+def background_terms(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
+    """The background model's -ELBO in bits/dim per image: (N,), the same draws as the
+    foreground's (:func:`per_image_terms`, seed 0)."""
+    return per_image_terms(checkpoint, images, iwae_k=0)["elbo_bits_per_dim"]
 
 
 # Score methods: per-image terms -> score (higher is more anomalous). Each sees the test
@@ -154,6 +177,11 @@ SCORES: dict[str, tuple[tuple[str, ...], ScoreFn]] = {
         for bound in ("elbo", "iwae")
         for codec in ("png", *EXTRA_CODECS)
     },
+    # Ren et al. 2019, Eq. 5 as codelengths: the foreground's bound minus its background's.
+    "elbo_ratio": (
+        ("elbo_bits_per_dim", "background_elbo_bits_per_dim"),
+        lambda test, _: test["elbo_bits_per_dim"] - test["background_elbo_bits_per_dim"],
+    ),
     "terms_gaussian": (TERMS, _term_density("gaussian")),
     "terms_kde": (TERMS, _term_density("kde")),
 }
@@ -196,6 +224,12 @@ def _train_and_score(
     trained = time.perf_counter()
     test_terms = per_image_terms(checkpoint, test, args.iwae_k)
     validation_terms = per_image_terms(checkpoint, validation_images, args.iwae_k)
+    if args.background_mutation_rate is not None:
+        background = train_background(run, args.background_mutation_rate, args.threads)
+        test_terms["background_elbo_bits_per_dim"] = background_terms(background, test)
+        validation_terms["background_elbo_bits_per_dim"] = background_terms(
+            background, validation_images
+        )
     np.savez(
         run / "scores.npz",
         labels=test_labels.numpy(),
@@ -211,6 +245,27 @@ def _train_and_score(
     }
 
 
+def _saved_terms(args: argparse.Namespace, run: Path, test: torch.Tensor):
+    """A scored class's saved terms (test, validation, labels), with the test terms a later
+    score needs added and saved: the extra codecs, and the background's bound when asked."""
+    saved = np.load(run / "scores.npz")
+    arrays = {name: saved[name] for name in saved.files}
+    added = {}
+    if any(f"test_{codec}_bits_per_dim" not in arrays for codec in EXTRA_CODECS):
+        added = {f"test_{k}": v.numpy() for k, v in codec_terms(test).items()}
+    wanted = "test_background_elbo_bits_per_dim"
+    if args.background_mutation_rate is not None and wanted not in arrays:
+        background = train_background(run, args.background_mutation_rate, args.threads)
+        added[wanted] = background_terms(background, test)
+    added = {name: values for name, values in added.items() if name not in arrays}
+    if added:
+        arrays.update(added)
+        np.savez(run / "scores.npz", **arrays)
+    test_terms = {n[5:]: v for n, v in arrays.items() if n.startswith("test_")}
+    validation_terms = {n[11:]: v for n, v in arrays.items() if n.startswith("validation_")}
+    return test_terms, validation_terms, arrays["labels"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Fashion-MNIST one-class protocol.")
     parser.add_argument("--out", type=Path, required=True)
@@ -220,6 +275,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--data-root", default=None, help="Fashion-MNIST IDX directory")
     parser.add_argument("--test-images", type=int, default=None, help="default: all 10,000")
+    parser.add_argument(
+        "--background-mutation-rate",
+        type=float,
+        default=None,
+        help="also train each class model's background (Ren et al. 2019) on its class's "
+        "images mutated at this rate, and score the likelihood ratio (elbo_ratio)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     train, train_labels = load_fashion_mnist("train", args.data_root)
@@ -231,15 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     for c in args.classes:
         run = args.out / f"class_{c}"
         if (run / "scores.npz").exists():  # trained and scored: measure the scores again
-            saved = np.load(run / "scores.npz")
-            test_terms = {n[5:]: saved[n] for n in saved.files if n.startswith("test_")}
-            missing = {k: v.numpy() for k, v in codec_terms(test).items() if k not in test_terms}
-            test_terms.update(missing)  # a run saved before a codec was added
-            validation_terms = {
-                n[11:]: saved[n] for n in saved.files if n.startswith("validation_")
-            }
+            test_terms, validation_terms, labels = _saved_terms(args, run, test)
             entry = results["classes"][str(c)]
-            entry["auroc"] = class_aurocs(test_terms, validation_terms, saved["labels"], c)
+            entry["auroc"] = class_aurocs(test_terms, validation_terms, labels, c)
         else:
             entry = _train_and_score(args, c, run, train[train_labels == c], test, test_labels)
             results["classes"][str(c)] = entry

@@ -94,5 +94,18 @@ def test_the_protocol_runs_end_to_end_from_class_folders(tmp_path):
         assert 0.0 <= entry["auroc"]["elbo"] <= 1.0
         assert entry["validation_images"] == 600  # 10% of the class's 6,000 training images
         assert len(list((out / "data" / f"class_{c}").glob("*.png"))) == 6000
-    # A second run re-measures from the saved per-image terms, without training again.
-    assert main([*args, "--test-images", "300", "--threads", "1"]) == 0
+    assert "elbo_ratio" not in results["classes"]["0"]["auroc"]
+    # A second run re-measures from the saved per-image terms, without training the class
+    # models again; asked for the likelihood ratio, it trains each class's background.
+    weights = out / "class_0" / "checkpoint" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    again = [*args, "--test-images", "300", "--threads", "1", "--background-mutation-rate", "0.2"]
+    assert main(again) == 0
+    assert weights.stat().st_mtime_ns == before
+    background = json.loads((out / "class_0_background/checkpoint/training.json").read_text())
+    assert background["experiment"]["background"]["mutation_rate"] == 0.2
+    saved = np.load(out / "class_0" / "scores.npz")
+    ratio = saved["test_elbo_bits_per_dim"] - saved["test_background_elbo_bits_per_dim"]
+    results = json.loads((out / "results.json").read_text())
+    expected = roc_auc_score(saved["labels"] != 0, ratio)
+    assert results["classes"]["0"]["auroc"]["elbo_ratio"] == pytest.approx(expected)
