@@ -63,6 +63,7 @@ CHOICES = (AS_GENERATED, REAL_PNGS, AS_GENERATED, REAL_ARRAYS)
 TASKS = {
     "sample_task": {"model": "vae", "n": 1, "seed": 0},
     "likelihood_task": {"model": "vae", "images": [[[0] * 28] * 28]},
+    "score_task": {"model": "vae", "images": [[[0] * 28] * 28]},
 }
 
 Send = Callable[[dict[str, Any]], Any]  # requests-style kwargs -> an httpx or requests response
