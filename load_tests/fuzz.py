@@ -63,6 +63,7 @@ CHOICES = (AS_GENERATED, REAL_PNGS, AS_GENERATED, REAL_ARRAYS)
 TASKS = {
     "sample_task": {"model": "vae", "n": 1, "seed": 0},
     "likelihood_task": {"model": "vae", "images": [[[0] * 28] * 28]},
+    "score_task": {"model": "vae", "images": [[[0] * 28] * 28]},
 }
 
 Send = Callable[[dict[str, Any]], Any]  # requests-style kwargs -> an httpx or requests response
@@ -157,7 +158,8 @@ def affordable(case: Any) -> None:
     if not isinstance(body, dict):
         return
     caps = [("steps", MAX_STEPS), ("n", MAX_N)]
-    if case.operation.path != "/score":  # /score takes only its calibration's k
+    # /score (and its task form, /score_task) takes only its calibration's k
+    if not case.operation.path.startswith("/score"):
         caps.append(("k", MAX_K))
     with _keeping_mode(case):
         for name, most in caps:

@@ -39,10 +39,14 @@ if TYPE_CHECKING:  # torch stays unimported until a kind is used: the service's 
     Generators: TypeAlias = torch.Generator | Sequence[torch.Generator]
     # term name -> (B,) values; "total_bits_per_dim" always among them
     Terms: TypeAlias = dict[str, torch.Tensor]
-Operation = Literal["sample", "likelihood", "encode", "decode"]
+Operation = Literal["sample", "likelihood", "encode", "decode", "regret"]
 ImageShape = tuple[int, int, int]  # (C, H, W)
 # The term a bound's per-dimension form adds: (B, C, H, W) nats summing to total_nats.
 TOTAL_NATS_PER_DIM = "total_nats_per_dim"
+# The terms a Likelihood Regret adds to its bound's: the bound with each image's optimised
+# posterior, (B,) in nats and bits/dim, never above the amortised total_nats.
+OPTIMISED_TOTAL_NATS = "optimised_total_nats"
+OPTIMISED_TOTAL_BITS_PER_DIM = "optimised_total_bits_per_dim"
 
 # Where kinds are found: an entry point ``name = "package.module:KindClass"`` in this group.
 ENTRY_POINT_GROUP = "elbo_serve.kinds"
@@ -73,6 +77,7 @@ class Work:
     method: str | None = None  # likelihood bound
     k: int | None = None
     options: Mapping[str, Any] | None = None  # the kind's sample/encode/decode options
+    steps: int | None = None  # "regret": optimisation steps per image
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,24 @@ class BoundMethod:
     run_per_dim: (
         Callable[[nn.Module, torch.Tensor, int | None, Generators, int], Progressive[Terms]] | None
     ) = None
+
+
+@dataclass(frozen=True)
+class RegretMethod:
+    """A Likelihood Regret (Xiao, Yan & Amit 2020, arXiv 2003.02977) of the bound ``bound``:
+    ``run(model, x, steps, learning_rate, generators, max_batch)`` yields progress and returns
+    :data:`Terms` (B,) for x (B, C, H, W) in [-1, 1]: the bound's own terms with the amortised
+    posterior (the same draws as the bound's ``run`` with the same generators) and
+    :data:`OPTIMISED_TOTAL_NATS` / :data:`OPTIMISED_TOTAL_BITS_PER_DIM`, the bound with each
+    image's posterior optimised for ``steps`` steps, never above ``total_nats``. The regret is
+    their difference, >= 0; zero steps give zero."""
+
+    bound: str  # the method whose bound is refined (one of the kind's methods)
+    description: str
+    run: Callable[[nn.Module, torch.Tensor, int, float, Generators, int], Progressive[Terms]]
+    steps_range: tuple[int, int]  # inclusive
+    default_steps: int
+    learning_rate: float  # the default; a calibration records the one it used
 
 
 @dataclass(frozen=True)
@@ -163,6 +186,21 @@ class ModelKind(Architecture, ABC):
         """x (B, C, H, W) in [-1, 1] -> (B, F) float64: :attr:`term_method`'s bound at ``k``
         split into F terms in nats (summed over dimensions) that add up to its total_nats;
         the same draws as the bound itself for the same generators."""
+
+    # Likelihood Regret: an anomaly score that re-fits each image's posterior -------------
+
+    def likelihood_regret(self, model: nn.Module) -> RegretMethod | None:
+        """The Likelihood Regret this model offers, or None: the default, for a kind with no
+        amortised posterior q(z|x) to optimise per image (a DDPM's posterior is fixed).
+        Optional: a kind written against interface version 1 without it offers none."""
+        return None
+
+    def lacks_regret(self, model: nn.Module) -> str:
+        """Why this model offers no Likelihood Regret, for the error a request gets."""
+        return (
+            f"a {self.name} model has no amortised posterior q(z|x) whose parameters can be "
+            "optimised per image"
+        )
 
     # Sampling, encoding, decoding --------------------------------------------------------
 

@@ -86,6 +86,16 @@ def anomaly_rows(name: str, card: ModelCard, columns: list[str] | None = None) -
                 d = m.sets[s].minus_png if corrected else m.sets[s].raw
                 cells.append(f"{d.auroc:.3f} / {d.fpr_at_95_tpr:.3f}")
             rows.append([name, f"{method}{k}, {label}", str(m.normal_images), *cells])
+    for method, c in card.calibration.items():  # the Likelihood Regret, where measured
+        regret = c.likelihood_regret
+        if regret is None or not regret.detection:
+            continue
+        cells = []
+        for s in outlier_columns({name: card}) if columns is None else columns:
+            d = regret.detection[s].regret if s in regret.detection else None
+            cells.append("-" if d is None else f"{d.auroc:.3f} / {d.fpr_at_95_tpr:.3f}")
+        label = f"{method}, likelihood regret ({regret.steps} steps)"
+        rows.append([name, label, str(regret.detection_normal_images), *cells])
     return rows
 
 
@@ -99,6 +109,16 @@ def calibration_rows(name: str, card: ModelCard) -> list[list[str]]:
                 for fpr, t in entry.thresholds.items()
             )
             rows.append([name, f"{method}, {kind}", str(entry.num_images), thresholds or "-"])
+        if (regret := c.likelihood_regret) is not None:
+            entry = regret.calibration
+            observed = entry.observed_fpr_on_other_normal_images or {}
+            thresholds = ", ".join(
+                f"{float(fpr):.0%}: {t:.4f}"
+                + (f" (observed {observed[fpr]:.1%})" if fpr in observed else "")
+                for fpr, t in entry.thresholds.items()
+            )
+            label = f"{method}, likelihood regret ({regret.steps} steps)"
+            rows.append([name, label, str(entry.num_images), thresholds or "-"])
     return rows
 
 

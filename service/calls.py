@@ -47,10 +47,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger("elbo_serve")
 Progress = Callable[[int, int], None]
 FEWER_IMAGES = "send fewer images (or fewer steps) per request: the cost grows with each"
-SCORE_INSTEAD = (
-    "score fewer images per request (the cost grows with each), or get the bound alone from "
-    "POST /likelihood_task/submit, which runs it in the background"
-)
 
 
 def as_task(task: str) -> str:
@@ -60,6 +56,12 @@ def as_task(task: str) -> str:
         f"without holding up cheaper requests (then GET /{task}/status?task_id=... and "
         f"GET /{task}/get?task_id=...; progress at POST /task_progress)"
     )
+
+
+SCORE_INSTEAD = (
+    "score fewer images per request (the cost grows with each, and with k or regret_steps), "
+    "or " + as_task("score_task")
+)
 
 
 def _publish_calibrations(repository: Repository, metrics: Any) -> None:
@@ -237,6 +239,10 @@ class ModelCalls:
         if isinstance(request, SampleRequest):
             served.sample_options(request.sampler, _given(request, SAMPLE_OPTIONS))
             return
+        if isinstance(request, ScoreRequest):  # its options and the card's calibration
+            served.plan(request)
+            self._images(served, request.images)
+            return
         check_k(served.method(request.method), request.k)
         self._images(served, request.images)
 
@@ -330,16 +336,43 @@ class ModelCalls:
             model=served.name, method=method.name, k=k, seed=request.seed, results=results
         )
 
-    async def score(self, request: ScoreRequest) -> ScoreResponse:
+    async def _regret(self, served: ServedModel, plan: Any, job) -> dict:
+        """The plan's Likelihood Regret: the bound's terms with the amortised posterior and
+        the optimised bound (OPTIMISED_TOTAL_BITS_PER_DIM), per image."""
+        steps, rate = plan.regret_steps, plan.regret_learning_rate
+        key = BatchKey(served.name, f"regret_{plan.method.name}", (steps, rate))
+        run = functools.partial(
+            self.runners.regret,
+            plan.regret,
+            served.model,
+            steps=steps,
+            learning_rate=rate,
+            max_batch=self.bound_call_rows,
+        )
+        cost = served.cost(Work("regret", job.rows, plan.method.name, steps=steps))
+        return await self.batcher.submit(key, run, job, job.rows, cost.gflop)
+
+    async def score(
+        self,
+        request: ScoreRequest,
+        progress: Progress | None = None,
+        synchronous: bool = True,
+    ) -> ScoreResponse:
         """Run the request's scoring plan (models.eval.plan: resolved once, from the request
         and the model's card): the bound, or the term vector, the background's bound for
-        'ratio', and the per-dimension bound for maps; the plan judges the results."""
-        from models.kinds import TOTAL_NATS_PER_DIM
+        'ratio', the Likelihood Regret (which gives the bound too) for 'regret', and the
+        per-dimension bound for maps; the plan judges the results. ``synchronous``: refused
+        past the cost ceiling (413); a task (/score_task) is not."""
+        from models.kinds import OPTIMISED_TOTAL_BITS_PER_DIM, TOTAL_NATS_PER_DIM
         from service.maps import map_fields
 
         served = self.served(request.model)
         plan = served.plan(request)
-        work = Work("likelihood", len(request.images), plan.method.name, plan.k)
+        n = len(request.images)
+        if plan.regret is not None:
+            work = Work("regret", n, plan.method.name, plan.k, steps=plan.regret_steps)
+        else:
+            work = Work("likelihood", n, plan.method.name, plan.k)
         cost = self._cost(served, work, None, SCORE_INSTEAD)
         if plan.background is not None and served.background is not None:
             bound = plan.background
@@ -348,12 +381,19 @@ class ModelCalls:
             )
             evaluations = {f"background {n}": count for n, count in extra.evaluations.items()}
             cost = Cost(cost.gflop + extra.gflop, {**cost.evaluations, **evaluations})
-        refuse_past_ceiling(cost, self.ceiling, "images", SCORE_INSTEAD)
+        if synchronous:
+            refuse_past_ceiling(cost, self.ceiling, "images", SCORE_INSTEAD)
         x = self._images(served, request.images)
-        job = self.runners.ImagesJob(x, request.seed)
+        job = self.runners.ImagesJob(x, request.seed, progress)
         per_dim = plan.pixel is not None
-        bits_per_dim = vectors = background = None
-        if plan.density is None:
+        bits_per_dim = vectors = background = optimised = None
+        if plan.regret is not None:  # correction 'regret': the bound comes with it
+            terms = await self._regret(served, plan, job)
+            bits_per_dim = terms["total_bits_per_dim"]
+            optimised = terms[OPTIMISED_TOTAL_BITS_PER_DIM]
+            if per_dim:  # the maps come from the bound itself, a second pass
+                terms = await self._bound(served, plan.method.name, plan.k, job, per_dim=True)
+        elif plan.density is None:
             terms = await self._bound(served, plan.method.name, plan.k, job, per_dim=per_dim)
             bits_per_dim = terms["total_bits_per_dim"]
         else:  # correction 'terms': a density over the bound's term vector
@@ -366,7 +406,7 @@ class ModelCalls:
                 served.background, plan.background.method.name, plan.background.k, job
             )
             background = background_terms["total_bits_per_dim"]
-        judged = plan.judge(x, bits_per_dim, vectors, background)
+        judged = plan.judge(x, bits_per_dim, vectors, background, optimised)
         self._observe_bounds(served, plan.method.name, judged.bits_per_dim)
         maps = [{}] * len(x)
         if plan.pixel is not None:
@@ -375,12 +415,14 @@ class ModelCalls:
         flagged = int(judged.is_anomaly.sum())
         self.metrics.ANOMALIES_FLAGGED.labels(served.name, plan.method.name).inc(flagged)
         background_bits = judged.background_bits_per_dim
+        optimised_bits = judged.optimised_bits_per_dim
         results = [
             ImageScore(
                 score=judged.score[i],
                 bits_per_dim=float(judged.bits_per_dim[i]),
                 png_bits_per_dim=judged.png_bits_per_dim[i],
                 background_bits_per_dim=None if background_bits is None else background_bits[i],
+                optimised_bits_per_dim=None if optimised_bits is None else optimised_bits[i],
                 is_anomaly=bool(judged.is_anomaly[i]),
                 percentile=judged.percentile[i],
                 **maps[i],
@@ -397,6 +439,8 @@ class ModelCalls:
             calibration_source=plan.calibration.source,
             calibration_images=len(plan.calibration.normal_scores),
             background=None if plan.background is None else plan.background.name,
+            regret_steps=plan.regret_steps,
+            regret_learning_rate=plan.regret_learning_rate,
             results=results,
         )
 

@@ -87,8 +87,11 @@ SERVICE_ANSWERS = {
     "429": "Too Many Requests: more than max_concurrency requests in flight.",
     "504": "Gateway Timeout: not answered within request_timeout_s.",
 }
+_NO_CALIBRATION = {"409": "Conflict: the model card has no calibration for this method."}
 ANSWERS_BY_PATH = {
-    "/score": {"409": "Conflict: the model card has no calibration for this method."},
+    "/score": _NO_CALIBRATION,
+    "/score_task": _NO_CALIBRATION,  # its body is checked against the card when submitted
+    "/score_task/submit": _NO_CALIBRATION,
     "/task_progress": {"409": "Conflict: the task has recorded no progress yet."},
 }
 TASK_GET_CONFLICT = (
@@ -296,23 +299,27 @@ def _likelihood_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, A
 
 def _score_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Per bound and calibration: /score takes only the k a correction's calibration used
-    and a false-positive rate it resolves; a correction the card does not calibrate is a 409
-    whatever k and fpr are."""
+    (for 'regret' also its steps) and a false-positive rate it resolves; a correction the
+    card does not calibrate is a 409 whatever k and fpr are. 'regret' only of the bound the
+    model's Likelihood Regret refines (a model without one refuses it with a 400), and
+    ``regret_steps`` with it alone."""
     from typing import get_args
 
     from service.schemas import Correction
 
+    regret = info.get("likelihood_regret")
     variants = []
     for index, (method, described) in enumerate(info["methods"].items()):
         common = {"method": _nullable_enum([method], allow_null=index == 0)}
         if not described.get("maps"):
             common["maps"] = {"enum": [False]}
         scores = described.get("scores", {})
-        calibrated: dict[tuple[Any, float], list[str]] = {}
+        calibrated: dict[tuple[Any, float, Any], list[str]] = {}
         for correction, score in scores.items():
-            calibrated.setdefault((score["k"], score["min_fpr"]), []).append(correction)
+            key = (score["k"], score["min_fpr"], score.get("regret_steps"))
+            calibrated.setdefault(key, []).append(correction)
         takes_k = described["k_range"] is not None
-        for (k, min_fpr), corrections in calibrated.items():
+        for (k, min_fpr, steps), corrections in calibrated.items():
             k_schema = _nullable_enum([k], allow_null=True) if takes_k else dict(NULL_ONLY)
             variants.append(
                 {
@@ -320,11 +327,28 @@ def _score_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
                     "correction": {"enum": corrections},
                     "k": k_schema,
                     "fpr": {"minimum": min_fpr},
+                    "regret_steps": (
+                        dict(NULL_ONLY)
+                        if steps is None
+                        else _nullable_enum([steps], allow_null=True)
+                    ),
                 }
             )
-        uncalibrated = [c for c in get_args(Correction) if c not in scores]
-        if uncalibrated:
-            variants.append({**common, "correction": {"enum": uncalibrated}, "k": _k(described)})
+        offered = {"regret"} if regret is not None and regret["bound"] == method else set()
+        uncalibrated = [
+            c for c in get_args(Correction) if c not in scores and (c != "regret" or offered)
+        ]
+        if others := [c for c in uncalibrated if c != "regret"]:
+            variants.append(
+                {
+                    **common,
+                    "correction": {"enum": others},
+                    "k": _k(described),
+                    "regret_steps": dict(NULL_ONLY),
+                }
+            )
+        if "regret" in uncalibrated:
+            variants.append({**common, "correction": {"enum": ["regret"]}, "k": _k(described)})
     return variants
 
 

@@ -92,17 +92,20 @@ class ServedModel:
         the k its calibration used, and a false-positive rate the calibration resolves."""
         from typing import get_args
 
-        from models.eval.plan import NoCalibrationError, score_k
+        from models.eval.plan import score_k
+        from models.kinds import OptionError
         from service.schemas import Correction
 
         calibrated = {}
         for correction in get_args(Correction):
-            try:
+            try:  # NoCalibrationError, or an OptionError: no regret of this bound
                 entry = self.scoring.calibration_of(method.name, correction)
-            except NoCalibrationError:
+            except OptionError:
                 continue
             k = score_k(method, None, entry.k)
             calibrated[correction] = {"k": k, "min_fpr": entry.calibration.min_fpr}
+            if entry.regret_steps is not None:
+                calibrated[correction]["regret_steps"] = entry.regret_steps
         return calibrated
 
     @property
@@ -124,6 +127,7 @@ class ServedModel:
             for name, m in self.kind.methods(self.model).items()
         }
         limits = self.kind.option_limits(self.model)
+        regret = self.kind.likelihood_regret(self.model)
         options = {
             operation: {
                 name: {"default": option.default, "description": option.description}
@@ -155,6 +159,15 @@ class ServedModel:
                 None if self.serving_defaults is None else self.serving_defaults.to_dict()
             ),
             "options": options,
+            "likelihood_regret": None
+            if regret is None
+            else {
+                "bound": regret.bound,
+                "description": regret.description,
+                "steps_range": list(regret.steps_range),
+                "default_steps": regret.default_steps,
+                "learning_rate": regret.learning_rate,
+            },
             "source": self.checkpoint.source,
         }
 

@@ -36,7 +36,7 @@ from models.core.pixels import (
 )
 from models.core.progressive import Progressive, reported
 from models.core.stepwise import StepRows
-from models.kinds import TOTAL_NATS_PER_DIM, BoundMethod, ModelKind
+from models.kinds import TOTAL_NATS_PER_DIM, BoundMethod, ModelKind, RegretMethod
 
 Progress = Callable[[int, int], None]
 Tensors = dict[str, torch.Tensor]
@@ -157,6 +157,25 @@ def bound(
     x = _signed_unit(jobs, _device(model))
     generators = _row_generators([(job.seed, job.rows) for job in jobs])
     terms = yield from reported(method.run(model, x, k, generators, max_batch), _report(jobs))
+    return _checked({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
+
+
+@torch.no_grad()
+def regret(
+    method: RegretMethod,
+    model: nn.Module,
+    jobs: Sequence[ImagesJob],
+    steps: int,
+    learning_rate: float,
+    max_batch: int,
+) -> Progressive[list[Tensors | NonFiniteError]]:
+    """Per job, the Likelihood Regret's terms (B,) float64: the bound with the amortised
+    posterior and with each image's optimised one (:class:`models.kinds.RegretMethod`, which
+    turns gradients on for its own steps); about ``max_batch`` rows per network call."""
+    x = _signed_unit(jobs, _device(model))
+    generators = _row_generators([(job.seed, job.rows) for job in jobs])
+    loop = method.run(model, x, steps, learning_rate, generators, max_batch)
+    terms = yield from reported(loop, _report(jobs))
     return _checked({n: t.double() for n, t in terms.items()}, [job.rows for job in jobs])
 
 

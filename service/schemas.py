@@ -28,7 +28,7 @@ ModelName = Annotated[
 MethodName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
 OutputFormat = Literal["grid", "png", "array"]
 # models.eval.plan.CORRECTIONS, spelled out for the OpenAPI document (a test keeps them equal)
-Correction = Literal["none", "png", "webp", "ratio", "terms"]
+Correction = Literal["none", "png", "webp", "ratio", "terms", "regret"]
 # Request fields that are options of a model kind's operation (models.kinds): each kind takes
 # some of them, and a request setting one its model does not take is a 400.
 SAMPLE_OPTIONS = ("steps", "eta", "temperature", "sample_pixels")
@@ -36,6 +36,9 @@ ENCODE_OPTIONS = ("steps", "sample")
 DECODE_OPTIONS = ("steps",)
 MAX_SEED = 2**63 - 1
 MAX_IMAGES = 256
+# The most Adam steps a Likelihood Regret may take (models.vae.regret.REGRET_STEPS_RANGE; a
+# test keeps them equal): 500 steps are about 1,000 decoder evaluations per image.
+MAX_REGRET_STEPS = 500
 # Largest |value| accepted in a latent. Real latents are a few units: posterior means of the
 # bundled VAE reach |z| = 7.1 and DDIM-50 inversions of the DDPM |x_T| = 10.7, over 16 test
 # images plus blank, white, noise and stripe images. Both decoders stay finite to 1e6 and give
@@ -228,7 +231,21 @@ class ScoreRequest(LikelihoodRequest):
         "fitted on held-out normal images (DoSE, Morningstar et al. 2021). 'ratio': the bound "
         "minus the bound of the model's background model in bits/dim, a likelihood ratio "
         "(Ren et al. 2019; the background was trained on perturbed normal images, and the "
-        "model card names it; 409 for a model without one).",
+        "model card names it; 409 for a model without one). 'regret': the Likelihood Regret "
+        "(Xiao et al. 2020), the bound minus the bound with the image's own posterior "
+        "optimised by `regret_steps` Adam steps from the encoder's, in bits/dim (>= 0; VAEs "
+        "only: 400 for a model that offers none, GET /models: likelihood_regret; 409 for a "
+        "card without its calibration).",
+    )
+    regret_steps: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_REGRET_STEPS,
+        description="Correction 'regret': Adam steps on each image's posterior. Defaults to "
+        "the steps the model card's regret calibration used, the only value it takes (more "
+        "steps give a larger regret, incomparable with the thresholds); GET /models gives "
+        "them. Each step costs a decoder call forward and backward per image: past the "
+        "request-cost ceiling, 413, use /score_task.",
     )
     maps: bool = Field(
         False,
@@ -260,6 +277,11 @@ class ImageScore(_Schema):
         description="Correction 'ratio': the background model's bound in bits/dim (the score "
         "is bits_per_dim minus this); else null.",
     )
+    optimised_bits_per_dim: float | None = Field(
+        None,
+        description="Correction 'regret': the bound with the image's optimised posterior in "
+        "bits/dim, never above bits_per_dim (the score is bits_per_dim minus this); else null.",
+    )
     is_anomaly: bool = Field(description="score > threshold.")
     percentile: float = Field(
         description="Percentage (0..100) of held-out normal images scoring lower."
@@ -288,6 +310,12 @@ class ScoreResponse(_Schema):
     calibration_images: int
     background: str | None = Field(
         None, description="Correction 'ratio': the background model's name; else null."
+    )
+    regret_steps: int | None = Field(
+        None, description="Correction 'regret': Adam steps per image; else null."
+    )
+    regret_learning_rate: float | None = Field(
+        None, description="Correction 'regret': Adam's learning rate; else null."
     )
     results: list[ImageScore]
 
@@ -368,6 +396,9 @@ class ScoreCalibrationInfo(_Schema):
         description="The smallest false-positive rate its calibration images resolve: the "
         "least `fpr` /score takes."
     )
+    regret_steps: int | None = Field(
+        None, description="Correction 'regret': the steps it used, the only ones /score takes."
+    )
 
 
 class MethodInfo(_Schema):
@@ -382,6 +413,14 @@ class MethodInfo(_Schema):
         description="Per /score correction the model card calibrates it for, what /score "
         "takes with it (a correction not listed is a 409).",
     )
+
+
+class RegretInfo(_Schema):
+    bound: str = Field(description="The method whose bound the regret refines.")
+    description: str
+    steps_range: list[int] = Field(description="Inclusive range of Adam steps it can take.")
+    default_steps: int
+    learning_rate: float = Field(description="Adam's default learning rate.")
 
 
 class OptionInfo(_Schema):
@@ -446,6 +485,11 @@ class ModelInfo(_Schema):
     )
     options: dict[str, dict[str, OptionInfo]] = Field(
         description="Per operation (sample, encode, decode), the options it takes."
+    )
+    likelihood_regret: RegretInfo | None = Field(
+        default=None,
+        description="The Likelihood Regret it offers (/score correction 'regret'; calibrated "
+        "where its bound's `scores` list 'regret'); null: it offers none (a DDPM).",
     )
     config: dict[str, Any]
     source: dict[str, Any] = Field(

@@ -29,6 +29,7 @@ def plan_for(scoring: Scoring, request: ScoreRequest) -> ScoringPlan:
             request.fpr,
             request.maps,
             request.map_normalisation,
+            request.regret_steps,
         )
     except NoCalibrationError as error:
         raise MissingCalibrationError(error.field, error.message) from error

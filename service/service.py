@@ -4,10 +4,11 @@ Every model in the model repository (``ELBO_SERVE_MODEL_DIR``, default ``checkpo
 served under its directory's name; each endpoint validates its body (schemas), and
 :class:`service.calls.ModelCalls` resolves the name, lets the model's kind complete the
 options, batches the job with concurrent ones (runners) and converts the result back. Long
-work also has a task form (``/sample_task``, ``/likelihood_task``: submit, status, get) with
-progress at ``/task_progress``. Every job carries its estimated cost (costs): the batcher
-serves cheaper work first, and a synchronous endpoint answers 413 past the request-cost
-ceiling, pointing to the task form. A web page for people is mounted at ``/ui`` (service/ui.py).
+work also has a task form (``/sample_task``, ``/likelihood_task``, ``/score_task``: submit,
+status, get) with progress at ``/task_progress``. Every job carries its estimated cost
+(costs): the batcher serves cheaper work first, and a synchronous endpoint answers 413 past
+the request-cost ceiling, pointing to the task form. A web page for people is mounted at
+``/ui`` (service/ui.py).
 
 Run from the repository root: ``bentoml serve`` (declared in pyproject.toml) or ``make serve``.
 """
@@ -74,6 +75,7 @@ class ElboServe:
         handlers = {
             "sample_task": task_handler(SampleRequest, self.calls.sample),
             "likelihood_task": task_handler(LikelihoodRequest, self.calls.likelihood),
+            "score_task": task_handler(ScoreRequest, self.calls.score),
         }
         store = open_store(settings.task_store_config())
         self.tasks = TaskWorker(store, handlers, settings.task_concurrency, metrics)
@@ -135,7 +137,8 @@ class ElboServe:
     @answers_request_errors
     async def score(self, **fields: Any) -> ScoreResponse:
         """Per image, the anomaly score, the calibrated threshold for `fpr`, the verdict and
-        the score's percentile among held-out normal images."""
+        the score's percentile among held-out normal images. Past the request-cost ceiling
+        (many images, a large k, a Likelihood Regret of many steps): 413, use /score_task."""
         return await self.calls.score(ScoreRequest.model_construct(**fields))
 
     @bentoml.api(input_spec=EncodeRequest)
@@ -191,6 +194,15 @@ class ElboServe:
         request = LikelihoodRequest.model_construct(**fields)
         return await self.calls.likelihood(request, synchronous=False)
 
+    @bentoml.task(input_spec=ScoreRequest)
+    @answers_request_errors
+    async def score_task(self, **fields: Any) -> ScoreResponse:
+        """/score as a background task (for a Likelihood Regret of many images or many steps,
+        or a costly bound); progress at /task_progress. No cost ceiling: it yields the model
+        to cheaper requests between network calls."""
+        request = ScoreRequest.model_construct(**fields)
+        return await self.calls.score(request, synchronous=False)
+
     @bentoml.api(input_spec=ProgressRequest)
     async def task_progress(self, **fields: Any) -> ProgressResponse:
         """Denoising steps (or bound rows) done so far by a submitted task (answered from the
@@ -224,7 +236,11 @@ def task_handler(schema, call):
     return handle
 
 
-TASK_REQUESTS = {"sample_task": SampleRequest, "likelihood_task": LikelihoodRequest}
+TASK_REQUESTS = {
+    "sample_task": SampleRequest,
+    "likelihood_task": LikelihoodRequest,
+    "score_task": ScoreRequest,
+}
 # API keys, body limit, PNG uploads, GET /models, the corrected /docs.json, the task routes,
 # the leak-free timeout and one-line client-error logs (service/http_adapters.py).
 install_http_adapters(ElboServe, SETTINGS, TASK_REQUESTS)

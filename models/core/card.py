@@ -39,6 +39,10 @@ SCORE_KINDS: Mapping[str, str] = {
 # The ``correction`` that scores an image by the negative log density of its bound's term
 # vector (DoSE, Morningstar et al. 2021); its calibration is a method's ``term_density``.
 TERM_DENSITY_CORRECTION = "terms"
+# The ``correction`` that scores an image by its Likelihood Regret (Xiao, Yan & Amit 2020): the
+# bound minus the bound with the image's own optimised posterior, in bits/dim; its calibration
+# is a method's ``likelihood_regret``, with the steps and learning rate it used.
+REGRET_CORRECTION = "regret"
 
 # The outlier sets of a Fashion-MNIST evaluation's anomaly section, in table order, with how
 # each is made. An evaluation on your own folders names its sets itself: one per outlier folder,
@@ -277,10 +281,35 @@ class TermDensity(Record):
 
 
 @dataclass(frozen=True)
+class RegretDetection(Record):
+    """AUROC / FPR@95 of the bound and of its Likelihood Regret on the same images."""
+
+    raw: Detection
+    regret: Detection
+
+
+@dataclass(frozen=True)
+class RegretCalibration(Record):
+    """The Likelihood Regret of a method's bound (Xiao et al. 2020; models/vae/regret.py) as
+    measured: the optimisation it used (Adam ``steps`` at ``learning_rate``: /score runs the
+    same), the held-out normal regrets in bits/dim, and where measured, its detection of each
+    outlier set beside the raw bound's on the same images, with the command and runtime."""
+
+    steps: int
+    learning_rate: float
+    calibration: ScoreCalibration
+    detection: Mapping[str, RegretDetection] | None = field(default=None, metadata={"omit": True})
+    detection_normal_images: int | None = field(default=None, metadata={"omit": True})
+    command: str | None = field(default=None, metadata={"omit": True})
+    seconds: float | None = field(default=None, metadata={"omit": True})
+
+
+@dataclass(frozen=True)
 class MethodCalibration(Record):
     k: int | None
     scores: Mapping[str, ScoreCalibration]  # keys: SCORE_KINDS' values
     term_density: TermDensity | None = field(default=None, metadata={"omit": True})
+    likelihood_regret: RegretCalibration | None = field(default=None, metadata={"omit": True})
 
 
 def calibrations_in(card: Mapping[str, Any]) -> dict[str, MethodCalibration]:

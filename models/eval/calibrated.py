@@ -86,12 +86,14 @@ class CalibratedScorer:
         fpr: float = 0.05,
         k: int | None = None,
         background: Background | None = None,
+        regret_steps: int | None = None,
     ) -> CalibratedScorer:
         """NoCalibrationError or OptionError for options the model or its card cannot honour;
         ``background``: the checked background model (models.eval.plan.check_background) of
         a card that names one, for correction 'ratio'."""
         scoring = Scoring(name, kind, model, card, background)
-        return cls(name, kind, model, scoring.plan(method, k, correction, fpr))
+        plan = scoring.plan(method, k, correction, fpr, regret_steps=regret_steps)
+        return cls(name, kind, model, plan)
 
     @property
     def method(self) -> BoundMethod:
@@ -124,6 +126,7 @@ class CalibratedScorer:
         call. Raises NonFiniteError naming the rows whose bound is NaN or infinite."""
         from models.core.pixels import pixels_to_signed_unit, require_finite
         from models.core.progressive import run_to_end
+        from models.kinds import OPTIMISED_TOTAL_BITS_PER_DIM
 
         plan = self.plan
         x = pixels_to_signed_unit(pixels).to(next(self.model.parameters()).device)
@@ -132,6 +135,19 @@ class CalibratedScorer:
             vectors = run_to_end(loop).double().cpu()
             require_finite(vectors, "terms")
             return plan.judge(pixels, vectors=vectors)
+        if plan.regret is not None:
+            assert plan.regret_steps is not None and plan.regret_learning_rate is not None
+            loop = plan.regret.run(
+                self.model, x, plan.regret_steps, plan.regret_learning_rate, generators, max_batch
+            )
+            terms = {name: t.double().cpu() for name, t in run_to_end(loop).items()}
+            for name, values in terms.items():
+                require_finite(values, name)
+            return plan.judge(
+                pixels,
+                terms["total_bits_per_dim"],
+                optimised_bits_per_dim=terms[OPTIMISED_TOTAL_BITS_PER_DIM],
+            )
         # The background's draws start where the foreground's did, as a /score request's do.
         unused = _copies(generators) if plan.background is not None else None
         bits = _bound(plan.method, self.model, x, plan.k, generators, max_batch)

@@ -41,6 +41,10 @@ class EvaluationSizes:
     anomaly_exact_images: int = 20  # per set, for the exact DDPM bound
     calibration_images: int = 2000
     calibration_exact_images: int = 50
+    # The Likelihood Regret (kinds that offer one): normal images and images per outlier set
+    # for its AUROC, and held-out images for its calibration; each costs a short optimisation.
+    regret_images: int = 1000
+    regret_calibration_images: int = 2000
     batch_size: int = 250
     # Images per network call of the exact DDPM bound (several timesteps of a chunk share a
     # call); a GPU wants thousands, a CPU gains nothing past a few hundred.

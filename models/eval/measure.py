@@ -27,7 +27,7 @@ from models.core.checkpoints import load_checkpoint, read_model_card, weights_pa
 from models.eval.context import EvalContext
 from models.eval.detection import anomaly_and_calibration
 from models.eval.samples import sample_grids, sample_quality
-from models.eval.score_extras import pixel_calibration, with_term_density
+from models.eval.score_extras import pixel_calibration, with_likelihood_regret, with_term_density
 from models.kinds import KindError, kind_of
 
 
@@ -109,6 +109,7 @@ def measure(
         calibrations[method.name] = with_term_density(kind, model, method, ctx, calibration)
         if (maps := pixel_calibration(kind, model, method, ctx)) is not None:
             pixel[method.name] = maps
+    calibrations = with_likelihood_regret(kind, model, ctx, calibrations)
     return Measurements(
         kind=kind.name,
         checkpoint=provenance(directory, model),

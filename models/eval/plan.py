@@ -1,8 +1,9 @@
 """How a request is scored, decided in one place: a :class:`ScoringPlan`.
 
 A plan fixes, for one model and one request's options, everything a score depends on: the
-bound (method and k), the correction (none, a codec's codelength, a term density, or a
-background model's bound), the calibration and its threshold for ``fpr``, and the pixel
+bound (method and k), the correction (none, a codec's codelength, a term density, a
+background model's bound, or the bound with each image's own optimised posterior: the
+Likelihood Regret), the calibration and its threshold for ``fpr``, and the pixel
 calibration of anomaly maps. :class:`Scoring` reads the model card once per model and resolves
 plans from it; the HTTP service (``/score``) and offline scoring
 (:class:`models.eval.calibrated.CalibratedScorer`) only run what the plan says (the bound, the
@@ -30,6 +31,7 @@ from models.core.card import (
     BITS_PER_DIM,
     CODEC_CORRECTIONS,
     RATIO_CORRECTION,
+    REGRET_CORRECTION,
     SCORE_KINDS,
     TERM_DENSITY_CORRECTION,
     BackgroundReference,
@@ -46,11 +48,12 @@ if TYPE_CHECKING:
 
     from models.eval.maps import PixelCalibration
     from models.eval.typicality import Density
-    from models.kinds import BoundMethod, ModelKind
+    from models.kinds import BoundMethod, ModelKind, RegretMethod
 
 # Every ``correction`` a card can calibrate: the bound as it is, minus a codec's codelength or
-# a background model's bound, or a density over the bound's terms.
-CORRECTIONS = (*SCORE_KINDS, TERM_DENSITY_CORRECTION)
+# a background model's bound, a density over the bound's terms, or the Likelihood Regret (the
+# bound minus the bound with each image's optimised posterior).
+CORRECTIONS = (*SCORE_KINDS, TERM_DENSITY_CORRECTION, REGRET_CORRECTION)
 MapNormalisation = Literal["pixel", "global"]
 
 
@@ -120,7 +123,8 @@ def _reference(card: Mapping[str, Any], foreground: str) -> BackgroundReference:
 @dataclass(frozen=True)
 class ImageScores:
     """Per image (B,): the score, the bound, the PNG codelength, the flag and the percentile;
-    for the ``ratio`` correction also the background's bound."""
+    for the ``ratio`` correction also the background's bound, for ``regret`` the bound with
+    the image's optimised posterior."""
 
     score: np.ndarray  # float64: bits/dim, or nats of -log density for correction 'terms'
     bits_per_dim: np.ndarray  # float64: the bound
@@ -128,6 +132,7 @@ class ImageScores:
     is_anomaly: np.ndarray  # bool: score > threshold
     percentile: np.ndarray  # float64 0..100: held-out normal scores strictly below the score
     background_bits_per_dim: np.ndarray | None = None  # float64, correction 'ratio'
+    optimised_bits_per_dim: np.ndarray | None = None  # float64, correction 'regret'
 
 
 @dataclass(frozen=True)
@@ -135,8 +140,10 @@ class ScoringPlan:
     """Everything one request's scores depend on, resolved from the model card.
 
     What to run: ``method`` at ``k`` (per dimension too when ``pixel`` is set, for maps), the
-    kind's term vector when ``density`` is set, the ``background``'s bound for 'ratio'. Then
-    :meth:`judge` turns the results into scores against ``calibration`` and ``threshold``."""
+    kind's term vector when ``density`` is set, the ``background``'s bound for 'ratio', the
+    ``regret`` at ``regret_steps`` and ``regret_learning_rate`` for 'regret' (which gives the
+    bound too). Then :meth:`judge` turns the results into scores against ``calibration`` and
+    ``threshold``."""
 
     model: str
     method: BoundMethod
@@ -150,6 +157,9 @@ class ScoringPlan:
     background: Background | None = None  # 'ratio'
     pixel: PixelCalibration | None = None  # maps asked for: their per-pixel calibration
     map_normalisation: MapNormalisation = "pixel"
+    regret: RegretMethod | None = None  # 'regret'
+    regret_steps: int | None = None
+    regret_learning_rate: float | None = None
 
     def judge(
         self,
@@ -157,15 +167,17 @@ class ScoringPlan:
         bits_per_dim: torch.Tensor | None = None,
         vectors: torch.Tensor | None = None,
         background_bits_per_dim: torch.Tensor | None = None,
+        optimised_bits_per_dim: torch.Tensor | None = None,
     ) -> ImageScores:
         """Scores of uint8 images ``pixels`` (B, C, H, W) from what the plan ran: the bound
         (B,) in bits/dim, the term vectors (B, F) in nats when ``density`` is set (the bound is
-        then their sum), the background's bound (B,) in bits/dim for 'ratio'."""
+        then their sum), the background's bound (B,) in bits/dim for 'ratio', the bound with
+        each image's optimised posterior (B,) in bits/dim for 'regret'."""
         from models.eval.anomaly import complexity_corrected_score, png_bits_per_dim
         from models.eval.codecs import codec_bits_per_dim
 
         png = png_bits_per_dim(pixels)
-        background = None
+        background = optimised = None
         if self.density is not None:
             from models.eval.typicality import bound_bits_per_dim
 
@@ -182,6 +194,12 @@ class ScoringPlan:
                     raise ValueError("a ratio plan judges the background's bound too")
                 background = background_bits_per_dim.double().cpu()
                 score = bits - background  # log-likelihood ratio as a codelength, bits/dim
+            elif self.regret is not None:
+                if optimised_bits_per_dim is None:
+                    raise ValueError("a regret plan judges the optimised bound too")
+                optimised = optimised_bits_per_dim.double().cpu()
+                # ELBO(q*) - ELBO(q_phi) in bits/dim (Xiao et al. 2020), >= 0 by construction
+                score = bits - optimised
             elif self.codec is not None:
                 reference = png if self.codec == "png" else codec_bits_per_dim(pixels, self.codec)
                 score = complexity_corrected_score(bits, reference)
@@ -195,16 +213,20 @@ class ScoringPlan:
             is_anomaly=np.asarray(score_np > self.threshold, dtype=bool),
             percentile=self.calibration.percentile(score_np),
             background_bits_per_dim=None if background is None else background.numpy(),
+            optimised_bits_per_dim=None if optimised is None else optimised.numpy(),
         )
 
 
 @dataclass(frozen=True)
 class CalibratedScore:
-    """A card's calibration of one method and correction, and the k it used."""
+    """A card's calibration of one method and correction, and the k it used (for 'regret'
+    also the optimisation's steps and learning rate)."""
 
     calibration: Calibration
     k: int | None
     density: Density | None = None
+    regret_steps: int | None = None
+    regret_learning_rate: float | None = None
 
 
 class Scoring:
@@ -234,15 +256,26 @@ class Scoring:
         fpr: float = 0.05,
         maps: bool = False,
         map_normalisation: MapNormalisation = "pixel",
+        regret_steps: int | None = None,
     ) -> ScoringPlan:
-        """The plan for these options (None: the default method, the calibration's k).
-        NoCalibrationError or OptionError naming the option the card or model cannot honour."""
+        """The plan for these options (None: the default method, the calibration's k and
+        regret steps). NoCalibrationError or OptionError naming the option the card or model
+        cannot honour."""
         if correction not in CORRECTIONS:
             raise OptionError("correction", f"one of {', '.join(CORRECTIONS)}, got {correction!r}")
-        bound = self.kind.method_for(self.model, method)
+        regret = self._regret_for(correction, method)
+        if regret is None and regret_steps is not None:
+            raise OptionError(
+                "regret_steps", "only correction 'regret' takes regret_steps; leave it out"
+            )
+        bound = self.kind.method_for(
+            self.model, regret.bound if method is None and regret else method
+        )
         background = self._background_for(correction)
         calibrated = self._calibrated(bound.name, correction)
         k = score_k(bound, k, calibrated.k)
+        if regret is not None:
+            regret_steps = score_regret_steps(regret, regret_steps, calibrated.regret_steps)
         threshold = threshold_for(calibrated.calibration, fpr)
         pixel = self._pixel_for(bound, k) if maps else None
         return ScoringPlan(
@@ -258,14 +291,40 @@ class Scoring:
             background=background,
             pixel=pixel,
             map_normalisation=map_normalisation,
+            regret=regret,
+            regret_steps=regret_steps,
+            regret_learning_rate=calibrated.regret_learning_rate,
         )
 
     def calibration_of(self, method: str, correction: str) -> CalibratedScore:
         """The card's calibration of ``method`` (a bound the model offers) under
         ``correction``: what :meth:`plan` scores against (its k, its smallest resolvable
-        rate). NoCalibrationError when the card has none (for 'ratio': no background)."""
+        rate). NoCalibrationError when the card has none (for 'ratio': no background);
+        OptionError for 'regret' when the model offers none or not of ``method``."""
         self._background_for(correction)
+        self._regret_for(correction, method)
         return self._calibrated(method, correction)
+
+    def _regret_for(self, correction: str, method: str | None) -> RegretMethod | None:
+        """The kind's Likelihood Regret for 'regret' (None for other corrections); an
+        OptionError naming the model and what it lacks when it offers none, or none of
+        ``method``'s bound."""
+        if correction != REGRET_CORRECTION:
+            return None
+        regret = self.kind.likelihood_regret(self.model)
+        if regret is None:
+            raise OptionError(
+                "correction",
+                f"the {self.name} model offers no likelihood regret: "
+                f"{self.kind.lacks_regret(self.model)}; use another correction",
+            )
+        if method is not None and method != regret.bound:
+            raise OptionError(
+                "method",
+                f"the {self.name} model's likelihood regret refines its {regret.bound!r} "
+                f"bound, not {method!r}; leave method out or pass {regret.bound!r}",
+            )
+        return regret
 
     def _background_for(self, correction: str) -> Background | None:
         if correction != RATIO_CORRECTION:
@@ -292,6 +351,22 @@ class Scoring:
 
     def _read_calibration(self, method: str, correction: str) -> CalibratedScore:
         entry = self._calibrations.get(method)
+        if correction == REGRET_CORRECTION:
+            if entry is None or entry.likelihood_regret is None:
+                raise NoCalibrationError(
+                    "correction",
+                    f"the {self.name} model card has no likelihood regret calibration for "
+                    f"method {method!r}, so /score has no threshold for it (python -m "
+                    "models.eval.regret CHECKPOINT adds one; python -m models.evaluate "
+                    f"measures it too); calibrated: {_calibrated(self._calibrations)}",
+                )
+            regret = entry.likelihood_regret
+            return CalibratedScore(
+                Calibration.of(regret.calibration.normal_scores, regret.calibration.source),
+                entry.k,
+                regret_steps=regret.steps,
+                regret_learning_rate=regret.learning_rate,
+            )
         if correction == TERM_DENSITY_CORRECTION:
             if entry is None or entry.term_density is None:
                 raise NoCalibrationError(
@@ -357,6 +432,11 @@ def _calibrated(calibrations: dict[str, MethodCalibration]) -> str:
         for method, entry in calibrations.items()
         if entry.term_density is not None
     ]
+    pairs += [
+        f"{method}/{REGRET_CORRECTION}"
+        for method, entry in calibrations.items()
+        if entry.likelihood_regret is not None
+    ]
     return ", ".join(pairs) or "nothing"
 
 
@@ -394,3 +474,19 @@ def score_k(method: BoundMethod, requested_k: int | None, calibrated_k: int | No
     if requested_k is not None and requested_k != k:
         raise OptionError("k", f"the {method.name} calibration used k={k}; leave k out or pass {k}")
     return k
+
+
+def score_regret_steps(regret: RegretMethod, requested: int | None, calibrated: int | None) -> int:
+    """The optimisation steps the regret's calibration used: a regret after more steps is
+    larger, so its thresholds hold for those steps alone, and any other is an OptionError
+    (as another k is for a bound); outside the kind's range too."""
+    low, high = regret.steps_range
+    steps = calibrated if calibrated is not None else regret.default_steps
+    if requested is not None and not low <= requested <= high:
+        raise OptionError("regret_steps", f"this model takes {low}..{high}, got {requested}")
+    if requested is not None and requested != steps:
+        raise OptionError(
+            "regret_steps",
+            f"the regret calibration used {steps} steps; leave regret_steps out or pass {steps}",
+        )
+    return steps

@@ -1,6 +1,7 @@
 """What the evaluation adds to each score's calibration besides thresholds: the per-pixel
-statistics of its anomaly maps (:mod:`models.eval.maps`) and a density over its bound's terms
-(:mod:`models.eval.typicality`), both from the held-out normal images the thresholds use.
+statistics of its anomaly maps (:mod:`models.eval.maps`), a density over its bound's terms
+(:mod:`models.eval.typicality`), both from the held-out normal images the thresholds use, and
+the Likelihood Regret of the bound a kind offers one of (:mod:`models.eval.regret`).
 
 The term density is fitted on the first half of those images and calibrated on the second, so
 its thresholds are measured on images it was not fitted to. Maps are measured for the bounds
@@ -73,3 +74,39 @@ def with_term_density(
         f"{source}, last {len(vectors) - half}",
     )
     return dataclasses.replace(entry, term_density=density)
+
+
+def with_likelihood_regret(
+    kind: ModelKind,
+    model: torch.nn.Module,
+    ctx: EvalContext,
+    calibrations: dict[str, MethodCalibration],
+) -> dict[str, MethodCalibration]:
+    """``calibrations`` with the Likelihood Regret of the bound the kind offers one of (at its
+    default steps and learning rate): its AUROC against each outlier set beside the raw
+    bound's, on ``regret_images`` normal images and as many per set, and its calibration on
+    ``regret_calibration_images`` held-out ones. Unchanged for a kind without a regret, or
+    sizes of 0."""
+    import dataclasses
+
+    from models.eval.regret import measure_regret
+
+    regret = kind.likelihood_regret(model)
+    n, n_held = ctx.sizes.regret_images, ctx.sizes.regret_calibration_images
+    if regret is None or regret.bound not in calibrations or not n or not n_held:
+        return calibrations
+    normal = ctx.test[:n]
+    held_out, source = ctx.calibration_images(n_held)
+    record = measure_regret(
+        regret,
+        model,
+        normal,
+        ctx.outlier_images(normal, n),
+        held_out,
+        source,
+        ctx.generator,
+        batch_size=ctx.sizes.batch_size,
+        max_batch=ctx.sizes.network_batch,
+    )
+    entry = dataclasses.replace(calibrations[regret.bound], likelihood_regret=record)
+    return {**calibrations, regret.bound: entry}

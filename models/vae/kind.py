@@ -11,8 +11,24 @@ from torch import nn
 from models.core.config import VAEConfig
 from models.core.flops import gflop_of
 from models.core.progressive import Progressive, single_step
-from models.kinds import TOTAL_NATS_PER_DIM, BoundMethod, ImageShape, ModelKind, Option, Work
+from models.kinds import (
+    OPTIMISED_TOTAL_BITS_PER_DIM,
+    OPTIMISED_TOTAL_NATS,
+    TOTAL_NATS_PER_DIM,
+    BoundMethod,
+    ImageShape,
+    ModelKind,
+    Option,
+    RegretMethod,
+    Work,
+)
 from models.vae.model import VAE, NegativeELBO
+from models.vae.regret import (
+    DEFAULT_REGRET_LEARNING_RATE,
+    DEFAULT_REGRET_STEPS,
+    REGRET_STEPS_RANGE,
+    likelihood_regret_progressive,
+)
 
 if TYPE_CHECKING:
     from models.kinds import Generators, Terms
@@ -48,6 +64,28 @@ def _iwae(vae: VAE, x: torch.Tensor, k: int | None, generators: Generators, max_
     return {"total_nats": bound.total_nats, "total_bits_per_dim": bound.total_bits_per_dim}
 
 
+def _regret(
+    vae: VAE,
+    x: torch.Tensor,
+    steps: int,
+    learning_rate: float,
+    generators: Generators,
+    max_batch: int,
+):
+    """The ELBO's Likelihood Regret (Xiao, Yan & Amit 2020; models/vae/regret.py): the -ELBO
+    with the encoder's posterior, from the draws ``elbo`` makes, and with each image's
+    posterior parameters optimised by ``steps`` Adam steps from there."""
+    regret = yield from likelihood_regret_progressive(
+        vae, x, generators, steps, learning_rate, max_batch
+    )
+    return {
+        "total_nats": regret.amortised_nats,
+        "total_bits_per_dim": regret.amortised_bits_per_dim,
+        OPTIMISED_TOTAL_NATS: regret.optimised_nats,
+        OPTIMISED_TOTAL_BITS_PER_DIM: regret.optimised_bits_per_dim,
+    }
+
+
 class VAEKind(ModelKind):
     interface_version = 1  # of models.kinds' interface (INTERFACE_VERSION)
     name = "vae"
@@ -81,6 +119,17 @@ class VAEKind(ModelKind):
 
     def term_names(self, model: nn.Module, k: int | None = None) -> tuple[str, ...]:
         return ("reconstruction_nats", "kl_nats")
+
+    def likelihood_regret(self, model: nn.Module) -> RegretMethod:
+        return RegretMethod(
+            "elbo",
+            "Likelihood Regret (Xiao et al. 2020): the -ELBO minus the -ELBO with the image's "
+            "posterior mean and log-variance optimised by Adam from the encoder's",
+            _regret,
+            REGRET_STEPS_RANGE,
+            DEFAULT_REGRET_STEPS,
+            DEFAULT_REGRET_LEARNING_RATE,
+        )
 
     def term_vector(
         self,
@@ -154,7 +203,12 @@ class VAEKind(ModelKind):
         return {"encoder": gflop_of(model.encode, x), "decoder": gflop_of(model.decode, z)}
 
     def evaluations(self, model: nn.Module, work: Work) -> dict[str, int]:
-        """Per image: the encoder for q(z|x), the decoder for each z (k of them for IWAE)."""
+        """Per image: the encoder for q(z|x), the decoder for each z (k of them for IWAE); the
+        regret's every step one decoder call forward and one backward to z (as costly as a
+        forward), and one more forward for the last iterate."""
+        if work.operation == "regret":
+            assert work.steps is not None, "regret needs steps"
+            return {"encoder": 1, "decoder": 1 + 2 * work.steps}
         if work.operation == "likelihood" and work.method == "iwae":
             assert work.k is not None, "iwae needs k"
             return {"encoder": 1, "decoder": work.k}

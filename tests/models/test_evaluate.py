@@ -18,6 +18,7 @@ from models.kinds import kind_of
 from models.nn.classifier import FashionClassifier
 from models.report import markdown
 from models.vae.model import VAE
+from models.vae.regret import DEFAULT_REGRET_STEPS
 
 OUTLIER_SETS = set(CARD_OUTLIER_SETS)
 # The raw bound, and the bound minus each codec a correction subtracts (PNG, WebP lossless).
@@ -28,6 +29,7 @@ TINY_SIZES = [
     "--score-mc-k", "4", "--fd-samples", "12", "--ddim-steps", "3", "--ancestral-samples", "3",
     "--anomaly-images", "8", "--anomaly-exact-images", "4", "--calibration-images", "20",
     "--calibration-exact-images", "20", "--batch-size", "8", "--threads", "1",
+    "--regret-images", "8", "--regret-calibration-images", "20",
 ]  # fmt: skip
 
 
@@ -92,7 +94,15 @@ def test_vae_card_holds_every_figure(tmp_path, classifier_dir, capsys):
     # two detection rows (raw, minus PNG), a calibration row per calibrated score
     calibrated = card["calibration"]["elbo"]["scores"]
     assert set(calibrated) == CALIBRATED_SCORES
-    assert table.count("| tiny-vae | elbo") == 2 + len(calibrated)
+    # and the Likelihood Regret's detection and calibration rows
+    assert table.count("| tiny-vae | elbo") == 2 + len(calibrated) + 2
+    assert f"| tiny-vae | elbo, likelihood regret ({DEFAULT_REGRET_STEPS} steps) | 8 |" in table
+    # the Likelihood Regret of the ELBO, at the kind's steps, against every outlier set
+    regret = ModelCard.from_dict(card).calibration["elbo"].likelihood_regret
+    assert regret is not None and regret.steps == DEFAULT_REGRET_STEPS
+    assert regret.calibration.num_images == 20 and min(regret.calibration.normal_scores) >= 0
+    assert set(regret.detection) == OUTLIER_SETS and regret.detection_normal_images == 8
+    assert "likelihood_regret" not in card["calibration"]["iwae"]
 
 
 def test_ddpm_card_splits_the_exact_bound_into_its_terms(tmp_path, classifier_dir, capsys):
@@ -159,6 +169,7 @@ FOLDER_SIZES = [
     "--score-mc-k", "4", "--fd-samples", "4", "--ddim-steps", "3", "--ancestral-samples", "2",
     "--anomaly-images", "40", "--anomaly-exact-images", "8", "--calibration-images", "40",
     "--calibration-exact-images", "20", "--batch-size", "40", "--threads", "1",
+    "--regret-images", "8", "--regret-calibration-images", "20",
 ]  # fmt: skip
 NORMAL_IMAGES = 80  # 40 measure, 40 held out
 

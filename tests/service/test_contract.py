@@ -309,7 +309,7 @@ def test_task_routes_are_documented_as_served(document):
     documented; BentoML's retry, which the task store does not serve, is not."""
     paths = document["paths"]
     assert not any(path.endswith("/retry") for path in paths)
-    for kind in ("sample_task", "likelihood_task"):
+    for kind in ("sample_task", "likelihood_task", "score_task"):
         (parameter,) = paths[f"/{kind}/status"]["get"]["parameters"]
         assert parameter["schema"]["minLength"] == 1
         assert "409" in paths[f"/{kind}/get"]["get"]["responses"]

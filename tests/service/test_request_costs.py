@@ -95,7 +95,7 @@ def _never_run(*args, **kwargs):
         ("score", {"model": "ddpm", "method": "vlb_exact"}, "images"),
     ],
 )
-def test_past_the_ceiling_endpoints_without_a_task_say_how_to_split_the_work(
+def test_past_the_ceiling_endpoints_say_how_to_split_the_work_or_where_to_send_it(
     client, images, monkeypatch, path, body, field
 ):
     from service import runners
@@ -111,6 +111,8 @@ def test_past_the_ceiling_endpoints_without_a_task_say_how_to_split_the_work(
         pytest.skip(f"the model card has no calibration for {body}")
     assert response.status_code == 413, response.text[:300]
     assert response.json()["field"] == field and "fewer images" in response.json()["error"]
+    if path == "score":  # /score has a task form (/score_task); encode and decode none
+        assert "POST /score_task/submit" in response.json()["error"]
 
 
 def test_under_the_default_ceiling_the_same_kind_of_request_is_answered(client, images):
