@@ -81,6 +81,7 @@ class ScoreOptions:
     correction: str = "none"
     fpr: float = 0.05
     k: int | None = None
+    regret_steps: int | None = None  # correction 'regret': None is the calibration's
     seed: int = 0
     same_seed: bool = False  # every image drawn with ``seed`` itself, not its image_seed
     rows_per_call: int = 16  # rows per network call (ELBO_SERVE_BOUND_CALL_ROWS' default)
@@ -95,7 +96,8 @@ class ScoreOptions:
     @property
     def scorer_key(self) -> tuple[Any, ...]:
         """What the loaded scorer depends on (the rest only changes how images are fed)."""
-        names = ("model_name", "method", "correction", "fpr", "k", "device", "channels_last")
+        names = ("model_name", "method", "correction", "fpr", "k", "regret_steps", "device")
+        names += ("channels_last",)
         return tuple(getattr(self, name) for name in names)
 
 
@@ -155,6 +157,7 @@ def scorer_for(checkpoint: Checkpoint, options: ScoreOptions) -> CalibratedScore
         options.correction,
         options.fpr,
         options.k,
+        regret_steps=options.regret_steps,
     )
 
 

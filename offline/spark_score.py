@@ -288,6 +288,13 @@ def _rate(text: str) -> float:
     return value
 
 
+def offline_corrections() -> tuple[str, ...]:
+    """/score's corrections but 'ratio', whose background model does not travel to executors."""
+    from models.eval.plan import CORRECTIONS, RATIO_CORRECTION
+
+    return tuple(c for c in CORRECTIONS if c != RATIO_CORRECTION)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m offline.spark_score",
@@ -305,7 +312,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, help="where the Parquet output goes")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     parser.add_argument("--method", help="the bound (default: the model's first, as /score)")
-    parser.add_argument("--correction", choices=("none", "png", "terms"), default="none")
+    parser.add_argument(
+        "--correction",
+        choices=offline_corrections(),
+        default="none",
+        help="as /score's (ratio is not offered offline: its background model does not travel "
+        "to the executors)",
+    )
+    parser.add_argument(
+        "--regret-steps",
+        type=_positive,
+        help="--correction regret: optimisation steps (default and only choice: the card's)",
+    )
     parser.add_argument("--fpr", type=_rate, default=0.05, help="false-positive rate (0.05)")
     parser.add_argument("--k", type=_positive, help="default and only choice: the calibration's")
     parser.add_argument(

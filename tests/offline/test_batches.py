@@ -4,11 +4,13 @@ files, pandas batches scored image by image as /score scores an image alone, bad
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from models.core.checkpoints import save_checkpoint
 from models.core.noise import seeded_generator
@@ -34,7 +36,9 @@ def files(tmp_path_factory, tiny_vae_config) -> CheckpointFiles:
     """A tiny 8x8 VAE with an elbo calibration, as the driver broadcasts it."""
     torch.manual_seed(0)
     scores = Calibration.of(9.0 + (np.arange(40) - 20) / 64, "fixture").to_dict((0.05,))
-    card = {"calibration": {"elbo": {"k": None, "scores": {"bits_per_dim": scores}}}}
+    minus_webp = Calibration.of(2.0 + (np.arange(40) - 20) / 64, "fixture").to_dict((0.05,))
+    calibrated = {"bits_per_dim": scores, "bits_per_dim_minus_webp": minus_webp}
+    card = {"calibration": {"elbo": {"k": None, "scores": calibrated}}}
     directory = tmp_path_factory.mktemp("checkpoint") / "tiny"
     save_checkpoint(directory, VAE(tiny_vae_config(size=8)).eval(), card)
     return CheckpointFiles.read(directory)
@@ -64,6 +68,24 @@ def test_each_image_scores_as_it_does_alone_in_any_batch(files, pngs):
     assert together["error"].isna().all()
     assert together["seed"].tolist() == [image_seed(3, i) for i in pngs]  # one per image
     assert set(together["method"]) == {"elbo"} and together["k"].isna().all()
+
+
+def test_the_webp_correction_is_the_bound_minus_each_images_webp_codelength(files, pngs):
+    raw_options = ScoreOptions("tiny", seed=3)
+    webp_options = dataclasses.replace(raw_options, correction="webp")
+    raw = score_frame(worker_scorer(files, raw_options), _frame(pngs), raw_options)
+    corrected = score_frame(worker_scorer(files, webp_options), _frame(pngs), webp_options)
+    webp_bits = [8 * len(_webp_lossless(png)) / 64 for png in pngs.values()]
+    expected = [bound - bits for bound, bits in zip(raw["score"], webp_bits, strict=True)]
+    assert corrected["score"].tolist() == pytest.approx(expected, abs=1e-9)
+    assert set(corrected["correction"]) == {"webp"}
+
+
+def _webp_lossless(png: bytes) -> bytes:
+    """The image re-encoded by Pillow as WebP lossless at effort 6 (models.eval.codecs' setting)."""
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(buffer, format="WEBP", lossless=True, quality=100, method=6)
+    return buffer.getvalue()
 
 
 def test_same_seed_draws_every_image_with_the_seed_itself(files, pngs):

@@ -20,7 +20,7 @@ from models.core.checkpoints import read_model_card
 from models.eval.anomaly import Calibration
 from models.eval.calibrated import calibration_for
 from offline.batches import ImageScoringError, ScoreOptions, image_seed
-from offline.spark_score import Job, main, run
+from offline.spark_score import Job, main, parse_args, run
 from service.imaging import encode_png
 
 SEED = 7
@@ -203,6 +203,17 @@ def test_command_line_says_what_is_wrong_without_a_traceback(
         main([*common, "--fpr", "0.0001"])
     with pytest.raises(SystemExit, match="^error: --correction: the vae model card has no term"):
         main([*common, "--method", "iwae", "--correction", "terms"])
+    with pytest.raises(SystemExit, match="^error: --correction: .*regret"):
+        main([*common, "--correction", "regret"])  # the bundled card has no regret calibration
     with pytest.raises(SystemExit, match=r"^error: \d of \d images in a batch cannot be scored"):
         main([*common, "--partitions", "1"])
     assert spark.getActiveSession() is spark  # the CLI leaves a session it did not start
+
+
+def test_every_correction_of_score_but_the_ratio_is_offered_offline(tmp_path, capsys):
+    common = ["--model-dir", str(tmp_path), "--input", "x", "--output", "y"]
+    for correction in ("none", "png", "webp", "terms", "regret"):
+        assert parse_args([*common, "--correction", correction]).correction == correction
+    with pytest.raises(SystemExit):
+        parse_args([*common, "--correction", "ratio"])
+    assert "invalid choice: 'ratio'" in capsys.readouterr().err
