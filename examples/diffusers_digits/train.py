@@ -63,11 +63,24 @@ def write_pngs(images: np.ndarray, folder: Path) -> None:
         Image.fromarray(image, mode="L").save(folder / f"{i:04d}.png")
 
 
-def save_state(path: Path, step: int, unet, optimizer, ema, generator) -> None:
-    """Everything a resumed run needs (weights, EMA, Adam moments, the batch generator);
-    written to a temporary file first, so a run killed mid-write keeps the previous state."""
+def training_target(scheduler, x0, noise, t):
+    """What the network learns to output for ``scheduler.config.prediction_type`` (the targets
+    of diffusers' train_unconditional.py): the noise, the clean image, or v."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "sample":
+        return x0
+    return scheduler.get_velocity(x0, noise, t)
+
+
+def save_state(path: Path, step: int, unet, optimizer, ema, generator, target: str) -> None:
+    """Everything a resumed run needs (weights, EMA, Adam moments, the batch generator, what
+    the network predicts); written to a temporary file first, so a run killed mid-write keeps
+    the previous state."""
     state = {
         "step": torch.tensor(step),
+        "prediction_type": target,
         "unet": unet.state_dict(),
         "ema": ema,
         "optimizer": optimizer.state_dict(),
@@ -77,8 +90,13 @@ def save_state(path: Path, step: int, unet, optimizer, ema, generator) -> None:
     path.with_suffix(".tmp").replace(path)
 
 
-def resume(path: Path, unet, optimizer, ema, generator) -> int:
+def resume(path: Path, unet, optimizer, ema, generator, target: str) -> int:
     state = torch.load(path, weights_only=True)
+    if state.get("prediction_type", "epsilon") != target:
+        raise SystemExit(
+            f"{path} trained a network predicting {state.get('prediction_type', 'epsilon')}, "
+            f"not {target}: use another --out"
+        )
     unet.load_state_dict(state["unet"])
     optimizer.load_state_dict(state["optimizer"])
     for name, tensor in state["ema"].items():
@@ -96,6 +114,9 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--prediction-type", choices=("epsilon", "sample", "v_prediction"), default="epsilon"
+    )
     args = parser.parse_args()
     torch.manual_seed(args.seed)
 
@@ -114,8 +135,9 @@ def main() -> None:
         up_block_types=("AttnUpBlock2D", "UpBlock2D"),
         norm_num_groups=8,
     )
-    # diffusers' defaults: T = 1000 linear betas 1e-4..0.02, epsilon prediction, fixed_small.
-    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    # diffusers' defaults: T = 1000 linear betas 1e-4..0.02, fixed_small; the network predicts
+    # the noise (epsilon), the clean image (sample) or v (Salimans & Ho 2022), as asked.
+    scheduler = DDPMScheduler(num_train_timesteps=1000, prediction_type=args.prediction_type)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=2e-3, weight_decay=0.0)
     ema = {k: v.detach().clone() for k, v in unet.state_dict().items()}
 
@@ -123,7 +145,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     state_file = args.out / "train_state.pt"
     if state_file.exists():  # resume: the same weights as one uninterrupted run
-        step = resume(state_file, unet, optimizer, ema, generator)
+        step = resume(state_file, unet, optimizer, ema, generator, args.prediction_type)
         print(f"resumed at step {step} from {state_file}", flush=True)
 
     def more() -> bool:
@@ -137,7 +159,7 @@ def main() -> None:
         noise = torch.randn(x0.shape, generator=generator)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(x0),), generator=generator)
         noisy = scheduler.add_noise(x0, noise, t)
-        loss = F.mse_loss(unet(noisy, t).sample, noise)
+        loss = F.mse_loss(unet(noisy, t).sample, training_target(scheduler, x0, noise, t))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -150,7 +172,7 @@ def main() -> None:
         if step % 200 == 0:
             elapsed = time.perf_counter() - started
             print(f"step {step} loss {loss.item():.4f} {elapsed:.0f} s", flush=True)
-            save_state(state_file, step, unet, optimizer, ema, generator)
+            save_state(state_file, step, unet, optimizer, ema, generator, args.prediction_type)
 
     unet.load_state_dict(ema)
     DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(args.out / "digits-ddpm")
