@@ -88,7 +88,7 @@ ADMITTED = [
     ("vae", Work("likelihood", 64, "elbo")),  # Locust and the benchmark: /score of 64 images
     ("ddpm", Work("likelihood", 1, "vlb_mc", 10)),  # Locust: DDPM /score at the card's k
     ("ddpm", Work("sample", 1, options=DDIM_50)),  # the benchmark's DDIM-50
-    ("ddpm", Work("likelihood", 1, "vlb_exact")),  # tests: the exact bound of one image
+    ("ddpm", Work("likelihood", 1, "vlb_exact")),  # http_api.md: a task only for many images
     ("ddpm", Work("sample", 64, options=DDIM_50)),  # the most /sample takes at 50
 ]
 
