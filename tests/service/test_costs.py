@@ -81,7 +81,7 @@ def test_past_the_ceiling_the_error_names_the_cost_the_ceiling_and_the_way_out()
 
 # The largest synchronous requests of the README's examples, the load tests and the suite.
 ADMITTED = [
-    ("ddpm", Work("sample", 16, options=DDIM_50)),  # README curl and Python: grid
+    ("ddpm", Work("sample", 4, options=DDIM_50)),  # README curl and Python: grid
     ("ddpm", Work("likelihood", 4, "vlb_mc", 20)),  # README Python
     ("ddpm", Work("encode", 1, options={"steps": 20})),  # README Python
     ("vae", Work("likelihood", 1, "iwae", 100)),  # README curl
