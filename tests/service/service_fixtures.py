@@ -120,10 +120,25 @@ _in_process: list = []  # the session's in-process client, once started
 def server_url(served_checkpoints, tmp_path_factory):
     """A real `bentoml serve` on a loopback port (one torch thread), shared by the
     real-server tests and the Locust smoke test."""
+    yield from _real_server({}, tmp_path_factory)
+
+
+# The keys of the server at ``keyed_server_url``.
+API_KEYS = ("k1", "k2")
+
+
+@pytest.fixture(scope="session")
+def keyed_server_url(served_checkpoints, tmp_path_factory):
+    """The same, wanting one of ``API_KEYS``: shared by the tests of keys over real HTTP
+    (test_auth.py, test_ui_browser.py)."""
+    yield from _real_server({"ELBO_SERVE_API_KEYS": ",".join(API_KEYS)}, tmp_path_factory)
+
+
+def _real_server(overrides: dict[str, str], tmp_path_factory):
     from load_tests.serving import running_server, server_environment
 
     env = server_environment(
-        {"ELBO_SERVE_TORCH_THREADS": "1"}, tmp_path_factory.mktemp("bentoml-home")
+        {"ELBO_SERVE_TORCH_THREADS": "1", **overrides}, tmp_path_factory.mktemp("bentoml-home")
     )
     log = tmp_path_factory.mktemp("server") / "server.log"
     try:

@@ -7,6 +7,7 @@ import asyncio
 import json
 
 import pytest
+from service_fixtures import API_KEYS
 
 from service.auth import HEALTH_PATHS, ApiKeys
 from service.settings import Settings, read_api_keys
@@ -78,17 +79,14 @@ def test_keys_come_from_the_environment_and_a_file(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_real_server_with_keys_needs_one_and_keeps_health_open(tmp_path):
+def test_a_real_server_with_keys_needs_one_and_keeps_health_open(keyed_server_url):
     import requests
 
-    from load_tests.serving import running_server, server_environment
-
-    env = server_environment({"ELBO_SERVE_API_KEYS": "k1,k2"}, tmp_path / "home")
-    with running_server(env, tmp_path / "server.log") as (url, _):
-        body = {"model": "vae", "n": 1, "seed": 0}
-        refused = requests.post(f"{url}/sample", json=body, timeout=60)
-        assert refused.status_code == 401 and refused.json()["field"] == "authorization"
-        headers = {"Authorization": "Bearer k2"}
-        served = requests.post(f"{url}/sample", json=body, headers=headers, timeout=60)
-        assert served.status_code == 200 and len(served.json()["images"]) == 1
-        assert requests.get(f"{url}/metrics", timeout=10).status_code == 200
+    url = keyed_server_url
+    body = {"model": "vae", "n": 1, "seed": 0}
+    refused = requests.post(f"{url}/sample", json=body, timeout=60)
+    assert refused.status_code == 401 and refused.json()["field"] == "authorization"
+    headers = {"Authorization": f"Bearer {API_KEYS[-1]}"}  # any of the keys, not only the first
+    served = requests.post(f"{url}/sample", json=body, headers=headers, timeout=60)
+    assert served.status_code == 200 and len(served.json()["images"]) == 1
+    assert requests.get(f"{url}/metrics", timeout=10).status_code == 200

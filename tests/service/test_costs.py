@@ -81,14 +81,14 @@ def test_past_the_ceiling_the_error_names_the_cost_the_ceiling_and_the_way_out()
 
 # The largest synchronous requests of the README's examples, the load tests and the suite.
 ADMITTED = [
-    ("ddpm", Work("sample", 16, options=DDIM_50)),  # README curl and Python: grid
+    ("ddpm", Work("sample", 4, options=DDIM_50)),  # README curl and Python: grid
     ("ddpm", Work("likelihood", 4, "vlb_mc", 20)),  # README Python
     ("ddpm", Work("encode", 1, options={"steps": 20})),  # README Python
     ("vae", Work("likelihood", 1, "iwae", 100)),  # README curl
     ("vae", Work("likelihood", 64, "elbo")),  # Locust and the benchmark: /score of 64 images
     ("ddpm", Work("likelihood", 1, "vlb_mc", 10)),  # Locust: DDPM /score at the card's k
     ("ddpm", Work("sample", 1, options=DDIM_50)),  # the benchmark's DDIM-50
-    ("ddpm", Work("likelihood", 1, "vlb_exact")),  # tests: the exact bound of one image
+    ("ddpm", Work("likelihood", 1, "vlb_exact")),  # http_api.md: a task only for many images
     ("ddpm", Work("sample", 64, options=DDIM_50)),  # the most /sample takes at 50
 ]
 

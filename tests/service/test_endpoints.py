@@ -124,13 +124,6 @@ def test_likelihood_of_an_image_does_not_depend_on_its_companions(client, images
         assert got["kl_nats"] == pytest.approx(expected["kl_nats"], rel=1e-6)
 
 
-def test_vlb_exact_on_one_image(client, images):
-    bound = client.post(
-        "/likelihood", json={"model": "ddpm", "images": images[:1], "method": "vlb_exact"}
-    ).json()["results"][0]
-    assert bound["stderr_nats"] is None and 0 < bound["total_bits_per_dim"] < 16
-
-
 @pytest.mark.parametrize("correction", ["none", "png"])
 def test_score_flags_against_the_calibrated_threshold(client, images, correction):
     response = client.post(
@@ -223,13 +216,6 @@ def test_sample_task_matches_the_synchronous_endpoint_and_reports_progress(clien
     assert result["images"] == client.post("/sample", json=body).json()["images"]
     progress = client.post("/task_progress", json={"task_id": task_id}).json()
     assert progress == {"task_id": task_id, "done": 5, "total": 5, "fraction": 1.0}
-
-
-def test_likelihood_task_runs_the_exact_bound(client, images):
-    body = {"model": "ddpm", "images": images[:1], "method": "vlb_exact"}
-    task_id, result = _run_task(client, "likelihood_task", body)
-    assert result["method"] == "vlb_exact" and len(result["results"]) == 1
-    assert client.post("/task_progress", json={"task_id": task_id}).json()["fraction"] == 1.0
 
 
 def test_unknown_task_progress_is_a_404(client):

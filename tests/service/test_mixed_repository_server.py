@@ -156,7 +156,10 @@ def test_diffusers_folder_serves_every_endpoint_beside_our_vae(server):
         bound = _post(
             url, "likelihood", model=name, images=pngs, method=method, **({"k": k} if k else {})
         )
+        assert bound["method"] == method and len(bound["results"]) == 2
         assert all(r["total_bits_per_dim"] > 0 for r in bound["results"])
+        # the exact sum over every timestep has no Monte Carlo error; the estimate has one
+        assert all((r["stderr_nats"] is None) == (k is None) for r in bound["results"])
     scored = _post(url, "score", model=name, images=pngs, fpr=0.25)
     assert all("is_anomaly" in r for r in scored["results"])
     assert _post(url, "sample", model="vae", n=1, seed=1)["images"]
@@ -176,6 +179,32 @@ def test_diffusers_sampling_task_completes(server):
     assert status == "completed"
     result = requests.get(f"{url}/sample_task/get", params={"task_id": task_id}, timeout=30)
     assert result.json()["images"] == _post(url, "sample", **body)["images"]
+
+
+def test_likelihood_task_runs_the_exact_bound(server):
+    """The exact bound (all 20 timesteps of the diffusers DDPM: the bound, the task worker and
+    the progress are ours, whatever the loader) as a task: it completes, its progress reaches
+    every row, and it answers what the synchronous endpoint answers for the same seed."""
+    url, images, _log = server
+    body = {"model": "digits-ddpm", "images": [png_b64(images[0])], "method": "vlb_exact"}
+    body["seed"] = 4
+    submitted = requests.post(f"{url}/likelihood_task/submit", json=body, timeout=30)
+    task_id = submitted.json()["task_id"]
+    deadline = time.monotonic() + 120
+    status = "in_progress"
+    while status == "in_progress" and time.monotonic() < deadline:
+        status = requests.get(
+            f"{url}/likelihood_task/status", params={"task_id": task_id}, timeout=30
+        ).json()["status"]
+        time.sleep(0.2)
+    assert status == "completed"
+    result = requests.get(f"{url}/likelihood_task/get", params={"task_id": task_id}, timeout=30)
+    result = result.json()
+    assert result["method"] == "vlb_exact" and len(result["results"]) == 1
+    assert result["results"][0]["stderr_nats"] is None
+    assert result == _post(url, "likelihood", **body)
+    progress = requests.post(f"{url}/task_progress", json={"task_id": task_id}, timeout=30)
+    assert progress.json()["fraction"] == 1.0
 
 
 def test_a_kind_from_another_package_serves_every_endpoint_it_declares(server):

@@ -11,8 +11,7 @@ import shutil
 import numpy as np
 import pytest
 from PIL import Image
-
-from load_tests.serving import running_server, server_environment
+from service_fixtures import API_KEYS
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -91,18 +90,14 @@ def test_the_page_samples_and_scores_against_a_real_server(browser, server_url, 
     page.close()
 
 
-def test_with_api_keys_the_page_asks_for_one_and_works_with_it(browser, tmp_path):
-    env = server_environment(
-        {"ELBO_SERVE_TORCH_THREADS": "1", "ELBO_SERVE_API_KEYS": "team-key"}, tmp_path / "home"
-    )
-    with running_server(env, tmp_path / "server.log") as (url, _process):
-        page = _open(browser, url, [])
-        page.wait_for_selector("#status:has-text('needs an API key')")
-        assert page.evaluate("document.activeElement.id") == "api-key"
-        page.keyboard.type("team-key")
-        page.keyboard.press("Enter")
-        page.wait_for_selector("#status:has-text('Connected')")
-        page.click("#tab-models")
-        page.wait_for_selector(".grids img", timeout=30_000)  # a card's grid, fetched with the key
-        page.screenshot(path=tmp_path / "ui_models.png", full_page=True)
-        page.close()
+def test_with_api_keys_the_page_asks_for_one_and_works_with_it(browser, keyed_server_url, tmp_path):
+    page = _open(browser, keyed_server_url, [])
+    page.wait_for_selector("#status:has-text('needs an API key')")
+    assert page.evaluate("document.activeElement.id") == "api-key"
+    page.keyboard.type(API_KEYS[0])
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#status:has-text('Connected')")
+    page.click("#tab-models")
+    page.wait_for_selector(".grids img", timeout=30_000)  # a card's grid, fetched with the key
+    page.screenshot(path=tmp_path / "ui_models.png", full_page=True)
+    page.close()
