@@ -145,3 +145,20 @@ def wait_ready(get, timeout_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("service not ready")
         time.sleep(0.2)
+
+
+def served_models():
+    """The in-process service's served models, name -> ServedModel."""
+    from _bentoml_sdk.service import get_current_service
+
+    return get_current_service().calls.repository._served
+
+
+def replace_card(monkeypatch, name: str, card: dict) -> None:
+    """Serve model ``name`` with ``card`` for the rest of the test (monkeypatch undoes it)."""
+    import dataclasses
+
+    served = served_models()
+    model = served[name]
+    checkpoint = dataclasses.replace(model.checkpoint, card=card)
+    monkeypatch.setitem(served, name, dataclasses.replace(model, checkpoint=checkpoint))

@@ -165,18 +165,22 @@ def test_diffusers_folder_serves_every_endpoint_beside_our_vae(server):
     assert _post(url, "sample", model="vae", n=1, seed=1)["images"]
 
 
+def _finished_status(url: str, route: str, task_id: str, seconds: float = 120) -> str:
+    """The task's status once it is no longer in progress (or after ``seconds``)."""
+    deadline = time.monotonic() + seconds
+    status = "in_progress"
+    while status == "in_progress" and time.monotonic() < deadline:
+        answer = requests.get(f"{url}/{route}/status", params={"task_id": task_id}, timeout=30)
+        status = answer.json()["status"]
+        time.sleep(0.2)
+    return status
+
+
 def test_diffusers_sampling_task_completes(server):
     url, _images, _log = server
     body = {"model": "digits-ddpm", "n": 1, "seed": 2, "steps": 4}
     task_id = requests.post(f"{url}/sample_task/submit", json=body, timeout=30).json()["task_id"]
-    deadline = time.monotonic() + 120
-    status = "in_progress"
-    while status == "in_progress" and time.monotonic() < deadline:
-        status = requests.get(
-            f"{url}/sample_task/status", params={"task_id": task_id}, timeout=30
-        ).json()["status"]
-        time.sleep(0.2)
-    assert status == "completed"
+    assert _finished_status(url, "sample_task", task_id) == "completed"
     result = requests.get(f"{url}/sample_task/get", params={"task_id": task_id}, timeout=30)
     assert result.json()["images"] == _post(url, "sample", **body)["images"]
 
@@ -190,14 +194,7 @@ def test_likelihood_task_runs_the_exact_bound(server):
     body["seed"] = 4
     submitted = requests.post(f"{url}/likelihood_task/submit", json=body, timeout=30)
     task_id = submitted.json()["task_id"]
-    deadline = time.monotonic() + 120
-    status = "in_progress"
-    while status == "in_progress" and time.monotonic() < deadline:
-        status = requests.get(
-            f"{url}/likelihood_task/status", params={"task_id": task_id}, timeout=30
-        ).json()["status"]
-        time.sleep(0.2)
-    assert status == "completed"
+    assert _finished_status(url, "likelihood_task", task_id) == "completed"
     result = requests.get(f"{url}/likelihood_task/get", params={"task_id": task_id}, timeout=30)
     result = result.json()
     assert result["method"] == "vlb_exact" and len(result["results"]) == 1

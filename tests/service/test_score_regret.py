@@ -5,11 +5,10 @@ ceiling or other than calibrated (400), a request past the cost ceiling (413 -> 
 
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import pytest
-from service_testing import png_b64
+from service_testing import png_b64, replace_card, served_models
 
 from models.core.noise import seeded_generator
 from models.core.pixels import pixels_to_signed_unit
@@ -30,24 +29,11 @@ def images(pixels):
     return [png_b64(image) for image in pixels]
 
 
-def _served():
-    from _bentoml_sdk.service import get_current_service
-
-    return get_current_service().calls.repository._served
-
-
-def _replace_card(monkeypatch, name: str, card: dict) -> None:
-    served = _served()
-    model = served[name]
-    checkpoint = dataclasses.replace(model.checkpoint, card=card)
-    monkeypatch.setitem(served, name, dataclasses.replace(model, checkpoint=checkpoint))
-
-
 @pytest.fixture(scope="module")
 def regret_card(client, test_images):
     """The served VAE's card with a regret calibration at STEPS steps, measured here on
     held-out-like test images 8..39 (the bundled card's own calibration may differ)."""
-    model = _served()["vae"]
+    model = served_models()["vae"]
     regret = model.kind.likelihood_regret(model.model)
     record = measure_regret(
         regret,
@@ -64,7 +50,7 @@ def regret_card(client, test_images):
 
 @pytest.fixture
 def regret_calibrated(client, regret_card, monkeypatch):
-    _replace_card(monkeypatch, "vae", regret_card)
+    replace_card(monkeypatch, "vae", regret_card)
     return client
 
 
@@ -78,7 +64,7 @@ def test_score_with_regret_is_the_elbo_gap_against_the_calibrated_threshold(
     response = regret_calibrated.post("/score", json=_body(images, seed=5))
     assert response.status_code == 200, response.text
     body = response.json()
-    model = _served()["vae"]
+    model = served_models()["vae"]
     regret = model.kind.likelihood_regret(model.model)
     assert body["correction"] == "regret" and body["method"] == "elbo"
     assert body["regret_steps"] == STEPS and body["regret_learning_rate"] == regret.learning_rate
@@ -125,12 +111,12 @@ def test_score_with_regret_on_a_ddpm_is_a_400_naming_the_model_and_what_it_lacks
 def test_score_with_regret_without_its_calibration_is_a_409_that_says_how(
     client, images, monkeypatch
 ):
-    card = dict(_served()["vae"].checkpoint.card)
+    card = dict(served_models()["vae"].checkpoint.card)
     card["calibration"] = {
         method: {key: value for key, value in entry.items() if key != "likelihood_regret"}
         for method, entry in card["calibration"].items()
     }
-    _replace_card(monkeypatch, "vae", card)
+    replace_card(monkeypatch, "vae", card)
     response = client.post("/score", json=_body(images))
     assert response.status_code == 409, response.text
     error = response.json()["error"]

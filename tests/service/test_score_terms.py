@@ -3,11 +3,10 @@ image against its calibrated threshold; a card without one is a 409 that says so
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
-from service_testing import metric_value, png_b64
+from service_testing import metric_value, png_b64, replace_card, served_models
 
 from models.core.card import calibrations_in
 from models.eval.typicality import Density, fit_and_calibrate, with_term_density
@@ -20,26 +19,13 @@ def images(test_images):
     return [png_b64(image) for image in test_images[:2]]
 
 
-def _served():
-    from _bentoml_sdk.service import get_current_service
-
-    return get_current_service().calls.repository._served
-
-
-def _replace_card(monkeypatch, name: str, card: dict) -> None:
-    served = _served()
-    model = served[name]
-    checkpoint = dataclasses.replace(model.checkpoint, card=card)
-    monkeypatch.setitem(served, name, dataclasses.replace(model, checkpoint=checkpoint))
-
-
 @pytest.fixture
 def term_calibrated(client, monkeypatch):
     """The service, each model's card given a term density if it has none (fitted here on
     random vectors of the right width: the test is of the plumbing, not of the fit)."""
     import numpy as np
 
-    for name, model in _served().items():
+    for name, model in served_models().items():
         card = model.checkpoint.card
         method = model.kind.term_method
         entry = calibrations_in(card).get(method)
@@ -52,7 +38,7 @@ def term_calibrated(client, monkeypatch):
         density = fit_and_calibrate(
             vectors[:200], vectors[200:], names, k, "gaussian", "fixture", "fixture"
         )
-        _replace_card(monkeypatch, name, with_term_density(card, method, density))
+        replace_card(monkeypatch, name, with_term_density(card, method, density))
     return client
 
 
@@ -78,7 +64,7 @@ def test_score_with_term_density_returns_finite_scores_and_its_threshold(
     )
     assert response.status_code == 200, response.text
     body = response.json()
-    model = _served()[name]
+    model = served_models()[name]
     entry = calibrations_in(model.checkpoint.card)[model.kind.term_method]
     density = entry.term_density
     assert body["correction"] == "terms" and body["method"] == model.kind.term_method
@@ -99,18 +85,18 @@ def test_term_scores_are_the_densitys_score_of_the_bounds_terms(term_calibrated,
     plain = term_calibrated.post("/score", json={**body, "correction": "none"}).json()
     for with_terms, without in zip(terms["results"], plain["results"], strict=True):
         assert with_terms["bits_per_dim"] == pytest.approx(without["bits_per_dim"], abs=1e-5)
-    model = _served()["vae"]
+    model = served_models()["vae"]
     density = Density.from_dict(calibrations_in(model.checkpoint.card)["elbo"].term_density)
     assert density.estimator in ("gaussian", "kde")
 
 
 def test_score_with_terms_is_a_409_when_the_card_has_no_term_density(client, images, monkeypatch):
-    card = dict(_served()["vae"].checkpoint.card)
+    card = dict(served_models()["vae"].checkpoint.card)
     card["calibration"] = {
         method: {key: value for key, value in entry.items() if key != "term_density"}
         for method, entry in card["calibration"].items()
     }
-    _replace_card(monkeypatch, "vae", card)
+    replace_card(monkeypatch, "vae", card)
     response = client.post("/score", json={"model": "vae", "images": images, "correction": "terms"})
     assert response.status_code == 409
     assert "no term density for method 'elbo'" in response.json()["error"]
