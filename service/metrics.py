@@ -149,6 +149,7 @@ def observe_cuda_memory(device: str) -> None:
         CUDA_PEAK_MEMORY_BYTES.labels(device).set(torch.cuda.max_memory_allocated(device))
         torch.cuda.reset_peak_memory_stats(device)
 
+
 # Tasks (service/tasks/). The queue is shared by every replica, so each reports the same depth:
 # aggregate with max(), not sum().
 TASKS_QUEUED = Gauge(
@@ -179,6 +180,7 @@ TASK_SECONDS = Histogram(
     ["kind", "status"],
     buckets=(0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+
 
 def set_cpu_mode(model: str, choice) -> None:
     """``choice``: a :class:`models.nn.mode_choice.ModeChoice`."""
