@@ -82,9 +82,7 @@ def train_background(run: Path, mutation_rate: float, threads: int) -> Path:
     from models import train
 
     background = run.parent / f"{run.name}_background"
-    if not (background / "checkpoint" / "training.json").exists() or _steps_done(
-        background
-    ) < _steps_done(run):
+    if _steps_done(background) < _steps_done(run):
         command = ["vae", "--background-of", str(run), "--out", str(background)]
         command += ["--mutation-rate", str(mutation_rate), "--threads", str(threads)]
         if train.main(command) != 0:
@@ -99,9 +97,9 @@ def _steps_done(run: Path) -> int:
 
 @torch.no_grad()
 def per_image_terms(checkpoint: Path, images: torch.Tensor, iwae_k: int) -> dict[str, np.ndarray]:
-    """(N,) arrays: -ELBO bits/dim with its reconstruction and KL terms in nats, the IWAE
-    bound in bits/dim (when ``iwae_k`` > 0), and the PNG, WebP and LZMA codelengths in
-    bits/dim; seeded, chunked."""
+    """(N,) arrays of the model's terms: -ELBO bits/dim with its reconstruction and KL terms
+    in nats, and the IWAE bound in bits/dim (when ``iwae_k`` > 0); seeded, chunked. The
+    images' codelengths, which need no model, are :func:`codec_terms`."""
     model = load_checkpoint(checkpoint).model
     kind = kind_of(model)
     elbo, iwae = kind.method_for(model, "elbo"), kind.method_for(model, "iwae")
@@ -114,9 +112,7 @@ def per_image_terms(checkpoint: Path, images: torch.Tensor, iwae_k: int) -> dict
             "elbo_bits_per_dim": terms["total_bits_per_dim"],
             "reconstruction_nats": terms["reconstruction_nats"],
             "kl_nats": terms["kl_nats"],
-            "png_bits_per_dim": png_bits_per_dim(chunk),
         }
-        found.update(codec_terms(chunk))
         if iwae_k > 0:
             bound = run_to_end(iwae.run(model, x, iwae_k, generator, 4096))
             found["iwae_bits_per_dim"] = bound["total_bits_per_dim"]
@@ -125,9 +121,11 @@ def per_image_terms(checkpoint: Path, images: torch.Tensor, iwae_k: int) -> dict
     return {name: torch.cat(parts).numpy() for name, parts in columns.items()}
 
 
-def codec_terms(images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """uint8 (N, C, H, W) -> each extra codec's codelength, ``<codec>_bits_per_dim``: (N,)."""
-    return {f"{codec}_bits_per_dim": codec_bits_per_dim(images, codec) for codec in EXTRA_CODECS}
+def codec_terms(images: torch.Tensor) -> dict[str, np.ndarray]:
+    """uint8 (N, C, H, W) -> each codec's codelength, ``<codec>_bits_per_dim``: (N,)."""
+    terms = {"png_bits_per_dim": png_bits_per_dim(images)}
+    terms.update({f"{c}_bits_per_dim": codec_bits_per_dim(images, c) for c in EXTRA_CODECS})
+    return {name: values.double().numpy() for name, values in terms.items()}
 
 
 def background_terms(checkpoint: Path, images: torch.Tensor) -> np.ndarray:
@@ -222,8 +220,11 @@ def _train_and_score(
     folder = export_class_folder(class_images, args.out / "data" / f"class_{c}")
     checkpoint, validation_images = train_on_folder(args.config, folder, run, args.threads)
     trained = time.perf_counter()
-    test_terms = per_image_terms(checkpoint, test, args.iwae_k)
-    validation_terms = per_image_terms(checkpoint, validation_images, args.iwae_k)
+    test_terms = {**per_image_terms(checkpoint, test, args.iwae_k), **codec_terms(test)}
+    validation_terms = {
+        **per_image_terms(checkpoint, validation_images, args.iwae_k),
+        **codec_terms(validation_images),
+    }
     if args.background_mutation_rate is not None:
         background = train_background(run, args.background_mutation_rate, args.threads)
         test_terms["background_elbo_bits_per_dim"] = background_terms(background, test)
@@ -252,7 +253,7 @@ def _saved_terms(args: argparse.Namespace, run: Path, test: torch.Tensor):
     arrays = {name: saved[name] for name in saved.files}
     added = {}
     if any(f"test_{codec}_bits_per_dim" not in arrays for codec in EXTRA_CODECS):
-        added = {f"test_{k}": v.numpy() for k, v in codec_terms(test).items()}
+        added = {f"test_{k}": v for k, v in codec_terms(test).items()}
     wanted = "test_background_elbo_bits_per_dim"
     if args.background_mutation_rate is not None and wanted not in arrays:
         background = train_background(run, args.background_mutation_rate, args.threads)
