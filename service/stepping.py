@@ -16,8 +16,9 @@ Admission keeps the batcher's manners (:mod:`service.batching`): a loop holds at
 first (estimated cost, then arrival), except that one waiting ``age_s`` or longer goes before
 every younger one, oldest first: under continuous cheap load long work still gets in. A call
 carries at most ``call_rows`` rows: when the running rows are more, the cheapest to finish
-go first (those not advanced for ``age_s`` before them), so a short request beside long ones
-runs at the speed of a small call, not of one carrying all their rows. A
+go first, so a short request beside long ones runs at the speed of a small call, not of one
+carrying all their rows; those not advanced for ``age_s`` take a step with them, in a budget
+of their own. A
 model gets up to ``loops`` loops, as many as there are lanes, and the lanes are the batcher's,
 shared with its other work: a loop holds one for one call at a time, with the priority of its
 running requests' remaining cost, so cheaper waiting work gets it between calls.
@@ -143,23 +144,20 @@ class StepScheduler:
                 self.on_stop(model, request.size, 0.0)
 
     def _call(self, running: list[_Request]) -> list[_Request]:
-        """The running requests the next call advances, at most ``call_rows`` rows: all of
-        them when they fit; else those not advanced for ``age_s`` first (oldest first),
-        then the cheapest to finish, skipping any that do not fit (one larger than the
-        budget goes alone when it comes first). So cheap work is not slowed by the rows of
-        long work beside it, and long work still takes a step at least every ``age_s``."""
+        """The running requests the next call advances: all of them when they fit in
+        ``call_rows``; else those not advanced for ``age_s`` (oldest first) within the
+        budget, and beside them the cheapest to finish within a budget of their own,
+        skipping any that do not fit (one larger than the budget goes alone when nothing
+        else does). So cheap work is not slowed by the rows of long work beside it, long
+        work still takes a step at least every ``age_s``, and when it does the cheap work
+        rides along instead of waiting a whole call for it."""
         if sum(r.size for r in running) <= self.call_rows:
             return list(running)
         now = self.clock()
         aged = sorted((r for r in running if now - r.advanced >= self.age_s), key=_oldest)
         young = [r for r in running if now - r.advanced < self.age_s]
-        call: list[_Request] = []
-        rows = 0
-        for request in aged + sorted(young, key=_remaining):
-            if not call or rows + request.size <= self.call_rows:
-                call.append(request)
-                rows += request.size
-        return call
+        call = _within(aged, self.call_rows, alone=True)
+        return call + _within(sorted(young, key=_remaining), self.call_rows, alone=not call)
 
     # The loop ------------------------------------------------------------------------------
 
@@ -222,6 +220,20 @@ def _step(network: Network, running: list[_Request]) -> Exception | None:
     except Exception as error:
         return error
     return None
+
+
+def _within(requests: list[_Request], budget: int, alone: bool) -> list[_Request]:
+    """``requests`` in order, skipping any that would take the rows past ``budget``; with
+    ``alone``, a first one larger than the budget goes by itself."""
+    taken: list[_Request] = []
+    rows = 0
+    for request in requests:
+        if rows + request.size <= budget or (alone and not taken):
+            taken.append(request)
+            rows += request.size
+            if rows > budget:
+                break
+    return taken
 
 
 def _answer(request: _Request, outcome: Any) -> None:

@@ -128,6 +128,28 @@ def test_a_short_request_beside_long_ones_runs_in_small_calls_within_the_call_bu
     assert sum(1 in c for c in calls) == 40 and sum(2 in c for c in calls) == 40
 
 
+def test_a_long_request_taking_its_aged_step_does_not_hold_the_short_one_back():
+    async def main():
+        scheduler = _scheduler(call_rows=8, age_s=0.01)
+        network = RecordingNetwork(seconds=0.004)
+        longs = [asyncio.ensure_future(_submit(scheduler, network, i, 60, size=8)) for i in (1, 2)]
+        while len(network.calls) < 3:
+            await asyncio.sleep(0.001)
+        await _submit(scheduler, network, 0, 20)
+        await asyncio.gather(*longs)
+        return network.calls
+
+    calls = asyncio.run(main())
+    with_short = [i for i, call in enumerate(calls) if 0 in call]
+    assert len(with_short) == 20
+    # Every call from its first step to its last advanced it: an aged long request took its
+    # steps beside it, each in a budget of its own, never instead of it.
+    assert with_short == list(range(with_short[0], with_short[0] + 20))
+    assert any(1 in calls[i] or 2 in calls[i] for i in with_short)
+    assert max(len(c) for c in calls) <= 8 + 8
+    assert sum(1 in c for c in calls) == 60 and sum(2 in c for c in calls) == 60
+
+
 def _starving_load(age_s: float) -> tuple[bool, int]:
     """One expensive request behind a continuous stream of cheap ones, one row per call:
     (whether it was answered while the stream ran, the cheap requests answered)."""
