@@ -10,8 +10,11 @@ and measures, with one-image ``/sample`` requests of the bundled DDPM over HTTP:
 - uniform: ``--concurrency`` asyncio httpx clients sending DDIM-50 for ``--seconds``;
 - mixed: the same with steps drawn from {10, 25, 50, 100} (seeded, the same draws for both).
 Clients send for ``--seconds``, then wait for their answers for at most ``--seconds`` more
-(the cut). Network rows/s counts the denoising rows (steps x n) of the requests answered by
-the cut, over the time to the cut: the work the UNet did for answers. p50 / p99 are of every
+(the cut). Network rows/s is the server's own count (``elbo_serve_denoising_rows_total``)
+over the steady part of the sending window (from a sixth of ``--seconds`` in to its end), so
+neither the start, when every client sends at once, nor the drain after it, when fewer
+requests share each call, counts; the rows of the requests answered by the cut, over the
+time to the cut, are printed beside it ("answered rows/s"). p50 / p99 are of every
 request sent; one still unanswered at the cut counts as its age then, so a starved request
 shows as a tail and never drops out.
 
@@ -38,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from load_tests.serving import REPO_ROOT, running_server, server_environment
 
@@ -95,11 +99,33 @@ class _Sent:
     end: float | None = None
 
 
+async def _denoising_rows(client: httpx.AsyncClient, url: str) -> float:
+    """The server's ``elbo_serve_denoising_rows_total`` for the bundled DDPM, summed over
+    operations (whole-request batches and step calls alike)."""
+    text = (await client.get(f"{url}/metrics")).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "elbo_serve_denoising_rows"
+        for sample in family.samples
+        if sample.name.endswith("_total") and sample.labels.get("model") == "ddpm"
+    )
+
+
+async def _steady_rows_per_s(url: str, start: float, window_end: float, warm_up: float) -> float:
+    async with httpx.AsyncClient(timeout=60) as client:
+        await asyncio.sleep(start + warm_up - time.perf_counter())
+        rows, began = await _denoising_rows(client, url), time.perf_counter()
+        await asyncio.sleep(window_end - time.perf_counter())
+        return (await _denoising_rows(client, url) - rows) / (time.perf_counter() - began)
+
+
 async def load_cell(url: str, args: argparse.Namespace, draw_steps) -> dict[str, Any]:
     """``--concurrency`` clients in a closed loop for ``--seconds``."""
     sent: list[_Sent] = []
     start = time.perf_counter()
     window_end = start + args.seconds
+    steady = asyncio.ensure_future(_steady_rows_per_s(url, start, window_end, args.seconds / 6))
 
     async def client_loop(client: httpx.AsyncClient, rng: random.Random) -> None:
         while time.perf_counter() < window_end:
@@ -123,7 +149,8 @@ async def load_cell(url: str, args: argparse.Namespace, draw_steps) -> dict[str,
     rows = sum(r.steps for r in answered)
     return {
         "images_per_s": len(answered) / (cut - start),
-        "rows_per_s": rows / (cut - start),
+        "rows_per_s": await steady,
+        "answered_rows_per_s": rows / (cut - start),
         "p50_s": _quantile(latencies, 0.5),
         "p99_s": _quantile(latencies, 0.99),
         "requests": len(sent),
@@ -171,7 +198,8 @@ def report(figures: dict[str, dict[str, Any]]) -> list[str]:
             c = cells[cell]
             lines.append(
                 f"{name:6s} {cell:15s} {c['images_per_s']:.2f} images/s, "
-                f"{c['rows_per_s']:.1f} rows/s, p50 {c['p50_s']:.1f} s, p99 {c['p99_s']:.1f} s "
+                f"{c['rows_per_s']:.1f} rows/s ({c['answered_rows_per_s']:.1f} answered), "
+                f"p50 {c['p50_s']:.1f} s, p99 {c['p99_s']:.1f} s "
                 f"(p99/p50 {c['p99_s'] / c['p50_s']:.1f}; {c['requests']} sent, "
                 f"{c['unanswered_at_cut']} unanswered at the cut)"
             )

@@ -34,6 +34,13 @@ DENOISING_STEPS = Counter(
     "Denoising network steps run by diffusion sampling, inversion and decoding loops.",
     ["model", "operation"],
 )
+DENOISING_ROWS = Counter(
+    PREFIX + "denoising_rows_total",
+    "Image rows through the denoising network in sampling, inversion and decoding loops: "
+    "a call of n images over s steps adds n * s. Its rate against the network's raw rows/s "
+    "says how busy the network is.",
+    ["model", "operation"],
+)
 LIKELIHOOD_BITS_PER_DIM = Histogram(
     PREFIX + "likelihood_bits_per_dim",
     "Bounds computed for incoming images, in bits/dim: shifts show drift in incoming data.",

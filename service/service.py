@@ -213,6 +213,8 @@ class ElboServe:
         self.metrics.observe_batch(key.model, key.operation, items, seconds)
         if key.denoising_steps:
             self.metrics.DENOISING_STEPS.labels(key.model, key.operation).inc(key.denoising_steps)
+            rows = items * key.denoising_steps
+            self.metrics.DENOISING_ROWS.labels(key.model, key.operation).inc(rows)
         self.metrics.observe_cuda_memory(self.device)
 
 

@@ -36,11 +36,14 @@ def test_concurrent_single_image_scores_share_calls_and_all_succeed(client, test
 def test_sampling_moves_the_generation_metrics(client):
     generated = metric_value(client, "elbo_serve_images_generated_total", model="ddpm")
     steps = metric_value(client, "elbo_serve_denoising_steps_total", operation="sample")
+    rows = metric_value(client, "elbo_serve_denoising_rows_total", operation="sample")
     seconds = metric_value(client, "elbo_serve_inference_seconds_count", model="ddpm")
     client.post("/sample", json={"model": "ddpm", "n": 3, "steps": 4, "seed": 1})
     assert metric_value(client, "elbo_serve_images_generated_total", model="ddpm") == generated + 3
     after = metric_value(client, "elbo_serve_denoising_steps_total", operation="sample")
     assert after == steps + 4
+    rows_after = metric_value(client, "elbo_serve_denoising_rows_total", operation="sample")
+    assert rows_after == rows + 3 * 4  # three images through four steps
     assert metric_value(client, "elbo_serve_inference_seconds_count", model="ddpm") == seconds + 1
 
 
