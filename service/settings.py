@@ -156,7 +156,7 @@ class Settings:
     step_batching: bool = False
     # Under step batching, a request waiting this long is admitted before every younger one
     # (cheapest first otherwise), so long work is not starved by a stream of short work.
-    admission_age_s: float = 2.0
+    admission_age_s: float = 5.0
     # Benchmark aid: a /noop endpoint that validates a /score payload and does nothing else,
     # the framework's own ceiling. Off in production.
     noop_endpoint: bool = False

@@ -77,7 +77,7 @@ class StepScheduler:
         self,
         lanes: Lanes,
         max_batch_items: int,
-        age_s: float = 2.0,
+        age_s: float = 5.0,
         on_step: BatchObserver | None = None,
         on_stop: BatchObserver | None = None,
         clock: Callable[[], float] = time.monotonic,
