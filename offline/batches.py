@@ -78,7 +78,7 @@ class ScoreOptions:
 
     model_name: str
     method: str | None = None
-    correction: str = "none"
+    correction: str | None = None  # None: the card's recommended correction, as /score's
     fpr: float = 0.05
     k: int | None = None
     regret_steps: int | None = None  # correction 'regret': None is the calibration's

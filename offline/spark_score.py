@@ -315,9 +315,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--correction",
         choices=offline_corrections(),
-        default="none",
-        help="as /score's (ratio is not offered offline: its background model does not travel "
-        "to the executors)",
+        default=None,
+        help="as /score's; default: the one the model card recommends, as /score's (ratio is "
+        "not offered offline: its background model does not travel to the executors)",
     )
     parser.add_argument(
         "--regret-steps",

@@ -155,7 +155,8 @@ def _fields_table(schema: dict[str, Any]) -> str:
     rows = []
     for name, prop in schema.get("properties", {}).items():
         default = f"`{json.dumps(prop['default'])}`" if "default" in prop else ""
-        nullable = " or null" if prop.get("nullable") else ""
+        listed = None in prop.get("enum", [])  # an enum holding null says so itself
+        nullable = " or null" if prop.get("nullable") and not listed else ""
         rows.append(
             [
                 f"`{name}`",

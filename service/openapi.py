@@ -319,12 +319,16 @@ def _score_variants(name: str, info: Mapping[str, Any]) -> list[dict[str, Any]]:
             key = (score["k"], score["min_fpr"], score.get("regret_steps"))
             calibrated.setdefault(key, []).append(correction)
         takes_k = described["k_range"] is not None
+        recommended = described.get("recommended_correction", "none")
         for (k, min_fpr, steps), corrections in calibrated.items():
             k_schema = _nullable_enum([k], allow_null=True) if takes_k else dict(NULL_ONLY)
             variants.append(
                 {
                     **common,
-                    "correction": {"enum": corrections},
+                    # null: the card's recommended correction, calibrated like the others
+                    "correction": _nullable_enum(
+                        corrections, allow_null=recommended in corrections
+                    ),
                     "k": k_schema,
                     "fpr": {"minimum": min_fpr},
                     "regret_steps": (

@@ -123,6 +123,7 @@ class ServedModel:
                 "default_k": m.default_k,
                 "maps": m.run_per_dim is not None,
                 "scores": self._scores(m),
+                "recommended_correction": self.scoring.recommended_correction(name),
             }
             for name, m in self.kind.methods(self.model).items()
         }

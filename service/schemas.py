@@ -220,22 +220,24 @@ class ScoreRequest(LikelihoodRequest):
         lt=1.0,
         description="Target false-positive rate on normal data; picks the calibrated threshold.",
     )
-    correction: Correction = Field(
-        "none",
-        description="'none': the score is the bound in bits/dim. 'png': the bound minus the "
-        "image's PNG codelength in bits/dim (Serra et al. 2019), which discounts how simple "
-        "an image is. 'webp': the same with the image's lossless WebP codelength, a better "
-        "codec (higher AUROC on the bundled VAE's outlier sets). 'terms': the negative log "
-        "density (nats) of the bound's per-image terms "
-        "(VAE: reconstruction and KL; DDPM: L_T, bands of timesteps, L_0) under a density "
-        "fitted on held-out normal images (DoSE, Morningstar et al. 2021). 'ratio': the bound "
-        "minus the bound of the model's background model in bits/dim, a likelihood ratio "
-        "(Ren et al. 2019; the background was trained on perturbed normal images, and the "
-        "model card names it; 409 for a model without one). 'regret': the Likelihood Regret "
-        "(Xiao et al. 2020), the bound minus the bound with the image's own posterior "
-        "optimised by `regret_steps` Adam steps from the encoder's, in bits/dim (>= 0; VAEs "
-        "only: 400 for a model that offers none, GET /models: likelihood_regret; 409 for a "
-        "card without its calibration).",
+    correction: Correction | None = Field(
+        None,
+        description="Omitted or null: the correction the model card recommends for the method (GET "
+        "/models: `recommended_correction`, the one that detected its outlier sets best), "
+        "'none' where it recommends none. 'none': the score is the bound in bits/dim. 'png': "
+        "the bound minus the image's PNG codelength in bits/dim (Serra et al. 2019), which "
+        "discounts how simple an image is. 'webp': the same with the image's lossless WebP "
+        "codelength, a better codec (higher AUROC on the bundled VAE's outlier sets). "
+        "'terms': the negative log density (nats) of the bound's per-image terms (VAE: "
+        "reconstruction and KL; DDPM: L_T, bands of timesteps, L_0) under a density fitted on"
+        " held-out normal images (DoSE, Morningstar et al. 2021). 'ratio': the bound minus "
+        "the bound of the model's background model in bits/dim, a likelihood ratio (Ren et "
+        "al. 2019; the background was trained on perturbed normal images, and the model card "
+        "names it; 409 for a model without one). 'regret': the Likelihood Regret (Xiao et al."
+        " 2020), the bound minus the bound with the image's own posterior optimised by "
+        "`regret_steps` Adam steps from the encoder's, in bits/dim (>= 0; VAEs only: 400 for "
+        "a model that offers none, GET /models: likelihood_regret; 409 for a card without its"
+        " calibration).",
     )
     regret_steps: int | None = Field(
         None,
@@ -412,6 +414,11 @@ class MethodInfo(_Schema):
         default_factory=dict,
         description="Per /score correction the model card calibrates it for, what /score "
         "takes with it (a correction not listed is a 409).",
+    )
+    recommended_correction: str = Field(
+        "none",
+        description="What /score uses when a request names no correction: the one the "
+        "model card measured best on its outlier sets (highest mean AUROC), else 'none'.",
     )
 
 

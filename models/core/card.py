@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -235,9 +235,67 @@ class MethodDetection(Record):
 
 
 @dataclass(frozen=True)
+class Recommendation(Record):
+    """The correction that detected the card's outlier sets best for one method: the highest
+    mean AUROC over the sets among the corrections measured on the same images and calibrated
+    (ties go to the one listed first: the raw bound, then the codecs). /score uses it when a
+    request names no correction."""
+
+    correction: str
+    mean_auroc: Mapping[str, float]  # correction -> its mean AUROC over the outlier sets
+
+
+@dataclass(frozen=True)
 class Anomaly(Record):
     outlier_sets: tuple[str, ...]
     methods: Mapping[str, MethodDetection]
+    # method -> its recommended correction; absent from cards written before recommendations,
+    # whose /score default stays the raw bound.
+    recommended: Mapping[str, Recommendation] | None = field(default=None, metadata={"omit": True})
+
+
+def measured_corrections(detection: MethodDetection) -> dict[str, float]:
+    """correction -> mean AUROC over ``detection``'s outlier sets, for every correction
+    measured on all of them (the raw bound first, then PNG, then the other codecs by name)."""
+    per_set: dict[str, list[float]] = {}
+    for outcome in detection.sets.values():
+        codecs = {"png": outcome.minus_png, **dict(outcome.minus_codecs or {})}
+        found = {"none": outcome.raw, **{c: codecs[c] for c in sorted(codecs, key=_png_first)}}
+        for correction, measured in found.items():
+            per_set.setdefault(correction, []).append(measured.auroc)
+    return {c: sum(v) / len(v) for c, v in per_set.items() if len(v) == len(detection.sets)}
+
+
+def _png_first(codec: str) -> tuple[bool, str]:
+    return codec != "png", codec
+
+
+def recommend(detection: MethodDetection, calibrated: Iterable[str]) -> Recommendation | None:
+    """The calibrated correction with the highest mean AUROC over the outlier sets (the
+    first listed on a tie); None when no outlier set was measured."""
+    if not detection.sets:
+        return None
+    measured = {c: a for c, a in measured_corrections(detection).items() if c in set(calibrated)}
+    if not measured:
+        return None
+    best = max(measured, key=lambda c: (measured[c], -list(measured).index(c)))
+    return Recommendation(best, measured)
+
+
+def recommended_corrections_in(card: Mapping[str, Any]) -> dict[str, str]:
+    """method -> the correction its card recommends; empty for a card that recommends none."""
+    section = card.get("anomaly", {})
+    if not isinstance(section, Mapping) or section.get("recommended") is None:
+        return {}
+    recommended = section["recommended"]
+    if not isinstance(recommended, Mapping):
+        raise CardError("model card.anomaly.recommended: expected an object")
+    return {
+        method: Recommendation.from_dict(
+            entry, f"model card.anomaly.recommended.{method}"
+        ).correction
+        for method, entry in recommended.items()
+    }
 
 
 @dataclass(frozen=True)

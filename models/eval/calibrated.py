@@ -82,7 +82,7 @@ class CalibratedScorer:
         model: nn.Module,
         card: Mapping[str, Any],
         method: str | None = None,
-        correction: str = "none",
+        correction: str | None = None,
         fpr: float = 0.05,
         k: int | None = None,
         background: Background | None = None,

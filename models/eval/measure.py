@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from models.core.card import (
+    SCORE_KINDS,
     Anomaly,
     ClassifierInfo,
     EvaluationData,
@@ -22,6 +23,7 @@ from models.core.card import (
     Provenance,
     SampleGrids,
     SampleQuality,
+    recommend,
 )
 from models.core.checkpoints import load_checkpoint, read_model_card, weights_path
 from models.eval.context import EvalContext
@@ -58,6 +60,10 @@ class Measurements:
             data=data,
             pixel_calibration=self.pixel_calibration or None,
         )
+
+
+def _calibrated_corrections(calibration: MethodCalibration) -> set[str]:
+    return {name for name, kind in SCORE_KINDS.items() if kind in calibration.scores}
 
 
 def provenance(directory: Path, model: torch.nn.Module) -> Provenance:
@@ -110,12 +116,17 @@ def measure(
         if (maps := pixel_calibration(kind, model, method, ctx)) is not None:
             pixel[method.name] = maps
     calibrations = with_likelihood_regret(kind, model, ctx, calibrations)
+    recommended = {
+        name: found
+        for name, detection in detections.items()
+        if (found := recommend(detection, _calibrated_corrections(calibrations[name])))
+    }
     return Measurements(
         kind=kind.name,
         checkpoint=provenance(directory, model),
         likelihood=likelihood,
         sample_quality=samples,
-        anomaly=Anomaly(tuple(sorted(ctx.outlier_set_names())), detections),
+        anomaly=Anomaly(tuple(sorted(ctx.outlier_set_names())), detections, recommended or None),
         calibration=calibrations,
         sample_grids=grids,
         pixel_calibration=pixel,

@@ -39,6 +39,7 @@ from models.core.card import (
     background_in,
     calibrations_in,
     pixel_calibrations_in,
+    recommended_corrections_in,
 )
 from models.eval.anomaly import Calibration
 from models.kinds import OptionError, check_k
@@ -245,6 +246,7 @@ class Scoring:
         self._calibrations = calibrations_in(card)  # CardError for a malformed section
         self._pixel = pixel_calibrations_in(card)
         self._reference = background_in(card)
+        self._recommended = recommended_corrections_in(card)
         self._resolved: dict[tuple[str, str], CalibratedScore] = {}
         self._pixel_resolved: dict[str, PixelCalibration] = {}
 
@@ -252,15 +254,17 @@ class Scoring:
         self,
         method: str | None = None,
         k: int | None = None,
-        correction: str = "none",
+        correction: str | None = "none",
         fpr: float = 0.05,
         maps: bool = False,
         map_normalisation: MapNormalisation = "pixel",
         regret_steps: int | None = None,
     ) -> ScoringPlan:
-        """The plan for these options (None: the default method, the calibration's k and
-        regret steps). NoCalibrationError or OptionError naming the option the card or model
-        cannot honour."""
+        """The plan for these options (None: the default method, the card's recommended
+        correction, the calibration's k and regret steps). NoCalibrationError or OptionError
+        naming the option the card or model cannot honour."""
+        if correction is None:
+            correction = self.recommended_correction(method)
         if correction not in CORRECTIONS:
             raise OptionError("correction", f"one of {', '.join(CORRECTIONS)}, got {correction!r}")
         regret = self._regret_for(correction, method)
@@ -295,6 +299,11 @@ class Scoring:
             regret_steps=regret_steps,
             regret_learning_rate=calibrated.regret_learning_rate,
         )
+
+    def recommended_correction(self, method: str | None = None) -> str:
+        """The correction the card recommends for ``method`` (None: the default method),
+        measured best on its outlier sets; 'none', the raw bound, where it recommends none."""
+        return self._recommended.get(self.kind.method_for(self.model, method).name, "none")
 
     def calibration_of(self, method: str, correction: str) -> CalibratedScore:
         """The card's calibration of ``method`` (a bound the model offers) under

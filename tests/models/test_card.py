@@ -109,3 +109,51 @@ def test_score_kinds_are_the_calibrated_scores_each_correction_names():
         "ratio": "bits_per_dim_minus_background",
     }
     assert (BITS_PER_DIM, BITS_PER_DIM_MINUS_PNG) == ("bits_per_dim", "bits_per_dim_minus_png")
+
+
+def _detection(**per_set):
+    """A MethodDetection whose sets have the given (raw, png, webp) AUROCs."""
+    from models.core.card import Detection, MethodDetection, OutlierDetection
+
+    def outcome(raw, png, webp):
+        return OutlierDetection(
+            mean_bits_per_dim=5.0,
+            raw=Detection(raw, 0.1),
+            minus_png=Detection(png, 0.1),
+            minus_codecs={"webp": Detection(webp, 0.1)},
+        )
+
+    return MethodDetection(None, 100, {s: outcome(*a) for s, a in per_set.items()}, 3.0)
+
+
+def test_the_recommended_correction_has_the_best_mean_auroc_among_the_calibrated():
+    from models.core.card import recommend
+
+    detection = _detection(a=(0.90, 0.95, 0.99), b=(0.80, 0.70, 0.90))
+    best = recommend(detection, {"none", "png", "webp"})
+    assert best.correction == "webp"
+    assert best.mean_auroc == pytest.approx({"none": 0.85, "png": 0.825, "webp": 0.945})
+    assert recommend(detection, {"none", "png"}).correction == "none"  # webp not calibrated
+    tie = _detection(a=(0.9, 0.9, 0.8))
+    assert recommend(tie, {"none", "png", "webp"}).correction == "none"  # the first listed
+    assert recommend(_detection(), {"none"}) is None  # no outlier set measured
+
+
+def test_a_cards_recommendation_decides_the_plan_of_a_request_without_a_correction():
+    from models.core.card import recommended_corrections_in
+    from models.core.checkpoints import load_checkpoint
+    from models.eval.plan import Scoring
+    from models.kinds import kind_of
+
+    card = _shipped("vae")
+    vae = load_checkpoint(CHECKPOINTS / "vae").model
+    assert Scoring("vae", kind_of(vae), vae, card).plan(correction=None).correction == "none"
+    card["anomaly"]["recommended"] = {"elbo": {"correction": "png", "mean_auroc": {"png": 1.0}}}
+    assert recommended_corrections_in(card) == {"elbo": "png"}
+    scoring = Scoring("vae", kind_of(vae), vae, card)
+    assert scoring.plan(correction=None).correction == "png"
+    assert scoring.plan("iwae", correction=None).correction == "none"
+    assert scoring.plan(correction="none").correction == "none"
+    card["anomaly"]["recommended"] = ["png"]
+    with pytest.raises(CardError, match="anomaly.recommended"):
+        recommended_corrections_in(card)

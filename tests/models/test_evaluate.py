@@ -52,6 +52,19 @@ def _evaluate(model, tmp_path, classifier_dir, capsys) -> dict:
     return card, printed
 
 
+def _check_recommendation(card, method):
+    """The card recommends the correction with the best mean AUROC over its outlier sets,
+    recomputed here from the card's own per-set figures."""
+    sets = card["anomaly"]["methods"][method]["sets"].values()
+    columns = {"none": "raw", "png": "minus_png"}
+    mean = {c: sum(s[column]["auroc"] for s in sets) / len(sets) for c, column in columns.items()}
+    for codec in next(iter(sets)).get("minus_codecs", {}):
+        mean[codec] = sum(s["minus_codecs"][codec]["auroc"] for s in sets) / len(sets)
+    recommended = card["anomaly"]["recommended"][method]
+    assert recommended["mean_auroc"] == pytest.approx(mean)
+    assert mean[recommended["correction"]] == max(mean.values())
+
+
 def _check_common_sections(card, tmp_path, methods, samplers):
     assert set(card["anomaly"]["methods"]) == set(methods)
     for name in methods:
@@ -68,6 +81,7 @@ def _check_common_sections(card, tmp_path, methods, samplers):
             # 20 held-out images resolve a 5% false-positive rate but not 1%
             assert set(calibration["thresholds"]) == {"0.05"}
             assert set(calibration["observed_fpr_on_other_normal_images"]) == {"0.05"}
+        _check_recommendation(card, name)
     assert set(card["sample_quality"]["samplers"]) == set(samplers)
     for figures in card["sample_quality"]["samplers"].values():
         assert figures["frechet_distance"] >= 0 and figures["real_data_floor"] >= 0
