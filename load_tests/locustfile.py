@@ -53,6 +53,12 @@ def _add_arguments(parser: Any) -> None:
     traffic.add_argument("--anomalous-share", type=float, default=0.2, help="Anomalous images.")
     traffic.add_argument("--ddim-steps", type=int, default=10, help="DDIM steps of DDPM samples.")
     traffic.add_argument("--pool-size", type=int, default=256, help="Distinct images per kind.")
+    traffic.add_argument(
+        "--each-request-first",
+        action="store_true",
+        help="Each user starts with one request of every kind it sends (a short smoke run "
+        "then reaches every request name however slow the CPU), then draws as usual.",
+    )
 
 
 @events.init.add_listener
@@ -100,6 +106,13 @@ class _ElboUser(HttpUser):
     def on_start(self) -> None:
         self.rng = random.Random()
         self.pool = _pool_for(self.environment)
+        if _option(self.environment, "each_request_first", False):
+            for send in self.request_kinds():
+                send()
+
+    def request_kinds(self) -> list[Any]:
+        """One sender per request name this user sends."""
+        raise NotImplementedError
 
     def images(self, count: int) -> list[str]:
         share = _option(self.environment, "anomalous_share", 0.2)
@@ -126,12 +139,23 @@ class ScoringUser(_ElboUser):
         else:
             self.score_vae()
 
+    def request_kinds(self) -> list[Any]:
+        return [self.score_vae_one, self.score_vae_batch, self.score_ddpm]
+
     def score_vae(self) -> None:
         if self.rng.random() < _option(self.environment, "batch_share", 0.1):
-            n, name = self.rng.randint(16, 64), "/score vae 16-64"
+            self.score_vae_batch()
         else:
-            n, name = 1, "/score vae 1"
-        self.post("/score", name, {"model": "vae", "images": self.images(n)}, "results", n)
+            self.score_vae_one()
+
+    def score_vae_one(self) -> None:
+        body = {"model": "vae", "images": self.images(1)}
+        self.post("/score", "/score vae 1", body, "results", 1)
+
+    def score_vae_batch(self) -> None:
+        n = self.rng.randint(16, 64)
+        body = {"model": "vae", "images": self.images(n)}
+        self.post("/score", "/score vae 16-64", body, "results", n)
 
     def score_ddpm(self) -> None:
         body = {"model": "ddpm", "images": self.images(1)}
@@ -142,6 +166,9 @@ class SamplingUser(_ElboUser):
     """VAE samples, and DDPM samples by DDIM at a small step count."""
 
     weight = 2
+
+    def request_kinds(self) -> list[Any]:
+        return [self.sample_vae, self.sample_ddpm]
 
     @task(3)
     def sample_vae(self) -> None:
@@ -160,6 +187,9 @@ class BoundsUser(_ElboUser):
     """Posterior encodings and likelihood bounds of single images."""
 
     weight = 2
+
+    def request_kinds(self) -> list[Any]:
+        return [self.encode_vae, self.likelihood_vae, self.likelihood_ddpm]
 
     @task(2)
     def encode_vae(self) -> None:

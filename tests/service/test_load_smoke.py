@@ -24,9 +24,11 @@ REQUEST_NAMES = {
     "/likelihood vae iwae",
     "/likelihood ddpm vlb_mc",
 }
-# Equal user weights, and more batches and DDPM scores than real traffic, so that 20 s reach
-# every request name even when the DDPM's requests take a second each on a busy CPU.
+# Equal user weights, more batches and DDPM scores than real traffic, and one request of every
+# kind from each user first, so that 20 s reach every request name even when requests take
+# seconds each on a busy CPU (a run beside other jobs once sent no single-image VAE score).
 SMOKE_TRAFFIC = ["--weight-scoring", "1", "--weight-sampling", "1", "--weight-bounds", "1"]
+SMOKE_TRAFFIC += ["--each-request-first"]
 SMOKE_TRAFFIC += ["--batch-share", "0.5", "--ddpm-score-share", "0.4", "--ddim-steps", "4"]
 SMOKE_TRAFFIC += ["--pool-size", "32"]
 
