@@ -18,10 +18,10 @@ every younger one, oldest first: under continuous cheap load long work still get
 carries at most ``call_rows`` rows: when the running rows are more, the cheapest to finish
 go first, so a short request beside long ones runs at the speed of a small call, not of one
 carrying all their rows; those not advanced for ``age_s`` take a step with them, in a budget
-of their own. A
-model gets up to ``loops`` loops, as many as there are lanes, and the lanes are the batcher's,
-shared with its other work: a loop holds one for one call at a time, with the priority of its
-running requests' remaining cost, so cheaper waiting work gets it between calls.
+of their own. A model gets up to ``loops`` loops, as many as there are lanes, and the lanes
+are the batcher's, shared with its other work: a loop holds one for one call at a time, with
+the priority of its running requests' remaining cost, so cheaper waiting work gets it
+between calls.
 """
 
 from __future__ import annotations

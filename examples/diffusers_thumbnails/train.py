@@ -75,12 +75,12 @@ def bound_weights(scheduler) -> torch.Tensor:
     return weights.float()
 
 
-def draw_timesteps(scheduler, how: str, count: int, generator) -> torch.Tensor:
-    """(count,) timesteps: uniform (diffusers' recipe) or in proportion to the bound's weights."""
-    steps = scheduler.config.num_train_timesteps
-    if how == "uniform":
+def draw_timesteps(steps: int, weights: torch.Tensor | None, count: int, generator) -> torch.Tensor:
+    """(count,) timesteps of 0..steps-1: uniform (diffusers' recipe) when ``weights`` is None,
+    else in proportion to ``weights`` (:func:`bound_weights`)."""
+    if weights is None:
         return torch.randint(0, steps, (count,), generator=generator)
-    return torch.multinomial(bound_weights(scheduler), count, replacement=True, generator=generator)
+    return torch.multinomial(weights, count, replacement=True, generator=generator)
 
 
 def save_state(path: Path, step: int, unet, optimizer, ema, generator, recipe: dict) -> None:
@@ -158,6 +158,7 @@ def main() -> None:
     generator = torch.Generator().manual_seed(args.seed)
     state_file = args.out / "train_state.pt"
     recipe = {"prediction_type": args.prediction_type, "timesteps": args.timesteps}
+    weights = bound_weights(scheduler) if args.timesteps == "bound" else None
     if state_file.exists():  # resume: the same weights as one uninterrupted run
         step = resume(state_file, unet, optimizer, ema, generator, recipe)
         print(f"resumed at step {step} from {state_file}", flush=True)
@@ -171,7 +172,7 @@ def main() -> None:
         rows = torch.randint(0, len(x_train), (args.batch_size,), generator=generator)
         x0 = x_train[rows]
         noise = torch.randn(x0.shape, generator=generator)
-        t = draw_timesteps(scheduler, args.timesteps, len(x0), generator)
+        t = draw_timesteps(scheduler.config.num_train_timesteps, weights, len(x0), generator)
         noisy = scheduler.add_noise(x0, noise, t)
         loss = F.mse_loss(unet(noisy, t).sample, training_target(scheduler, x0, noise, t))
         optimizer.zero_grad(set_to_none=True)

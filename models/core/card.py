@@ -272,14 +272,13 @@ def _png_first(codec: str) -> tuple[bool, str]:
 
 def recommend(detection: MethodDetection, calibrated: Iterable[str]) -> Recommendation | None:
     """The calibrated correction with the highest mean AUROC over the outlier sets (the
-    first listed on a tie); None when no outlier set was measured."""
-    if not detection.sets:
-        return None
-    measured = {c: a for c, a in measured_corrections(detection).items() if c in set(calibrated)}
+    first listed on a tie: ``max`` keeps the first of equals); None when no outlier set was
+    measured or none of the measured corrections is calibrated."""
+    offered = set(calibrated)
+    measured = {c: a for c, a in measured_corrections(detection).items() if c in offered}
     if not measured:
         return None
-    best = max(measured, key=lambda c: (measured[c], -list(measured).index(c)))
-    return Recommendation(best, measured)
+    return Recommendation(max(measured, key=measured.__getitem__), measured)
 
 
 def recommended_corrections_in(card: Mapping[str, Any]) -> dict[str, str]:

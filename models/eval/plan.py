@@ -254,7 +254,7 @@ class Scoring:
         self,
         method: str | None = None,
         k: int | None = None,
-        correction: str | None = "none",
+        correction: str | None = None,
         fpr: float = 0.05,
         maps: bool = False,
         map_normalisation: MapNormalisation = "pixel",
